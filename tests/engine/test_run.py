@@ -1,0 +1,88 @@
+"""The runner on Ray with MLflow: executes, caches, resumes after a failure, honours --force/--from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.engine.toy_steps import ToyConfig, ToySection, runs, toy_steps
+from vlv.run import RunOptions, StepFailed, run_pipeline
+
+
+def _options(store: Path, counter: Path, **kwargs) -> RunOptions:
+    config = kwargs.pop("config", None) or ToyConfig(
+        alpha=ToySection(counter_dir=str(counter)), beta=ToySection(value=10, counter_dir=str(counter)),
+        gamma=ToySection(value=100, counter_dir=str(counter)))
+    return RunOptions(config=config, store_uri=str(store), steps=toy_steps(), **kwargs)
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    counter = tmp_path / "counter"
+    counter.mkdir()
+    return tmp_path / "store", counter
+
+
+def _children(outcome) -> dict[str, dict]:
+    client = MlflowClient(outcome.tracking_uri)
+    parent = client.get_run(outcome.parent_run_id)
+    found = client.search_runs([parent.info.experiment_id],
+                               filter_string=f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'")
+    return {r.data.tags["vlv.step"]: {"tags": r.data.tags, "params": r.data.params, "metrics": r.data.metrics,
+                                      "status": r.info.status, "id": r.info.run_id} for r in found}
+
+
+def test_first_run_executes_then_everything_is_cached(ray_session, dirs):
+    store, counter = dirs
+    first = run_pipeline(_options(store, counter))
+    assert first.executed() == ["alpha", "beta", "gamma"]
+    assert (Path(first.steps[2].output_uri) / "value.txt").read_text() == "111"
+    children = _children(first)
+    assert children["gamma"]["tags"]["vlv.status"] == "executed"
+    assert children["gamma"]["metrics"]["value"] == 111.0
+    assert children["beta"]["params"]["value"] == "10"
+    assert children["alpha"]["tags"]["vlv.output_uri"] == first.steps[0].output_uri
+    parent = MlflowClient(first.tracking_uri).get_run(first.parent_run_id)
+    assert parent.data.tags["vlv.pipeline"] == "full_run" and parent.data.tags["vlv.preset"] == "tiny"
+    artifacts = {a.path for a in MlflowClient(first.tracking_uri).list_artifacts(children["beta"]["id"])}
+    assert {"manifest.json", "table.csv"} <= artifacts
+
+    second = run_pipeline(_options(store, counter))
+    assert second.executed() == []
+    cached = _children(second)
+    assert {c["tags"]["vlv.status"] for c in cached.values()} == {"cached"}
+    assert cached["beta"]["tags"]["vlv.source_run_id"] == children["beta"]["id"]
+    assert [runs(counter, s) for s in ("alpha", "beta", "gamma")] == [1, 1, 1]
+
+
+def test_failed_step_publishes_nothing_and_rerun_resumes(ray_session, dirs):
+    store, counter = dirs
+    failing = ToyConfig(alpha=ToySection(counter_dir=str(counter)),
+                        beta=ToySection(value=10, fail=True, counter_dir=str(counter)),
+                        gamma=ToySection(value=100, counter_dir=str(counter)))
+    with pytest.raises(StepFailed, match="step 'beta' failed: RuntimeError: beta was told to fail"):
+        run_pipeline(_options(store, counter, config=failing))
+    assert not (store / "steps" / "beta").exists()  # the half-written output is not published
+    assert runs(counter, "alpha") == 1 and runs(counter, "gamma") == 0
+
+    fixed = run_pipeline(_options(store, counter))
+    assert fixed.executed() == ["beta", "gamma"]  # alpha is not redone
+    assert runs(counter, "alpha") == 1
+
+
+def test_force_and_from(ray_session, dirs):
+    store, counter = dirs
+    run_pipeline(_options(store, counter))
+    assert run_pipeline(_options(store, counter, force=("alpha",))).executed() == ["alpha"]
+    assert run_pipeline(_options(store, counter, from_step="beta")).executed() == ["beta", "gamma"]
+    assert run_pipeline(_options(store, counter, only=("gamma",), force=("gamma",))).executed() == ["gamma"]
+    assert [runs(counter, s) for s in ("alpha", "beta", "gamma")] == [2, 2, 3]
+
+
+def test_dry_run_touches_nothing(ray_session, dirs):
+    store, counter = dirs
+    outcome = run_pipeline(_options(store, counter, dry_run=True))
+    assert [p.action for p in outcome.plan] == ["run", "run", "run"] and outcome.steps == []
+    assert runs(counter, "alpha") == 0 and not (store / "mlflow.db").exists()

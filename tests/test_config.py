@@ -1,0 +1,74 @@
+"""Presets, config files and `--set` overrides: types checked, unknown keys refused with the choices."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vlv.config import load_config
+from vlv.config_tree import parse_set_flags
+
+
+def test_presets_build_and_differ():
+    tiny, paper = load_config("tiny"), load_config("paper")
+    assert tiny.preset == "tiny" and paper.preset == "paper"
+    assert paper.download.image_size == 384 and tiny.download.image_size < 384
+    assert tiny.config_hash() != paper.config_hash()
+
+
+def test_set_overrides_are_parsed_to_the_field_type():
+    cfg = load_config("tiny", overrides=parse_set_flags([
+        "download.image_size=32", "aesthetic_filter.keep_top_quantile=0.5", "download.respect_opt_out=false",
+        "prepare_metadata.max_punsafe=0.3", "prepare_metadata.column_map={\"URL\": \"url\"}"]))
+    assert cfg.download.image_size == 32 and isinstance(cfg.download.image_size, int)
+    assert cfg.aesthetic_filter.keep_top_quantile == 0.5
+    assert cfg.download.respect_opt_out is False
+    assert cfg.prepare_metadata.max_punsafe == 0.3
+    assert cfg.prepare_metadata.column_map == {"URL": "url"}
+
+
+@pytest.mark.parametrize("item,message", [
+    ("download.image_sise=3", "unknown config key 'download.image_sise'.*valid keys there: .*image_size"),
+    ("nope.x=1", "unknown config key 'nope.x'.*valid keys there: .*download"),
+    ("download.image_size=big", "config key 'download.image_size' expects int, got 'big'"),
+    ("download.distributor=spark", "must be one of 'auto', 'multiprocessing', 'ray'"),
+    ("download.respect_opt_out=maybe", "expects bool"),
+    ("download.image_size=-4", "download.image_size must be > 0"),
+    ("download=3", "is a section"),
+])
+def test_bad_overrides_fail_with_a_clear_message(item, message):
+    with pytest.raises(ValueError, match=message):
+        load_config("tiny", overrides=parse_set_flags([item]))
+
+
+def test_set_without_equals_is_refused():
+    with pytest.raises(ValueError, match="--set expects key=value"):
+        parse_set_flags(["download.image_size"])
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="unknown preset 'huge'; valid presets: tiny, paper"):
+        load_config("huge")
+
+
+def test_config_files_yaml_json_toml(tmp_path):
+    (tmp_path / "c.yaml").write_text("download:\n  image_size: 48\n")
+    (tmp_path / "c.json").write_text(json.dumps({"download": {"image_size": 40}}))
+    (tmp_path / "c.toml").write_text("[download]\nimage_size = 36\n")
+    assert load_config("tiny", str(tmp_path / "c.yaml")).download.image_size == 48
+    assert load_config("tiny", str(tmp_path / "c.json")).download.image_size == 40
+    assert load_config("tiny", str(tmp_path / "c.toml")).download.image_size == 36
+    # --set wins over the file
+    assert load_config("tiny", str(tmp_path / "c.yaml"), {"download.image_size": "24"}).download.image_size == 24
+
+
+def test_config_file_type_errors_and_missing_file(tmp_path):
+    (tmp_path / "bad.yaml").write_text("download:\n  image_size: forty\n")
+    with pytest.raises(ValueError, match="download.image_size' expects int"):
+        load_config("tiny", str(tmp_path / "bad.yaml"))
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config("tiny", str(tmp_path / "missing.yaml"))
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_config("tiny", str(tmp_path / "broken.json"))

@@ -1,0 +1,97 @@
+"""End to end: the data steps of the tiny pipeline through the CLI, shared by all tests in this module.
+
+One pipeline run (session fixture) is inspected by many tests; then a second invocation must execute nothing
+and `--force download` exactly one step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines import full_run
+from vlv.engine.manifest import verify_files
+from vlv.engine.store import RunStore
+
+DATA_STEPS = ["prepare_metadata", "download", "aesthetic_filter", "ingest_captions"]
+
+
+@pytest.fixture(scope="session")
+def tiny_store(ray_session, tmp_path_factory) -> Path:
+    store = tmp_path_factory.mktemp("tiny_run") / "store"
+    assert full_run.main(["--preset", "tiny", "--store", str(store)]) == 0
+    return store
+
+
+def _outputs(store: Path) -> dict[str, Path]:
+    found = {}
+    for step in DATA_STEPS:
+        keys = RunStore(str(store)).published_keys(step)
+        assert len(keys) == 1, f"{step}: expected one published output, found {keys}"
+        found[step] = store / "steps" / step / keys[0]
+    return found
+
+
+def _runs(store: Path) -> list:
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("vlv")
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_every_output_is_published_and_intact(tiny_store):
+    store = RunStore(str(tiny_store))
+    for step, folder in _outputs(tiny_store).items():
+        manifest = store.read_manifest(step, folder.name)
+        assert manifest.files, step
+        assert verify_files(folder, manifest) == [], step
+    assert not any((tiny_store / ".staging").rglob("*.tar"))
+
+
+def test_data_funnel_counts_are_consistent(tiny_store):
+    out = _outputs(tiny_store)
+    metadata = pq.read_table(out["prepare_metadata"] / "metadata.parquet")
+    shards = sorted((out["download"] / "shards").glob("*.tar"))
+    scores = pq.read_table(out["aesthetic_filter"] / "scores.parquet")
+    kept = pq.read_table(out["aesthetic_filter"] / "kept.parquet")
+    captions = pq.read_table(out["ingest_captions"] / "captions.parquet")
+    quarantine = pq.read_table(out["ingest_captions"] / "quarantine.parquet")
+    assert metadata.num_rows > 0 and shards
+    assert 0 < kept.num_rows < scores.num_rows <= metadata.num_rows
+    assert 0 < captions.num_rows <= kept.num_rows
+    assert set(captions.column("key").to_pylist()) <= set(kept.column("key").to_pylist())
+    assert quarantine.num_rows > 0  # the tiny caption file always carries faulty lines
+    assert min(len(c) for c in captions.column("caption").to_pylist()) > 0
+
+
+def test_mlflow_has_parent_and_one_child_per_step(tiny_store):
+    runs = _runs(tiny_store)
+    parents = [r for r in runs if r.data.tags.get("vlv.pipeline") == "full_run"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert {r.data.tags["vlv.step"] for r in children} == set(DATA_STEPS)
+    by_step = {r.data.tags["vlv.step"]: r for r in children}
+    assert {r.data.tags["vlv.status"] for r in children} == {"executed"}
+    assert by_step["download"].data.metrics["images_ok"] > 0
+    assert by_step["download"].data.metrics["images_failed"] > 0  # 404s, truncated JPEG, non-image
+    assert by_step["aesthetic_filter"].data.metrics["images_kept"] > 0
+    assert by_step["ingest_captions"].data.metrics["captions_quarantined"] > 0
+    assert by_step["download"].data.params["image_size"] == "64"
+    for key in ("vlv.preset", "vlv.config_hash", "vlv.git_commit"):
+        assert parents[0].data.tags[key]
+
+
+def test_second_invocation_executes_nothing_and_force_runs_exactly_one(tiny_store, capsys):
+    assert full_run.main(["--preset", "tiny", "--store", str(tiny_store)]) == 0
+    latest = _runs(tiny_store)[-len(DATA_STEPS):]
+    assert {r.data.tags["vlv.status"] for r in latest} == {"cached"}
+    assert full_run.main(["--preset", "tiny", "--store", str(tiny_store), "--force", "download"]) == 0
+    latest = _runs(tiny_store)[-len(DATA_STEPS):]
+    statuses = {r.data.tags["vlv.step"]: r.data.tags["vlv.status"] for r in latest}
+    assert statuses == {"prepare_metadata": "cached", "download": "executed", "aesthetic_filter": "cached",
+                        "ingest_captions": "cached"}
+    capsys.readouterr()
+    assert full_run.main(["--preset", "tiny", "--store", str(tiny_store), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("cached") == len(DATA_STEPS)

@@ -1,0 +1,1 @@
+"""VLV pipeline library."""

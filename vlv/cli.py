@@ -1,0 +1,153 @@
+"""The `vlv` command and the flags every entry point shares (SPEC section 7).
+
+`pipelines/full_run.py` and `vlv run` take the same flags; `vlv status` reports step states for a config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from vlv.runtime_env import apply_runtime_defaults
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="tiny", help="tiny (CPU, minutes) or paper (real sizes)")
+    parser.add_argument("--config", default=None, help="YAML/JSON/TOML file of config overrides")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set download.image_size=64 (repeatable)")
+    parser.add_argument("--store", default=None, help="run store: a folder or fsspec URI (default ./vlv_runs)")
+
+
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    add_config_args(parser)
+    parser.add_argument("--steps", action="append", default=[], help="run only these steps (comma-separated)")
+    parser.add_argument("--from", dest="from_step", default=None, help="rerun this step and all downstream")
+    parser.add_argument("--force", action="append", default=[], help="rerun these steps even if cached")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (cached or to run, key) only")
+
+
+def options_from_args(args: argparse.Namespace, only: Sequence[str] = ()):
+    from vlv.config import load_config
+    from vlv.config_tree import parse_set_flags
+    from vlv.run import DEFAULT_STORE, RunOptions, selected
+
+    config = load_config(args.preset, args.config, parse_set_flags(args.sets))
+    return RunOptions(
+        config=config,
+        store_uri=args.store or DEFAULT_STORE,
+        only=tuple(only) or selected(getattr(args, "steps", [])),
+        from_step=getattr(args, "from_step", None),
+        force=selected(getattr(args, "force", [])),
+        dry_run=getattr(args, "dry_run", False),
+    )
+
+
+def run_from_args(args: argparse.Namespace, only: Sequence[str] = ()) -> int:
+    """Shared body of `pipelines/full_run.py` and `vlv run STEP`: returns the process exit code."""
+    from vlv.engine.plan import describe_plan
+    from vlv.engine.store import StoreLockedError
+    from vlv.run import StepFailed, format_outcome, run_pipeline
+
+    try:
+        options = options_from_args(args, only)
+        outcome = run_pipeline(options)
+    except (ValueError, StoreLockedError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except StepFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if options.dry_run:
+        print(describe_plan(outcome.plan))
+    else:
+        print(format_outcome(outcome))
+    return 0
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow", "urllib3", "filelock", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, naming the problem and where to look
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def build_run_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The parser of `pipelines/full_run.py` (SPEC section 7 flags)."""
+    parser = _Parser(prog=prog, description=description)
+    add_run_args(parser)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vlv.pipeline import step_names
+
+    parser = _Parser(prog="vlv", description="VLV pipeline tools")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    status = sub.add_parser("status", help="print each step's state (published / partial / missing) for a config")
+    add_config_args(status)
+
+    run = sub.add_parser("run", help="run one step (its inputs must exist), e.g. `vlv run download`")
+    run.add_argument("step", choices=step_names())
+    add_config_args(run)
+    run.add_argument("--force", action="append", default=[], help="rerun even if cached (give the step name)")
+    run.add_argument("--dry-run", action="store_true")
+
+    captions = sub.add_parser("captions", help="caption data tools")
+    captions_sub = captions.add_subparsers(dest="captions_command", required=True, parser_class=_Parser)
+    request = captions_sub.add_parser(
+        "request", help="write the Gemini Batch API request JSONL for the kept images (no network call)")
+    add_config_args(request)
+    request.add_argument("--output", required=True, help="where to write the request JSONL")
+    request.add_argument("--model", default="gemini-2.0-flash", help="model named in the requests")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    apply_runtime_defaults()
+    configure_logging()
+    args = build_parser().parse_args(argv)
+    if args.command == "status":
+        return _status(args)
+    if args.command == "run":
+        return run_from_args(args, only=[args.step])
+    if args.command == "captions" and args.captions_command == "request":
+        return _captions_request(args)
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def _status(args: argparse.Namespace) -> int:
+    from vlv.run import step_states
+
+    try:
+        states = step_states(options_from_args(args))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    width = max(len(p.name) for p, _ in states)
+    for planned, state in states:
+        print(f"{planned.name:<{width}}  key={planned.key}  {state}")
+    return 0
+
+
+def _captions_request(args: argparse.Namespace) -> int:
+    from vlv.data.caption_requests import write_caption_requests_for_run
+
+    try:
+        count = write_caption_requests_for_run(options_from_args(args), args.output, model=args.model)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {count} Gemini batch requests to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""The root configuration: one typed section per step, composed here (each section lives beside its step)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+from vlv.config_tree import apply_overrides, load_config_file, to_dict
+from vlv.steps.aesthetic_filter import AestheticFilterConfig
+from vlv.steps.download import DownloadConfig
+from vlv.steps.ingest_captions import IngestCaptionsConfig
+from vlv.steps.prepare_metadata import PrepareMetadataConfig
+
+
+@dataclass
+class PipelineConfig:
+    preset: Literal["tiny", "paper"]
+    prepare_metadata: PrepareMetadataConfig
+    download: DownloadConfig
+    aesthetic_filter: AestheticFilterConfig
+    ingest_captions: IngestCaptionsConfig
+    experiment: str = "vlv"  # MLflow experiment name
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(to_dict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_config(preset: str, config_file: str | None = None, overrides: Mapping[str, Any] | None = None
+                ) -> PipelineConfig:
+    """Preset, then a config file (nested mapping), then `--set` overrides; every key and type checked."""
+    from vlv.presets import PRESETS
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset '{preset}'; valid presets: {', '.join(PRESETS)}")
+    base = to_dict(PRESETS[preset]())
+    merged: dict[str, Any] = {}
+    if config_file:
+        from vlv.config_tree import flatten
+
+        file_data = load_config_file(config_file)
+        if "preset" in file_data and file_data["preset"] != preset:
+            raise ValueError(f"config file {config_file} says preset={file_data['preset']!r} but --preset is "
+                             f"{preset!r}; pass --preset {file_data['preset']}")
+        merged.update(flatten(file_data))
+    merged.update(overrides or {})
+    if "preset" in merged and merged["preset"] != preset:
+        raise ValueError("the preset is chosen with --preset, not with --set preset=...")
+    return apply_overrides(PipelineConfig, base, merged)

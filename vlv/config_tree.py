@@ -1,0 +1,254 @@
+"""Build typed dataclass config trees from nested mappings, with strict keys and types.
+
+Why not just `dataclasses.replace`: users hand us strings (`--set download.image_size=64`) and YAML/JSON/TOML
+files; every value must be checked against the type of the field it lands in, unknown keys must fail with the
+valid choices, and every dataclass's `__post_init__` validation must run again on the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Mapping, TypeVar
+
+T = TypeVar("T")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain nested dict of a dataclass tree (tuples become lists, so it round-trips through JSON)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`; used for MLflow params and for `--set` style reporting."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def build(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
+    """Construct dataclass `cls` from `data`, checking every key and value type (recursively)."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"config section '{path or '<root>'}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"'{path}'" if path else "the root config"
+        raise ValueError(
+            f"unknown config key '{_join(path, unknown[0])}' in {where}; valid keys: {', '.join(sorted(fields))}"
+        )
+    kwargs = {name: _coerce(hints[name], data[name], _join(path, name)) for name in fields if name in data}
+    return cls(**kwargs)
+
+
+def apply_overrides(cls: type[T], base: Mapping[str, Any], overrides: Mapping[str, Any]) -> T:
+    """Merge dotted-key overrides (`{"download.image_size": "64"}`) into `base` and build `cls`.
+
+    String values are parsed into the type of the field they target; other values are type-checked.
+    """
+    merged = json.loads(json.dumps(base))
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        node: Any = merged
+        node_cls: Any = cls
+        for depth, part in enumerate(parts):
+            valid = {f.name: f for f in dataclasses.fields(node_cls)} if dataclasses.is_dataclass(node_cls) else {}
+            if part not in valid:
+                prefix = ".".join(parts[:depth])
+                choices = ", ".join(sorted(valid)) if valid else "(none: this is a value, not a section)"
+                raise ValueError(f"unknown config key '{dotted}': no '{part}' in "
+                                 f"{prefix or 'the root config'}; valid keys there: {choices}")
+            field_type = typing.get_type_hints(node_cls)[part]
+            if depth == len(parts) - 1:
+                if dataclasses.is_dataclass(field_type):
+                    if not isinstance(value, Mapping):
+                        raise ValueError(f"config key '{dotted}' is a section; set one of its keys instead "
+                                         f"(e.g. {dotted}.{dataclasses.fields(field_type)[0].name}=...)")
+                    for k, v in flatten(value).items():
+                        merged = _set_path(merged, f"{dotted}.{k}", v)
+                    node = None
+                else:
+                    node[part] = _parse_override(field_type, value, dotted) if isinstance(value, str) else value
+            else:
+                node = node.setdefault(part, {})
+                node_cls = field_type
+    return build(cls, merged)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML, JSON or TOML config file into a nested mapping of overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file '{path}' does not exist")
+    text = path.read_text()
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif suffix == ".json":
+            data = json.loads(text)
+        elif suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            raise ValueError(f"config file '{path}' must end in .yaml, .yml, .json or .toml")
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(f"config file '{path}' is not valid {suffix[1:].upper()}: {err}") from None
+    except Exception as err:  # yaml.YAMLError without importing yaml at module level
+        if type(err).__module__.startswith("yaml"):
+            raise ValueError(f"config file '{path}' is not valid YAML: {err}") from None
+        raise
+    if not isinstance(data, dict):
+        raise ValueError(f"config file '{path}' must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_set_flags(items: list[str]) -> dict[str, str]:
+    """`["a.b=1", "c=x"]` -> `{"a.b": "1", "c": "x"}`, refusing items without '='."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value (e.g. download.image_size=64), got '{item}'")
+        out[key.strip()] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> dict:
+    node = tree
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return tree
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin in (list, tuple):
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _parse_override(tp: Any, text: str, path: str) -> Any:
+    """Parse a `--set` string into type `tp` (nanoGPT rule: the override must match the default's type)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if type(None) in args and text.strip().lower() in ("none", "null", ""):
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _parse_override(arg, text, path)
+            except ValueError:
+                continue
+        raise ValueError(f"config key '{path}' expects {_type_name(tp)}, got '{text}'")
+    if origin in (list, tuple):
+        inner = typing.get_args(tp)[0]
+        stripped = text.strip()
+        if stripped.startswith("["):
+            try:
+                items = json.loads(stripped)
+            except json.JSONDecodeError:
+                raise ValueError(f"config key '{path}' expects a list like [1, 2], got '{text}'") from None
+            return [_coerce(inner, item, path) for item in items]
+        return [_parse_override(inner, part.strip(), path) for part in stripped.split(",") if part.strip()]
+    if tp is bool:
+        lowered = text.strip().lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"config key '{path}' expects bool (true/false), got '{text}'")
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"config key '{path}' expects int, got '{text}'") from None
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"config key '{path}' expects float, got '{text}'") from None
+    if origin is Literal:
+        return _coerce(tp, text, path)
+    if tp is str:
+        return text
+    if origin is dict:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            raise ValueError(f"config key '{path}' expects a JSON object like {{\"a\": \"b\"}}, got '{text}'") from None
+        return _coerce(tp, value, path)
+    raise ValueError(f"config key '{path}' of type {_type_name(tp)} cannot be set from the command line")
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    """Check (and lightly normalise) an already-typed value against `tp`."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, path)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ValueError(f"config key '{path}' must be {_type_name(tp)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, path)
+            except ValueError:
+                continue
+        raise ValueError(f"config key '{path}' expects {_type_name(tp)}, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key '{path}' expects {_type_name(tp)}, got {value!r}")
+        inner = typing.get_args(tp)[0]
+        items = [_coerce(inner, item, path) for item in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"config key '{path}' expects a mapping, got {value!r}")
+        key_type, value_type = typing.get_args(tp) or (Any, Any)
+        return {_coerce(key_type, k, path): _coerce(value_type, v, f"{path}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is Any:
+        return value
+    if isinstance(tp, type):
+        if tp in (int, float) and isinstance(value, bool):
+            raise ValueError(f"config key '{path}' expects {tp.__name__}, got {value!r}")
+        if not isinstance(value, tp):
+            raise ValueError(f"config key '{path}' expects {tp.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,1 @@
+"""Data formats, sources and validators used by the data steps."""

@@ -1,0 +1,1 @@
+"""Step engine: declarations, planning, store, execution on Ray."""

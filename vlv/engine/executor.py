@@ -1,0 +1,122 @@
+"""The only place that turns step declarations into Ray work (our thin replacement for Ray Workflows).
+
+- `connect_ray` joins a cluster (RAY_ADDRESS, as `ray job submit` sets) or starts an embedded local Ray.
+- `submit_step` runs one step as a Ray task with the resources the step declares and returns its manifest.
+- `execute_step` is what that task does: stage, run, checksum, publish. It is plain Python, so tests and
+  debuggers can call it without Ray.
+- `map_batches_with_actors` runs a per-worker-setup / per-batch-process class over a Ray Dataset as an actor
+  pool, for steps that score or embed many items (model loaded once per actor).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from vlv.engine.manifest import Manifest, list_files
+from vlv.engine.step import Step, StepContext, StepOutput
+from vlv.engine.store import RunStore
+
+log = logging.getLogger("vlv.executor")
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """Everything a Ray task needs to run one step (picklable, no live handles)."""
+
+    step: Step
+    key: str
+    preset: str
+    section: Any
+    section_dict: dict[str, Any]
+    upstream_keys: dict[str, str]
+    inputs: dict[str, StepOutput]
+    store_uri: str
+    tracking_uri: str | None
+    mlflow_run_id: str | None
+    on_cluster: bool
+
+
+def connect_ray() -> bool:
+    """Join the cluster named by RAY_ADDRESS, or start an embedded local Ray. Returns True on a cluster."""
+    import ray
+
+    address = os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return bool(address)
+    if address:
+        log.info("joining the Ray cluster at %s", address)
+        ray.init(address=address, log_to_driver=True)
+        return True
+    log.info("no RAY_ADDRESS: starting an embedded local Ray")
+    ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
+    return False
+
+
+def submit_step(request: StepRequest, num_cpus: float, num_gpus: float) -> Manifest:
+    """Run the step as a Ray task on a worker with the declared resources; block until published."""
+    import ray
+
+    task = ray.remote(_step_task).options(
+        num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0, name=f"vlv:{request.step.name}"
+    )
+    return ray.get(task.remote(request))
+
+
+def _step_task(request: StepRequest) -> Manifest:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    return execute_step(request)
+
+
+def execute_step(request: StepRequest) -> Manifest:
+    """Stage, run and publish one step; the output is visible only if `run` returned normally."""
+    step = request.step
+    store = RunStore(request.store_uri)
+    staging = store.prepare_staging(step.name, request.key, keep_existing=step.resumable)
+    metrics_logger: Any = _NullMetrics()
+    if request.tracking_uri and request.mlflow_run_id:
+        from vlv.tracking import MlflowMetricLogger
+
+        metrics_logger = MlflowMetricLogger(request.tracking_uri, request.mlflow_run_id)
+    ctx = StepContext(
+        step=step.name, key=request.key, preset=request.preset, config=request.section,
+        inputs=request.inputs, output_dir=staging, metrics=metrics_logger, on_cluster=request.on_cluster,
+        log=logging.getLogger(f"vlv.steps.{step.name}"),
+    )
+    started = time.time()
+    ctx.log.info("running step %s (key %s) into %s", step.name, request.key, staging)
+    result = step.run(ctx)
+    for rel in result.artifacts:
+        if not (staging / rel).is_file():
+            raise RuntimeError(f"step {step.name} declared artifact {rel} but did not write it")
+    manifest = Manifest(
+        step=step.name, key=request.key, code_version=step.code_version, config=request.section_dict,
+        upstream=request.upstream_keys, files=list_files(staging),
+        metrics={k: float(v) for k, v in result.metrics.items()}, artifacts=tuple(result.artifacts),
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        duration_s=round(time.time() - started, 3), mlflow_run_id=request.mlflow_run_id,
+    )
+    store.publish(staging, manifest)
+    ctx.log.info("published %s: %d files, %.1f MB in %.1fs", step.name, len(manifest.files),
+                 manifest.total_bytes / 1e6, manifest.duration_s)
+    return manifest
+
+
+class _NullMetrics:
+    def log_metric(self, name: str, value: float, step: int | None = None) -> None:
+        pass
+
+
+def map_batches_with_actors(dataset: Any, actor_cls: type, *, constructor_kwargs: dict[str, Any],
+                            num_actors: int, num_cpus_per_actor: float, num_gpus_per_actor: float,
+                            batch_size: int, batch_format: str = "numpy") -> Any:
+    """Ray Data actor pool: `actor_cls(**constructor_kwargs)` once per actor, `__call__(batch)` per batch."""
+    return dataset.map_batches(
+        actor_cls, fn_constructor_kwargs=constructor_kwargs, compute=None, concurrency=num_actors,
+        num_cpus=num_cpus_per_actor, num_gpus=num_gpus_per_actor, batch_size=batch_size,
+        batch_format=batch_format,
+    )

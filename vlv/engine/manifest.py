@@ -1,0 +1,86 @@
+"""The manifest published with every step output: the proof that the output is complete.
+
+An output folder counts as done only when its `manifest.json` exists, and the manifest is written last; it
+lists every file with size and sha256 so a later reader can detect a truncated or corrupted file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = "manifest.json"
+_CHUNK = 4 << 20
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    step: str
+    key: str
+    code_version: str
+    config: dict[str, Any]
+    upstream: dict[str, str]
+    files: tuple[FileEntry, ...]
+    metrics: dict[str, float]
+    artifacts: tuple[str, ...] = ()
+    created_at: str = ""
+    duration_s: float = 0.0
+    mlflow_run_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        data = json.loads(text)
+        data["files"] = tuple(FileEntry(**f) for f in data["files"])
+        data["artifacts"] = tuple(data.get("artifacts", ()))
+        return cls(**data)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def list_files(folder: Path) -> tuple[FileEntry, ...]:
+    """Every regular file under `folder` (except the manifest), sorted, with size and checksum."""
+    entries = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel == MANIFEST_NAME:
+            continue
+        entries.append(FileEntry(path=rel, size=path.stat().st_size, sha256=sha256_file(path)))
+    return tuple(entries)
+
+
+def verify_files(folder: Path, manifest: Manifest) -> list[str]:
+    """Problems found comparing a local output folder with its manifest (empty list = intact)."""
+    problems = []
+    for entry in manifest.files:
+        path = folder / entry.path
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.stat().st_size != entry.size:
+            problems.append(f"{path}: size {path.stat().st_size} != {entry.size} in manifest")
+        elif sha256_file(path) != entry.sha256:
+            problems.append(f"{path}: sha256 differs from manifest")
+    return problems

@@ -1,0 +1,103 @@
+"""Decide what a pipeline invocation does: each step's cache key and whether it runs, is cached or is skipped.
+
+Key = sha256 of (step name, step code version, the step's own config section, upstream keys), so changing one
+section invalidates that step and everything downstream and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+from vlv.config_tree import to_dict
+from vlv.engine.step import Step
+from vlv.engine.store import RunStore
+
+Action = Literal["run", "cached", "skip"]
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    name: str
+    key: str
+    upstream_keys: dict[str, str]
+    action: Action
+    reason: str
+    section: dict[str, Any]
+
+
+def step_key(name: str, code_version: str, section: dict[str, Any], upstream_keys: dict[str, str]) -> str:
+    payload = json.dumps(
+        {"step": name, "code_version": code_version, "config": section, "upstream": upstream_keys},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def downstream_of(steps: Sequence[Step], name: str) -> list[str]:
+    """`name` and every step that depends on it, directly or not, in pipeline order."""
+    found = {name}
+    for step in steps:
+        if any(up in found for up in step.upstream):
+            found.add(step.name)
+    return [s.name for s in steps if s.name in found]
+
+
+def make_plan(
+    steps: Sequence[Step],
+    config: Any,
+    store: RunStore,
+    *,
+    only: Sequence[str] = (),
+    from_step: str | None = None,
+    force: Sequence[str] = (),
+) -> list[PlannedStep]:
+    names = [s.name for s in steps]
+    for flag, value in [("--steps", list(only)), ("--force", list(force)), ("--from", [from_step] if from_step else [])]:
+        for name in value:
+            if name not in names:
+                raise ValueError(f"{flag}: unknown step '{name}'; valid steps: {', '.join(names)}")
+    if only and from_step:
+        raise ValueError("--steps and --from cannot be combined: --steps runs exactly the named steps, "
+                         "--from runs a step and everything downstream")
+    forced = set(force) | (set(downstream_of(steps, from_step)) if from_step else set())
+    selected = set(only) if only else set(names)
+
+    keys: dict[str, str] = {}
+    plan: list[PlannedStep] = []
+    for step in steps:
+        section = to_dict(getattr(config, step.name))
+        upstream_keys = {up: keys[up] for up in step.upstream}
+        key = step_key(step.name, step.code_version, section, upstream_keys)
+        keys[step.name] = key
+        if step.name not in selected:
+            action, reason = "skip", "not selected by --steps"
+        elif step.name in forced:
+            action, reason = "run", "forced" if step.name in force else f"downstream of --from {from_step}"
+        elif store.is_published(step.name, key):
+            action, reason = "cached", "output already published for this key"
+        else:
+            action, reason = "run", "no published output for this key"
+        plan.append(PlannedStep(step.name, key, upstream_keys, action, reason, section))
+
+    by_name = {p.name: p for p in plan}
+    for planned in plan:
+        if planned.action != "run":
+            continue
+        for up, up_key in planned.upstream_keys.items():
+            if by_name[up].action == "skip" and not store.is_published(up, up_key):
+                raise ValueError(
+                    f"step '{planned.name}' needs the output of step '{up}' (key {up_key}), which is not in "
+                    f"store {store.uri}; produce it first with: python pipelines/full_run.py --steps {up} "
+                    f"(same --preset/--config/--set/--store), or drop --steps to run everything"
+                )
+    return plan
+
+
+def describe_plan(plan: Sequence[PlannedStep]) -> str:
+    """Human-readable plan, one line a step (what --dry-run prints)."""
+    width = max(len(p.name) for p in plan)
+    lines = [f"{p.name:<{width}}  {p.action:<6}  key={p.key}  ({p.reason})" for p in plan]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Model wrappers (kept apart from the steps that use them)."""

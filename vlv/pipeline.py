@@ -1,0 +1,24 @@
+"""The pipeline: its steps in dependency order (SPEC section 5). Adding a step means adding it here."""
+
+from __future__ import annotations
+
+from vlv.engine.step import Step
+from vlv.steps.aesthetic_filter import AestheticFilterStep
+from vlv.steps.download import DownloadStep
+from vlv.steps.ingest_captions import IngestCaptionsStep
+from vlv.steps.prepare_metadata import PrepareMetadataStep
+
+
+def pipeline_steps() -> list[Step]:
+    return [PrepareMetadataStep(), DownloadStep(), AestheticFilterStep(), IngestCaptionsStep()]
+
+
+def step_names() -> list[str]:
+    return [s.name for s in pipeline_steps()]
+
+
+def step_by_name(name: str) -> Step:
+    for step in pipeline_steps():
+        if step.name == name:
+            return step
+    raise ValueError(f"unknown step '{name}'; valid steps: {', '.join(step_names())}")

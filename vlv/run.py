@@ -1,0 +1,210 @@
+"""Run the pipeline: plan, open MLflow runs, execute or skip each step on Ray, publish, report.
+
+Reads top to bottom: build config and store -> plan -> (dry run? print and stop) -> preflight -> Ray ->
+parent run -> for each planned step {cached: child run pointing at its source; run: child run + Ray task}.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from vlv.config import PipelineConfig
+from vlv.engine.executor import StepRequest, connect_ray, submit_step
+from vlv.engine.plan import PlannedStep, describe_plan, make_plan
+from vlv.engine.step import StepOutput
+from vlv.engine.store import RunStore
+from vlv.engine.step import Step
+from vlv.pipeline import pipeline_steps
+from vlv.tracking import PipelineTracking, default_tracking_uri
+
+log = logging.getLogger("vlv.run")
+
+DEFAULT_STORE = "./vlv_runs"
+
+
+class StepFailed(RuntimeError):
+    """A step raised; the message names the step and how to resume."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    config: PipelineConfig
+    store_uri: str = DEFAULT_STORE
+    only: tuple[str, ...] = ()
+    from_step: str | None = None
+    force: tuple[str, ...] = ()
+    dry_run: bool = False
+    # The steps to plan over, in dependency order; None means the VLV pipeline (tests pass their own).
+    steps: tuple[Step, ...] | None = None
+
+    def pipeline(self) -> list[Step]:
+        return list(self.steps) if self.steps is not None else pipeline_steps()
+
+
+@dataclass
+class StepOutcome:
+    name: str
+    key: str
+    status: str  # executed | cached | skipped | failed
+    output_uri: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+
+
+@dataclass
+class PipelineOutcome:
+    plan: list[PlannedStep]
+    steps: list[StepOutcome]
+    parent_run_id: str | None
+    store_uri: str
+    tracking_uri: str | None
+
+    def executed(self) -> list[str]:
+        return [s.name for s in self.steps if s.status == "executed"]
+
+
+def plan_run(options: RunOptions) -> tuple[RunStore, list[PlannedStep]]:
+    store = RunStore(options.store_uri)
+    plan = make_plan(options.pipeline(), options.config, store, only=options.only, from_step=options.from_step,
+                     force=options.force)
+    return store, plan
+
+
+def run_pipeline(options: RunOptions) -> PipelineOutcome:
+    config = options.config
+    store, plan = plan_run(options)
+    if options.dry_run:
+        return PipelineOutcome(plan, [], None, store.uri, None)
+    log.info("plan for preset %s, store %s:\n%s", config.preset, store.uri, describe_plan(plan))
+    steps = {step.name: step for step in options.pipeline()}
+    for planned in plan:
+        if planned.action == "run":
+            steps[planned.name].preflight(getattr(config, planned.name))
+
+    tracking_uri = default_tracking_uri(store.local_root if store.is_local else None)
+    artifact_root = str(store.local_root / "mlflow-artifacts") if store.is_local and \
+        "MLFLOW_TRACKING_URI" not in os.environ else None
+    tracking = PipelineTracking(tracking_uri, config.experiment, artifact_root)
+    on_cluster = connect_ray()
+    parent_id = tracking.start_parent(
+        tags={"vlv.pipeline": "full_run", "vlv.preset": config.preset, "vlv.config_hash": config.config_hash(),
+              "vlv.git_commit": _git_commit(), "vlv.store": store.uri},
+        params={"preset": config.preset, "store": store.uri, "steps": ",".join(options.only) or "all",
+                "from": options.from_step or "", "force": ",".join(options.force)},
+    )
+    log.info("MLflow parent run %s at %s", parent_id, tracking_uri)
+    outcomes: list[StepOutcome] = []
+    ok = False
+    try:
+        for planned in plan:
+            outcomes.append(_do_step(steps[planned.name], planned, config, store, tracking, tracking_uri,
+                                     on_cluster))
+        ok = True
+    finally:
+        tracking.end_parent(ok)
+    return PipelineOutcome(plan, outcomes, parent_id, store.uri, tracking_uri)
+
+
+def _do_step(step: Step, planned: PlannedStep, config: PipelineConfig, store: RunStore, tracking: PipelineTracking,
+             tracking_uri: str, on_cluster: bool) -> StepOutcome:
+    output_uri = store.output_uri(planned.name, planned.key)
+    if planned.action == "skip":
+        return StepOutcome(planned.name, planned.key, "skipped", output_uri)
+    run_id = tracking.start_child(planned.name, planned.key, output_uri, planned.section)
+    if planned.action == "cached":
+        manifest = store.read_manifest(planned.name, planned.key)
+        assert manifest is not None, "planner said cached, so a manifest exists"
+        tracking.finish_child(run_id, "cached", manifest, _local_dir(store, output_uri),
+                              source_run_id=manifest.mlflow_run_id)
+        log.info("step %-16s cached (key %s)", planned.name, planned.key)
+        return StepOutcome(planned.name, planned.key, "cached", output_uri, dict(manifest.metrics), run_id)
+
+    section = getattr(config, planned.name)
+    resources = step.resources(section)
+    inputs = {}
+    for up, up_key in planned.upstream_keys.items():
+        up_manifest = store.read_manifest(up, up_key)
+        assert up_manifest is not None, "upstream steps run first or are checked by the planner"
+        inputs[up] = StepOutput(up, up_key, store.output_uri(up, up_key), up_manifest)
+    request = StepRequest(
+        step=step, key=planned.key, preset=config.preset, section=section,
+        section_dict=planned.section, upstream_keys=planned.upstream_keys, inputs=inputs,
+        store_uri=store.uri, tracking_uri=tracking_uri, mlflow_run_id=run_id, on_cluster=on_cluster,
+    )
+    log.info("step %-16s running (key %s, %s CPU, %s GPU)", planned.name, planned.key, resources.num_cpus,
+             resources.num_gpus)
+    started = time.time()
+    try:
+        with store.lock(planned.name, planned.key, owner=tracking.parent_run_id or "?"):
+            manifest = submit_step(request, resources.num_cpus, resources.num_gpus)
+    except BaseException as err:  # noqa: BLE001 - record the failure in MLflow, then re-raise
+        message = _error_message(err)
+        tracking.finish_child(run_id, "failed", None, None, error=message)
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise StepFailed(
+            f"step '{planned.name}' failed: {message}\nFinished steps stay cached: fix the cause and rerun the "
+            f"same command to resume from '{planned.name}'."
+        ) from err
+    tracking.finish_child(run_id, "executed", manifest, _local_dir(store, output_uri))
+    log.info("step %-16s done in %.1fs: %s", planned.name, time.time() - started,
+             ", ".join(f"{k}={v:g}" for k, v in manifest.metrics.items()))
+    return StepOutcome(planned.name, planned.key, "executed", output_uri, dict(manifest.metrics), run_id)
+
+
+def _local_dir(store: RunStore, output_uri: str) -> Path | None:
+    return Path(output_uri) if store.is_local else None
+
+
+def _error_message(err: BaseException) -> str:
+    """The root cause of a step failure in one line (Ray wraps the worker's exception)."""
+    cause = getattr(err, "cause", None) or err
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}" if not isinstance(cause, ValueError) \
+        else f"{text[-1] if text else cause!r}"
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def format_outcome(outcome: PipelineOutcome) -> str:
+    lines = [f"{'step':<18}{'status':<10}{'key':<22}metrics"]
+    for s in outcome.steps:
+        metrics = ", ".join(f"{k}={v:g}" for k, v in sorted(s.metrics.items())[:6])
+        lines.append(f"{s.name:<18}{s.status:<10}{s.key:<22}{metrics}")
+    lines.append(f"store: {outcome.store_uri}")
+    if outcome.tracking_uri:
+        lines.append(f"MLflow: {outcome.tracking_uri} (parent run {outcome.parent_run_id})")
+    return "\n".join(lines)
+
+
+def step_states(options: RunOptions) -> list[tuple[PlannedStep, str]]:
+    """For `vlv status`: each step's state for this config (published / partial / missing)."""
+    store, plan = plan_run(options)
+    states = []
+    for planned in plan:
+        manifest = store.read_manifest(planned.name, planned.key)
+        if manifest is not None:
+            state = f"published {manifest.created_at} ({len(manifest.files)} files)"
+        elif store.is_local and store.staging_dir(planned.name, planned.key).exists():
+            state = "partial (a staging folder from an unfinished attempt; the next run continues or redoes it)"
+        else:
+            state = "missing"
+        states.append((planned, state))
+    return states
+
+
+def selected(names: Sequence[str]) -> tuple[str, ...]:
+    return tuple(n.strip() for item in names for n in item.split(",") if n.strip())

@@ -1,0 +1,123 @@
+"""MLflow bookkeeping for a pipeline invocation: one parent run, one child run per planned step.
+
+Steps never import this module: the runner opens and closes runs, and workers get a `MlflowMetricLogger`
+(tracking URI + run id) through their `StepContext` to log metrics by step (training loss, for example).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from vlv.config_tree import flatten
+from vlv.engine.manifest import MANIFEST_NAME, Manifest
+
+_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
+_PARAM_MAX = 6000
+
+
+def default_tracking_uri(store_local_root: Path | None) -> str:
+    """MLFLOW_TRACKING_URI if set, else a SQLite database inside a local store (SPEC section 7)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    if store_local_root is None:
+        raise ValueError("the store is remote, so the default SQLite tracking database has nowhere to live; "
+                         "set MLFLOW_TRACKING_URI to your MLflow server (e.g. http://mlflow:5000)")
+    return f"sqlite:///{store_local_root / 'mlflow.db'}"
+
+
+def secret_values() -> list[str]:
+    """Values of environment variables whose names look like credentials (never to be logged)."""
+    return [v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 6]
+
+
+def redact(text: str, secrets: Iterable[str] | None = None) -> str:
+    for value in secrets if secrets is not None else secret_values():
+        text = text.replace(value, "***")
+    return text
+
+
+class MlflowMetricLogger:
+    """Logs metrics to one MLflow run; safe to build inside a Ray worker from two strings."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        from mlflow.tracking import MlflowClient
+
+        self.run_id = run_id
+        self._client = MlflowClient(tracking_uri)
+
+    def log_metric(self, name: str, value: float, step: int | None = None) -> None:
+        self._client.log_metric(self.run_id, name, float(value), timestamp=int(time.time() * 1000), step=step or 0)
+
+
+class PipelineTracking:
+    """Parent/child run layout of SPEC section 7 on top of `MlflowClient`."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | None):
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_root)
+        else:
+            self.experiment_id = found.experiment_id
+        self.parent_run_id: str | None = None
+        self._secrets = secret_values()
+
+    def start_parent(self, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
+        run = self.client.create_run(self.experiment_id, tags=self._clean(tags), run_name="full_run")
+        self.parent_run_id = run.info.run_id
+        self._log_params(self.parent_run_id, params)
+        return self.parent_run_id
+
+    def end_parent(self, ok: bool) -> None:
+        if self.parent_run_id:
+            self.client.set_terminated(self.parent_run_id, "FINISHED" if ok else "FAILED")
+
+    def start_child(self, step: str, key: str, output_uri: str, section: Mapping[str, Any]) -> str:
+        tags = {"mlflow.parentRunId": self.parent_run_id or "", "vlv.step": step, "vlv.key": key,
+                "vlv.output_uri": output_uri, "vlv.status": "running"}
+        run = self.client.create_run(self.experiment_id, tags=self._clean(tags), run_name=step)
+        self._log_params(run.info.run_id, section)
+        return run.info.run_id
+
+    def finish_child(self, run_id: str, status: str, manifest: Manifest | None, output_dir: Path | None,
+                     source_run_id: str | None = None, error: str | None = None) -> None:
+        self.client.set_tag(run_id, "vlv.status", status)
+        if source_run_id:
+            self.client.set_tag(run_id, "vlv.source_run_id", source_run_id)
+        if error:
+            self.client.set_tag(run_id, "vlv.error", self._redact(error)[:5000])
+        if manifest is not None:
+            for name, value in manifest.metrics.items():
+                self.client.log_metric(run_id, name, float(value))
+            self.client.log_text(run_id, manifest.to_json(), MANIFEST_NAME)
+            if output_dir is not None:
+                for rel in manifest.artifacts:
+                    path = output_dir / rel
+                    if path.is_file():
+                        parent = str(Path(rel).parent)
+                        self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
+        self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
+
+    # ------------------------------------------------------------------------------------------------------
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+    def _clean(self, tags: Mapping[str, str]) -> dict[str, str]:
+        return {k: self._redact(str(v)) for k, v in tags.items()}
+
+    def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = flatten(params) if params else {}
+        items = [Param(k, self._redact(str(v))[:_PARAM_MAX]) for k, v in sorted(flat.items())]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start:start + 100])
