@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -18,7 +19,8 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML/JSON/TOML file of config overrides")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value, e.g. --set download.image_size=64 (repeatable)")
-    parser.add_argument("--store", default=None, help="run store: a folder or fsspec URI (default ./vlv_runs)")
+    parser.add_argument("--store", default=None,
+                        help="run store: a folder or fsspec URI (default $VLV_STORE, else ./vlv_runs)")
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +39,7 @@ def options_from_args(args: argparse.Namespace, only: Sequence[str] = ()):
     config = load_config(args.preset, args.config, parse_set_flags(args.sets))
     return RunOptions(
         config=config,
-        store_uri=args.store or DEFAULT_STORE,
+        store_uri=args.store or os.environ.get("VLV_STORE") or DEFAULT_STORE,
         only=tuple(only) or selected(getattr(args, "steps", [])),
         from_step=getattr(args, "from_step", None),
         force=selected(getattr(args, "force", [])),
@@ -94,6 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="print each step's state (published / partial / missing) for a config")
     add_config_args(status)
 
+    verify = sub.add_parser("verify", help="check every published output against its manifest checksums")
+    add_config_args(verify)
+
+    plan = sub.add_parser("plan", help="resources, GPU-hours and cost of each step (paper figures + assumptions)")
+    add_config_args(plan)
+    plan.add_argument("--gpus", type=int, default=8, help="GPUs for training and evaluation (paper: 8)")
+    plan.add_argument("--gpu-type", default="L40S", help="RTX6000-Ada, L40S, A100-80GB or H100-80GB")
+    plan.add_argument("--price-per-gpu-hour", type=float, default=None,
+                      help="USD per GPU-hour (default: an on-demand price for --gpu-type)")
+    plan.add_argument("--price-per-cpu-hour", type=float, default=0.05, help="USD per vCPU-hour for CPU steps")
+
     run = sub.add_parser("run", help="run one step (its inputs must exist), e.g. `vlv run download`")
     run.add_argument("step", choices=step_names())
     add_config_args(run)
@@ -116,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "status":
         return _status(args)
+    if args.command == "verify":
+        return _verify(args)
+    if args.command == "plan":
+        return _plan(args)
     if args.command == "run":
         return run_from_args(args, only=[args.step])
     if args.command == "captions" and args.captions_command == "request":
@@ -134,6 +151,43 @@ def _status(args: argparse.Namespace) -> int:
     width = max(len(p.name) for p, _ in states)
     for planned, state in states:
         print(f"{planned.name:<{width}}  key={planned.key}  {state}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from vlv.run import verify_outputs
+
+    try:
+        report = verify_outputs(options_from_args(args))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    damaged = [(step, problems) for step, _, problems in report if problems]
+    for step, key, problems in report:
+        print(f"{step:<18} key={key}  {'DAMAGED' if problems else 'ok'}")
+        for problem in problems:
+            print(f"    {problem}")
+    if damaged:
+        steps = ",".join(step for step, _ in damaged)
+        print(f"rerun the damaged steps with: python pipelines/full_run.py --force {steps} (same config flags)")
+        return 1
+    print(f"{len(report)} published outputs intact")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from vlv.config import load_config
+    from vlv.config_tree import parse_set_flags
+    from vlv.cost_plan import format_cost_plan, make_cost_plan
+
+    try:
+        config = load_config(args.preset, args.config, parse_set_flags(args.sets))
+        plan = make_cost_plan(config, gpu_type=args.gpu_type, gpus=args.gpus,
+                              price_per_gpu_hour=args.price_per_gpu_hour, price_per_cpu_hour=args.price_per_cpu_hour)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_cost_plan(plan))
     return 0
 
 

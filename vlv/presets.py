@@ -28,7 +28,7 @@ def tiny() -> PipelineConfig:
         preset="tiny",
         prepare_metadata=PrepareMetadataConfig(source="tiny", min_side=256),
         download=DownloadConfig(image_size=64, samples_per_shard=8, processes_count=1, thread_count=4,
-                                timeout_s=5),
+                                timeout_s=5, progress_interval_s=5.0),
         aesthetic_filter=AestheticFilterConfig(model="tiny-random", threshold=None, keep_top_quantile=0.75,
                                                batch_size=8),
         ingest_captions=IngestCaptionsConfig(generate_tiny=True),

@@ -16,12 +16,13 @@ from typing import Sequence
 
 from vlv.config import PipelineConfig
 from vlv.engine.executor import StepRequest, connect_ray, submit_step
+from vlv.engine.manifest import verify_files
 from vlv.engine.plan import PlannedStep, describe_plan, make_plan
-from vlv.engine.step import StepOutput
+from vlv.engine.step import Step, StepOutput
 from vlv.engine.store import RunStore
-from vlv.engine.step import Step
+from vlv.job_env import check_job_paths
 from vlv.pipeline import pipeline_steps
-from vlv.tracking import PipelineTracking, default_tracking_uri
+from vlv.tracking import PipelineTracking, check_tracking_reachable, default_tracking_uri
 
 log = logging.getLogger("vlv.run")
 
@@ -77,6 +78,7 @@ def plan_run(options: RunOptions) -> tuple[RunStore, list[PlannedStep]]:
 
 
 def run_pipeline(options: RunOptions) -> PipelineOutcome:
+    check_job_paths(options.store_uri)  # under `ray job submit`, refuse a store lost with Ray's temp copy
     config = options.config
     store, plan = plan_run(options)
     if options.dry_run:
@@ -88,6 +90,7 @@ def run_pipeline(options: RunOptions) -> PipelineOutcome:
             steps[planned.name].preflight(getattr(config, planned.name))
 
     tracking_uri = default_tracking_uri(store.local_root if store.is_local else None)
+    check_tracking_reachable(tracking_uri)
     artifact_root = str(store.local_root / "mlflow-artifacts") if store.is_local and \
         "MLFLOW_TRACKING_URI" not in os.environ else None
     tracking = PipelineTracking(tracking_uri, config.experiment, artifact_root)
@@ -132,6 +135,11 @@ def _do_step(step: Step, planned: PlannedStep, config: PipelineConfig, store: Ru
         up_manifest = store.read_manifest(up, up_key)
         assert up_manifest is not None, "upstream steps run first or are checked by the planner"
         inputs[up] = StepOutput(up, up_key, store.output_uri(up, up_key), up_manifest)
+        if store.is_local:
+            problems = verify_files(Path(inputs[up].uri), up_manifest, checksums=False)
+            if problems:
+                raise StepFailed(f"step '{planned.name}' cannot start: the output of '{up}' is damaged "
+                                 f"({'; '.join(problems[:3])}). Rerun it with --force {up}.")
     request = StepRequest(
         step=step, key=planned.key, preset=config.preset, section=section,
         section_dict=planned.section, upstream_keys=planned.upstream_keys, inputs=inputs,
@@ -208,3 +216,17 @@ def step_states(options: RunOptions) -> list[tuple[PlannedStep, str]]:
 
 def selected(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(n.strip() for item in names for n in item.split(",") if n.strip())
+
+
+def verify_outputs(options: RunOptions) -> list[tuple[str, str, list[str]]]:
+    """For `vlv verify`: full checksum check of every published output of this config."""
+    store, plan = plan_run(options)
+    if not store.is_local:
+        raise ValueError(f"vlv verify reads files directly and needs a local store, not {store.uri}")
+    report = []
+    for planned in plan:
+        manifest = store.read_manifest(planned.name, planned.key)
+        if manifest is not None:
+            folder = Path(store.output_uri(planned.name, planned.key))
+            report.append((planned.name, planned.key, verify_files(folder, manifest)))
+    return report

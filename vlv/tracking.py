@@ -30,6 +30,30 @@ def default_tracking_uri(store_local_root: Path | None) -> str:
     return f"sqlite:///{store_local_root / 'mlflow.db'}"
 
 
+def check_tracking_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, before any step runs, when an MLflow server is configured but does not answer."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    url = tracking_uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except urllib.error.HTTPError as err:
+        problem = f"HTTP {err.code}"
+    except (urllib.error.URLError, OSError) as err:
+        problem = str(getattr(err, "reason", err))
+    raise ValueError(
+        f"the MLflow tracking server {tracking_uri} is unreachable ({problem}); start it "
+        f"(infra/local/mlflow_server.sh start) or unset MLFLOW_TRACKING_URI to track in the store's SQLite file. "
+        f"No step was run."
+    )
+
+
 def secret_values() -> list[str]:
     """Values of environment variables whose names look like credentials (never to be logged)."""
     return [v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 6]

@@ -86,3 +86,27 @@ def test_dry_run_touches_nothing(ray_session, dirs):
     outcome = run_pipeline(_options(store, counter, dry_run=True))
     assert [p.action for p in outcome.plan] == ["run", "run", "run"] and outcome.steps == []
     assert runs(counter, "alpha") == 0 and not (store / "mlflow.db").exists()
+
+
+def test_damaged_output_is_reported_with_its_path_and_blocks_downstream(ray_session, dirs):
+    from vlv.run import verify_outputs
+
+    store, counter = dirs
+    first = run_pipeline(_options(store, counter))
+    assert all(not problems for _, _, problems in verify_outputs(_options(store, counter)))
+    damaged = Path(first.steps[0].output_uri) / "value.txt"
+    damaged.write_text("1234567")  # truncated/overwritten: size differs from the manifest
+    report = {step: problems for step, _, problems in verify_outputs(_options(store, counter))}
+    assert report["alpha"] and str(damaged) in report["alpha"][0] and not report["beta"]
+    with pytest.raises(StepFailed, match=r"output of 'alpha' is damaged .*--force alpha"):
+        run_pipeline(_options(store, counter, force=("beta",)))
+    assert run_pipeline(_options(store, counter, force=("alpha",))).executed() == ["alpha"]
+    assert all(not problems for _, _, problems in verify_outputs(_options(store, counter)))
+
+
+def test_unreachable_tracking_server_fails_before_any_step(ray_session, dirs, monkeypatch):
+    store, counter = dirs
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
+    with pytest.raises(ValueError, match=r"MLflow tracking server http://127.0.0.1:9 is unreachable.*No step"):
+        run_pipeline(_options(store, counter))
+    assert runs(counter, "alpha") == 0

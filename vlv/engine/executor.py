@@ -6,6 +6,8 @@
   debuggers can call it without Ray.
 - `map_batches_with_actors` runs a per-worker-setup / per-batch-process class over a Ray Dataset as an actor
   pool, for steps that score or embed many items (model loaded once per actor).
+- `map_chunks_with_tasks` runs one plain function over K chunks as K Ray tasks with declared resources, for
+  work whose per-worker results are merged on the driver (e.g. FID feature statistics: one model load per task).
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Sequence, TypeVar
 
 from vlv.engine.manifest import Manifest, list_files
 from vlv.engine.step import Step, StepContext, StepOutput
 from vlv.engine.store import RunStore
 
 log = logging.getLogger("vlv.executor")
+
+ChunkT = TypeVar("ChunkT")
+ResultT = TypeVar("ResultT")
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,7 @@ def execute_step(request: StepRequest) -> Manifest:
         step=step.name, key=request.key, code_version=step.code_version, config=request.section_dict,
         upstream=request.upstream_keys, files=list_files(staging),
         metrics={k: float(v) for k, v in result.metrics.items()}, artifacts=tuple(result.artifacts),
-        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         duration_s=round(time.time() - started, 3), mlflow_run_id=request.mlflow_run_id,
     )
     store.publish(staging, manifest)
@@ -115,8 +120,37 @@ def map_batches_with_actors(dataset: Any, actor_cls: type, *, constructor_kwargs
                             num_actors: int, num_cpus_per_actor: float, num_gpus_per_actor: float,
                             batch_size: int, batch_format: str = "numpy") -> Any:
     """Ray Data actor pool: `actor_cls(**constructor_kwargs)` once per actor, `__call__(batch)` per batch."""
+    from ray.data import ActorPoolStrategy
+
     return dataset.map_batches(
-        actor_cls, fn_constructor_kwargs=constructor_kwargs, compute=None, concurrency=num_actors,
+        actor_cls, fn_constructor_kwargs=constructor_kwargs, compute=ActorPoolStrategy(size=num_actors),
         num_cpus=num_cpus_per_actor, num_gpus=num_gpus_per_actor, batch_size=batch_size,
         batch_format=batch_format,
     )
+
+
+def map_chunks_with_tasks(fn: Callable[[ChunkT], ResultT], chunks: Sequence[ChunkT], *, num_cpus: float,
+                          num_gpus: float = 0.0, name: str = "vlv:chunk", max_retries: int = 1
+                          ) -> list[ResultT]:
+    """`[fn(chunk) for chunk in chunks]`, each call a Ray task with the given resources; results in chunk order.
+
+    `fn` must be a module-level function (Ray ships it by reference) and should be idempotent, since a task
+    lost with its worker is retried. Logs each completion so long fan-outs show progress. Joins or starts Ray
+    like `connect_ray` if no Ray is running yet.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        connect_ray()
+    task = ray.remote(fn).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries, name=name)
+    refs = [task.remote(chunk) for chunk in chunks]
+    index_of = {ref: i for i, ref in enumerate(refs)}
+    results: list[Any] = [None] * len(refs)
+    pending = list(refs)
+    started = time.time()
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        results[index_of[done[0]]] = ray.get(done[0])
+        log.info("%s: %d/%d tasks done after %.1fs", name, len(refs) - len(pending), len(refs),
+                 time.time() - started)
+    return results

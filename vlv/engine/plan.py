@@ -55,7 +55,8 @@ def make_plan(
     force: Sequence[str] = (),
 ) -> list[PlannedStep]:
     names = [s.name for s in steps]
-    for flag, value in [("--steps", list(only)), ("--force", list(force)), ("--from", [from_step] if from_step else [])]:
+    named = {"--steps": list(only), "--force": list(force), "--from": [from_step] if from_step else []}
+    for flag, value in named.items():
         for name in value:
             if name not in names:
                 raise ValueError(f"{flag}: unknown step '{name}'; valid steps: {', '.join(names)}")

@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import json
+import math
+import shutil
+import tempfile
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Iterator, Literal, Sequence
 
-from vlv.engine.step import Step, StepContext, StepResult
+import fsspec
+import pyarrow.parquet as pq
+
+from vlv.data.download_stats import DownloadCounts, DownloadProgress, read_download_counts
+from vlv.data.img2dataset_runner import Img2DatasetJob, run_img2dataset
+from vlv.data.laion import CANONICAL_COLUMNS
+from vlv.data.loopback_site import serve_folder
+from vlv.engine.step import Resources, Step, StepContext, StepOutput, StepResult
+
+SITE_INFO = "loopback_site.json"
+PARTS_FOLDER = "_metadata_parts"
 
 
 @dataclass
@@ -19,11 +36,16 @@ class DownloadConfig:
     thread_count: int = 16
     timeout_s: int = 10
     retries: int = 0
-    # "auto": img2dataset's `ray` distributor when joined to a Ray cluster, `multiprocessing` otherwise.
+    # "auto": img2dataset's `ray` distributor when joined to a Ray cluster, `multiprocessing` otherwise
+    # (and always for the tiny loopback site, which only this machine can reach).
     distributor: Literal["auto", "multiprocessing", "ray"] = "auto"
     # Respect X-Robots-Tag opt-outs (img2dataset's default directives); set false only with the rights to.
     respect_opt_out: bool = True
     num_cpus: float = 1.0
+    progress_interval_s: float = 30.0  # seconds between progress log lines
+    # img2dataset reads each input file whole: metadata longer than this is fed to it in parts of about this
+    # many rows (rounded to whole shards, so shard numbering is the same as from one file).
+    metadata_part_rows: int = 1_000_000
 
     def __post_init__(self) -> None:
         if self.image_size <= 0:
@@ -32,13 +54,151 @@ class DownloadConfig:
             raise ValueError(f"download.samples_per_shard must be > 0, got {self.samples_per_shard}")
         if self.processes_count <= 0 or self.thread_count <= 0:
             raise ValueError("download.processes_count and download.thread_count must be > 0")
+        if not 0 <= self.encode_quality <= 100:
+            raise ValueError(f"download.encode_quality must be in 0..100, got {self.encode_quality}")
+        if self.metadata_part_rows <= 0:
+            raise ValueError(f"download.metadata_part_rows must be > 0, got {self.metadata_part_rows}")
+        if self.progress_interval_s <= 0:
+            raise ValueError(f"download.progress_interval_s must be > 0, got {self.progress_interval_s}")
 
 
 class DownloadStep(Step[DownloadConfig]):
     name = "download"
     upstream = ("prepare_metadata",)
     code_version = "1"
+    # A crashed attempt's staging folder is kept: img2dataset's incremental mode skips its finished shards.
+    resumable = True
     description = "img2dataset into webdataset shards"
 
+    def resources(self, config: DownloadConfig) -> Resources:
+        return Resources(num_cpus=config.num_cpus)
+
     def run(self, ctx: StepContext[DownloadConfig]) -> StepResult:
-        raise NotImplementedError("being written")  # DEV SCAFFOLD: replaced before commit
+        cfg = ctx.config
+        upstream = ctx.input("prepare_metadata")
+        metadata_uri = upstream.path("metadata.parquet")
+        fs, metadata_path = fsspec.core.url_to_fs(metadata_uri)
+        with fs.open(metadata_path, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            total_rows, columns = parquet.metadata.num_rows, parquet.schema_arrow.names
+        site = _site_info(upstream)
+        distributor = cfg.distributor
+        if distributor == "auto":
+            distributor = "ray" if ctx.on_cluster and site is None else "multiprocessing"
+        shards_dir = ctx.output_dir / "shards"
+        parts_dir = ctx.output_dir / PARTS_FOLDER
+        url_list = split_metadata(metadata_uri, total_rows, cfg, parts_dir, ctx)
+        job = img2dataset_job(cfg, url_list, str(shards_dir), distributor, columns)
+        total_shards = math.ceil(total_rows / cfg.samples_per_shard)
+        ctx.log.info("download: %d URLs into %d shards of %d with the %s distributor (%d processes x %d threads)",
+                     total_rows, total_shards, cfg.samples_per_shard, distributor, cfg.processes_count,
+                     cfg.thread_count)
+        with _serving(upstream, site, ctx), \
+                DownloadProgress(shards_dir, total_shards, total_rows, cfg.progress_interval_s, ctx.log):
+            run_img2dataset(job)
+
+        counts = read_download_counts(shards_dir)
+        _check_complete(counts, total_shards, total_rows, shards_dir)
+        shutil.rmtree(parts_dir, ignore_errors=True)  # a copy of the input; kept only for a crashed attempt
+        _write_counts_csv(counts, ctx.output_dir / "download_counts.csv")
+        for (status, reason), count in sorted(counts.by_status_reason.items(), key=lambda item: -item[1])[:10]:
+            if status != "success":
+                ctx.log.info("download: %d x %s (%s): %s", count, reason, status, counts.examples.get(reason, ""))
+        metrics = {"images_ok": counts.images_ok, "images_failed": counts.images_failed,
+                   "shards": len(counts.shards), "success_rate": counts.images_ok / max(counts.samples, 1)}
+        metrics.update({f"images_failed_{reason}": n for reason, n in counts.failed_by_reason().items()})
+        return StepResult(metrics=metrics, artifacts=["download_counts.csv"])
+
+
+def split_metadata(metadata_uri: str, total_rows: int, cfg: DownloadConfig, parts_dir: Path,
+                   ctx: StepContext) -> str:
+    """The input for img2dataset: the metadata file itself, or (when long) a folder of parts of whole shards.
+
+    img2dataset loads an input file in one piece (tens of GB for LAION-2B-scale metadata); parts bound that.
+    Parts hold a whole number of shards, so shard N holds the same rows either way and a resumed attempt
+    (which rewrites the parts identically) skips the same finished shards.
+    """
+    if total_rows <= cfg.metadata_part_rows:
+        return metadata_uri
+    rows_per_part = max(1, cfg.metadata_part_rows // cfg.samples_per_shard) * cfg.samples_per_shard
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    parts_dir.mkdir(parents=True)
+    fs, path = fsspec.core.url_to_fs(metadata_uri)
+    part, rows_in_part, writer = 0, 0, None
+    with fs.open(path, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        for batch in parquet.iter_batches(batch_size=min(rows_per_part, 65_536)):
+            while batch.num_rows:
+                if writer is None:
+                    writer = pq.ParquetWriter(parts_dir / f"part-{part:05d}.parquet", parquet.schema_arrow)
+                take = min(batch.num_rows, rows_per_part - rows_in_part)
+                writer.write_batch(batch.slice(0, take))
+                batch, rows_in_part = batch.slice(take), rows_in_part + take
+                if rows_in_part == rows_per_part:
+                    writer.close()
+                    writer, rows_in_part, part = None, 0, part + 1
+    if writer is not None:
+        writer.close()
+    ctx.log.info("download: %d URLs split into %d parts of %d rows for img2dataset", total_rows,
+                 len(list(parts_dir.glob("*.parquet"))), rows_per_part)
+    return str(parts_dir)
+
+
+def img2dataset_job(cfg: DownloadConfig, metadata_uri: str, output_folder: str,
+                    distributor: Literal["multiprocessing", "ray"],
+                    columns: Sequence[str] = CANONICAL_COLUMNS) -> Img2DatasetJob:
+    """The img2dataset arguments for this config; every LAION column present rides along into each sample."""
+    return Img2DatasetJob(
+        url_list=metadata_uri, output_folder=output_folder, image_size=cfg.image_size,
+        resize_mode=cfg.resize_mode, encode_format=cfg.encode_format, encode_quality=cfg.encode_quality,
+        number_sample_per_shard=cfg.samples_per_shard, processes_count=cfg.processes_count,
+        thread_count=cfg.thread_count, timeout=cfg.timeout_s, retries=cfg.retries, distributor=distributor,
+        save_additional_columns=tuple(c for c in CANONICAL_COLUMNS if c in columns and c not in ("URL", "TEXT")),
+        respect_opt_out=cfg.respect_opt_out,
+    )
+
+
+def _site_info(upstream: StepOutput) -> dict | None:
+    if not any(entry.path == SITE_INFO for entry in upstream.manifest.files):
+        return None
+    with fsspec.open(upstream.path(SITE_INFO), "r") as handle:
+        return json.load(handle)
+
+
+@contextlib.contextmanager
+def _serving(upstream: StepOutput, site: dict | None, ctx: StepContext) -> Iterator[None]:
+    """Serve the tiny loopback site (published by prepare_metadata) while img2dataset runs."""
+    if site is None:
+        yield
+        return
+    folder_name = site.get("folder", "loopback_site")
+    with contextlib.ExitStack() as stack:
+        try:
+            folder = upstream.local_dir / folder_name
+        except ValueError:  # the store is remote: fetch the (small) site first
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vlv-site-"))) / folder_name
+            fs, remote = fsspec.core.url_to_fs(upstream.path(folder_name))
+            fs.get(remote, str(folder), recursive=True)
+        server = stack.enter_context(serve_folder(folder, site["host"], int(site["port"])))
+        ctx.log.info("download: serving the tiny photo site %s at http://%s:%d/", folder, server.host, server.port)
+        yield
+
+
+def _check_complete(counts: DownloadCounts, total_shards: int, total_rows: int, shards_dir: Path) -> None:
+    """img2dataset logs a shard that failed twice and returns normally: an incomplete output must not publish."""
+    if len(counts.shards) < total_shards or counts.samples < total_rows:
+        raise RuntimeError(
+            f"download: only {len(counts.shards)} of {total_shards} shards ({counts.samples} of {total_rows} "
+            f"URLs) finished; see img2dataset's output above. The finished shards stay in {shards_dir} and a "
+            f"rerun of the same command continues from them"
+        )
+    leftover = shards_dir / "_tmp"
+    if leftover.exists():
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _write_counts_csv(counts: DownloadCounts, path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["status", "error_reason", "count", "example_message"])
+        writer.writerows(counts.csv_rows())

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import csv
+import glob
+import json
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
+import pyarrow.parquet as pq
+
+from vlv.data.laion import CANONICAL_COLUMNS, DEFAULT_BATCH_ROWS, Funnel, MetadataFilter, prepare_laion_metadata
+from vlv.data.loopback_site import LoopbackSite, TinySiteSpec, build_loopback_site, probe_urls, serve_folder
 from vlv.engine.step import Step, StepContext, StepResult
+
+SITE_FOLDER = "loopback_site"
 
 
 @dataclass
@@ -13,14 +24,16 @@ class PrepareMetadataConfig:
     # "laion": read LAION parquet from `input_uri`; "tiny": build a LAION-format set of real photos served on
     # loopback HTTP (scikit-image samples and variations, plus broken rows so failure paths always run).
     source: Literal["laion", "tiny"] = "laion"
-    input_uri: str = ""  # path, glob or URI (s3://, gs://) of LAION metadata parquet files
-    # Our column name -> the name in your LAION release, for columns whose names differ (e.g. {"URL": "url"}).
+    input_uri: str = ""  # path, glob, folder or URI (s3://, gs://) of LAION metadata parquet files
+    # Our column name -> the name in your LAION release, for columns whose names differ (e.g. {"URL": "link"});
+    # common aliases (url, caption, NSFW, prob_watermark, AESTHETIC_SCORE, ...) are recognised without it.
     column_map: dict[str, str] = field(default_factory=dict)
     min_side: int = 512  # keep rows whose shorter side is > min_side (paper)
     min_aspect: float = 0.5  # keep WIDTH / HEIGHT in [min_aspect, max_aspect] (paper)
     max_aspect: float = 2.0
-    max_pwatermark: float = 0.5  # keep pwatermark < max_pwatermark (paper)
+    max_pwatermark: float | None = 0.5  # keep pwatermark < max_pwatermark (paper); null: no watermark test
     max_punsafe: float | None = None  # keep punsafe < max_punsafe when set
+    batch_rows: int = DEFAULT_BATCH_ROWS  # rows read per batch: bounds memory on LAION-2B-scale metadata
     tiny_num_images: int = 24  # tiny source: number of good photos (plus the broken rows)
     tiny_image_side: int = 640  # tiny source: longer side of the served photos
     tiny_port: int = 18765  # tiny source: loopback HTTP port the photos are served on
@@ -34,6 +47,18 @@ class PrepareMetadataConfig:
             raise ValueError(f"prepare_metadata.min_side must be >= 0, got {self.min_side}")
         if not 1 <= self.tiny_port <= 65535:
             raise ValueError(f"prepare_metadata.tiny_port must be in 1..65535, got {self.tiny_port}")
+        unknown = sorted(set(self.column_map) - set(CANONICAL_COLUMNS))
+        if unknown:
+            raise ValueError(f"prepare_metadata.column_map keys must be our column names "
+                             f"({', '.join(CANONICAL_COLUMNS)}), got {', '.join(unknown)}")
+        if self.batch_rows <= 0:
+            raise ValueError(f"prepare_metadata.batch_rows must be > 0, got {self.batch_rows}")
+        if self.tiny_num_images <= 0:
+            raise ValueError(f"prepare_metadata.tiny_num_images must be > 0, got {self.tiny_num_images}")
+
+    def metadata_filter(self) -> MetadataFilter:
+        return MetadataFilter(min_side=self.min_side, min_aspect=self.min_aspect, max_aspect=self.max_aspect,
+                              max_pwatermark=self.max_pwatermark, max_punsafe=self.max_punsafe)
 
 
 class PrepareMetadataStep(Step[PrepareMetadataConfig]):
@@ -42,5 +67,59 @@ class PrepareMetadataStep(Step[PrepareMetadataConfig]):
     code_version = "1"
     description = "Filter LAION metadata (or build the tiny loopback set) for img2dataset"
 
+    def preflight(self, config: PrepareMetadataConfig) -> None:
+        if config.source != "laion":
+            return
+        uri = config.input_uri.strip()
+        if not uri:
+            raise ValueError("prepare_metadata.input_uri is empty: point it at your LAION metadata parquet "
+                             "(a file, folder, glob or s3:// URI) with --set prepare_metadata.input_uri=..., "
+                             "or run the offline data with --preset tiny")
+        local = uri.removeprefix("file://") if "://" not in uri or uri.startswith("file://") else None
+        if local is not None and not glob.glob(local):
+            raise ValueError(f"prepare_metadata.input_uri: nothing found at {uri}")
+
     def run(self, ctx: StepContext[PrepareMetadataConfig]) -> StepResult:
-        raise NotImplementedError("being written")  # DEV SCAFFOLD: replaced before commit
+        cfg = ctx.config
+        rule = cfg.metadata_filter()
+        site: LoopbackSite | None = None
+        input_uri = cfg.input_uri
+        if cfg.source == "tiny":
+            spec = TinySiteSpec(num_images=cfg.tiny_num_images, image_side=cfg.tiny_image_side, port=cfg.tiny_port,
+                                seed=cfg.seed)
+            site = build_loopback_site(ctx.output_dir / SITE_FOLDER, spec, rule)
+            input_uri = str(ctx.output_dir / "source_metadata.parquet")
+            pq.write_table(site.rows, input_uri)
+            ctx.log.info("prepare_metadata: built the tiny photo site: %d photos, %d rows (broken ones included)",
+                         len(site.good_urls), site.rows.num_rows)
+        metadata_path = ctx.output_dir / "metadata.parquet"
+        funnel = prepare_laion_metadata(input_uri, str(metadata_path), rule, cfg.column_map, cfg.batch_rows,
+                                        logger=ctx.log)
+        if site is not None:
+            _check_site_answers(site, metadata_path, ctx)
+            (ctx.output_dir / "loopback_site.json").write_text(json.dumps(site.info(), indent=2))
+        _write_funnel_csv(funnel, ctx.output_dir / "funnel.csv")
+        ctx.log.info("prepare_metadata funnel: %s", ", ".join(f"{stage}={n}" for stage, n in funnel.rows()))
+        metrics = {"rows_read": funnel.rows_read, "rows_kept": funnel.rows_kept}
+        metrics.update({f"dropped_{reason}": n for reason, n in funnel.drop_counts().items()})
+        return StepResult(metrics=metrics, artifacts=["funnel.csv"])
+
+
+def _check_site_answers(site: LoopbackSite, metadata_path: Path, ctx: StepContext) -> None:
+    """Serve the site once and probe every kept URL: the photos must answer 200, the deleted ones 404."""
+    urls = pq.read_table(metadata_path, columns=["URL"]).column("URL").to_pylist()
+    with serve_folder(site.folder, site.host, site.port):
+        statuses = probe_urls(urls)
+    ctx.log.info("prepare_metadata: the tiny site answers %s",
+                 ", ".join(f"HTTP {code} x {n}" for code, n in sorted(Counter(statuses.values()).items())))
+    wrong = [f"{url} -> {statuses[url]}" for url in site.good_urls if statuses.get(url, 200) != 200]
+    wrong += [f"{url} -> {statuses[url]}" for url in site.missing_urls if statuses.get(url, 404) != 404]
+    if wrong:
+        raise RuntimeError(f"the tiny photo site does not answer as built: {'; '.join(wrong[:5])}")
+
+
+def _write_funnel_csv(funnel: Funnel, path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["stage", "count"])
+        writer.writerows(funnel.rows())

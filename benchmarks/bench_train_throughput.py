@@ -1,0 +1,125 @@
+"""Training throughput: ZeRO-2 on N Ray Train workers vs a plain single-process PyTorch loop, same task.
+
+    python benchmarks/bench_train_throughput.py [--workers 2] [--steps 12] [--global-batch 256]
+
+Both sides run the same `TrainTask` (model factory, batch stream, loss) with the same global batch, AdamW,
+gradient clipping and schedule; the only difference is distribution. Throughput = samples/s over the steps
+after `--warmup` (the Ray side measures on rank 0 between log points, the plain side with a wall clock).
+Swap `build_task()` for another TrainTask (e.g. the tiny stage-1 model) to measure it instead. On a CPU-only
+machine with two cores, two workers compete with everything else on it: read the ratio, not a verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def build_task() -> Any:
+    from vlv.train.toy_task import ToyRegressionTask
+
+    return ToyRegressionTask(in_dim=256, hidden=1024, out_dim=256, depth=4)
+
+
+@dataclass
+class FileMetricLogger:
+    path: str
+
+    def log_metric(self, name: str, value: float, step: int | None = None) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps({"name": name, "value": value, "step": step}) + "\n")
+
+
+def plain_pytorch_samples_per_s(task: Any, deepspeed_config: Any, *, steps: int, warmup: int, seed: int,
+                                threads: int) -> float:
+    """Single process, no DeepSpeed: the baseline a distributed run has to beat."""
+    import torch
+
+    from vlv.train.deepspeed_config import build_lr_scheduler_factory
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = task.build_model()
+    model.train()
+    opt_cfg = deepspeed_config.optimizer
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=opt_cfg.lr,
+                                  betas=opt_cfg.betas, eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay)
+    scheduler = build_lr_scheduler_factory(deepspeed_config.schedule)(optimizer)
+    batches = task.batches(rank=0, world_size=1, batch_size=deepspeed_config.global_batch, start_batch=0)
+    generator = torch.Generator().manual_seed(seed)
+    started = None
+    for step in range(steps):
+        if step == warmup:
+            started = time.perf_counter()
+        loss = task.loss(model, next(batches), generator)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), deepspeed_config.gradient_clipping)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    assert started is not None
+    return (steps - warmup) * deepspeed_config.global_batch / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--global-batch", type=int, default=256)
+    args = parser.parse_args(argv)
+    if args.global_batch % args.workers:
+        parser.error("--global-batch must be a multiple of --workers")
+
+    from vlv.runtime_env import apply_runtime_defaults
+
+    apply_runtime_defaults()
+    import ray
+
+    from vlv.train.deepspeed_config import AdamWConfig, DeepSpeedConfig, LRScheduleConfig
+    from vlv.train.loop import LoopConfig
+    from vlv.train.ray_trainer import RayTrainConfig, run_training
+
+    task = build_task()
+    ds_config = DeepSpeedConfig(zero_stage=2, precision="fp32", micro_batch_per_worker=args.global_batch // args.workers,
+                                global_batch=args.global_batch, gradient_clipping=1.0,
+                                optimizer=AdamWConfig(lr=1e-3), schedule=LRScheduleConfig(total_steps=args.steps))
+    plain = plain_pytorch_samples_per_s(task, ds_config, steps=args.steps, warmup=args.warmup, seed=0,
+                                        threads=args.workers)
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(num_cpus=args.workers, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
+            logger = FileMetricLogger(str(Path(tmp) / "metrics.jsonl"))
+            run_training(
+                task=task, deepspeed=ds_config,
+                loop=LoopConfig(total_steps=args.steps, checkpoint_every=args.steps, log_every=1),
+                ray_train=RayTrainConfig(num_workers=args.workers, max_failures=0),
+                storage_path=str(Path(tmp) / "ray"), name="throughput", metric_logger=logger,
+            )
+            lines = [json.loads(line) for line in Path(logger.path).read_text().splitlines()]
+    finally:
+        if started_ray:
+            ray.shutdown()
+    series = [line["value"] for line in lines if line["name"] == "samples_per_s" and line["step"] > args.warmup]
+    zero2 = statistics.median(series)
+
+    params = sum(p.numel() for p in task.build_model().parameters())
+    print(f"\ntask: {type(task).__name__} ({params:,} parameters), global batch {args.global_batch}, "
+          f"{args.steps} steps ({args.warmup} warm-up)")
+    print(f"plain PyTorch, 1 process x {args.workers} threads : {plain:10.1f} samples/s")
+    print(f"DeepSpeed ZeRO-2, {args.workers} Ray Train workers  : {zero2:10.1f} samples/s (median per step)")
+    print(f"\nthroughput ratio ZeRO-2 x {args.workers} workers / plain single process: {zero2 / plain:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,182 @@
+"""LAION metadata reading: column aliases and maps, the funnel's counts, bounded batches, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from vlv.data.laion import CANONICAL_COLUMNS, Funnel, MetadataFilter, prepare_laion_metadata
+from vlv.data.url_dedup import SeenUrlHashes, first_occurrences, hash_urls
+
+PAPER = MetadataFilter(min_side=512, min_aspect=0.5, max_aspect=2.0, max_pwatermark=0.5)
+
+
+def _row(url="http://a.example/1.jpg", text="a dog", width=800, height=600, pwatermark=0.1, punsafe=0.01,
+         **extra):
+    return {"URL": url, "TEXT": text, "WIDTH": width, "HEIGHT": height, "similarity": 0.3, "hash": 7,
+            "punsafe": punsafe, "pwatermark": pwatermark, "aesthetic": 6.0, **extra}
+
+
+def _write(path, rows, schema=None):
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return str(path)
+
+
+def _prepare(tmp_path, input_uri, rule=PAPER, column_map=None, batch_rows=65536):
+    out = tmp_path / "metadata.parquet"
+    funnel = prepare_laion_metadata(input_uri, str(out), rule, column_map, batch_rows=batch_rows)
+    return funnel, pq.read_table(out)
+
+
+def test_funnel_counts_every_drop_reason(tmp_path):
+    rows = [
+        _row(url="http://ok.example/1.jpg"),
+        _row(url="https://ok.example/2.jpg", width=1024, height=1024),
+        _row(url=None),  # invalid_url
+        _row(url="ftp://files.example/3.jpg"),  # invalid_url
+        _row(url="data:image/png;base64,AAAA"),  # invalid_url
+        _row(url="http://x.example/4.jpg", width=None),  # invalid_size
+        _row(url="http://x.example/5.jpg", width=-800),  # invalid_size
+        _row(url="http://x.example/6.jpg", height=0),  # invalid_size
+        _row(url="http://x.example/7.jpg", width=600, height=512),  # too_small: shorter side must be > 512
+        _row(url="http://x.example/8.jpg", width=2100, height=1000),  # bad_aspect (2.1)
+        _row(url="http://x.example/9.jpg", width=600, height=1300),  # bad_aspect (0.46)
+        _row(url="http://x.example/10.jpg", pwatermark=None),  # invalid_pwatermark
+        _row(url="http://x.example/11.jpg", pwatermark=1.7),  # invalid_pwatermark (not a probability)
+        _row(url="http://x.example/12.jpg", pwatermark=0.5),  # watermarked: keep only < 0.5
+        _row(url="http://ok.example/1.jpg", text="the same URL again"),  # duplicate_url
+        _row(url="http://ok.example/13.jpg", width=2000, height=1000),  # kept: aspect 2.0 is inside
+    ]
+    funnel, table = _prepare(tmp_path, _write(tmp_path / "in.parquet", rows))
+    assert funnel == Funnel(rows_read=16, invalid_url=3, invalid_size=3, too_small=1, bad_aspect=2,
+                            invalid_pwatermark=2, watermarked=1, duplicate_url=1, rows_kept=3)
+    assert table.column_names == list(CANONICAL_COLUMNS)
+    assert table.column("URL").to_pylist() == ["http://ok.example/1.jpg", "https://ok.example/2.jpg",
+                                               "http://ok.example/13.jpg"]
+    assert table.column("TEXT").to_pylist()[0] == "a dog"  # the first of the duplicates wins
+    assert funnel.rows()[0] == ("rows_read", 16) and funnel.rows()[-1] == ("rows_kept", 3)
+
+
+def test_punsafe_filter_only_when_set(tmp_path):
+    rows = [_row(url=f"http://a.example/{i}.jpg", punsafe=p) for i, p in enumerate([0.05, 0.95, None])]
+    path = _write(tmp_path / "in.parquet", rows)
+    funnel, _ = _prepare(tmp_path, path)
+    assert funnel.rows_kept == 3 and funnel.unsafe == 0
+    strict = MetadataFilter(min_side=512, max_punsafe=0.5)
+    funnel, table = _prepare(tmp_path, path, rule=strict)
+    assert (funnel.rows_kept, funnel.unsafe, funnel.invalid_punsafe) == (1, 1, 1)
+    assert table.column("punsafe").to_pylist() == [0.05]
+
+
+def test_wrong_types_are_dropped_and_counted_not_fatal(tmp_path):
+    schema = pa.schema([("URL", pa.string()), ("TEXT", pa.string()), ("WIDTH", pa.string()),
+                        ("HEIGHT", pa.string()), ("pwatermark", pa.string())])
+    rows = [
+        {"URL": "http://a.example/1.jpg", "TEXT": "x", "WIDTH": "640", "HEIGHT": "600", "pwatermark": "0.1"},
+        {"URL": "http://a.example/2.jpg", "TEXT": "x", "WIDTH": "wide", "HEIGHT": "600", "pwatermark": "0.1"},
+        {"URL": "http://a.example/3.jpg", "TEXT": "x", "WIDTH": "700", "HEIGHT": "600", "pwatermark": "n/a"},
+    ]
+    funnel, table = _prepare(tmp_path, _write(tmp_path / "in.parquet", rows, schema))
+    assert (funnel.rows_kept, funnel.invalid_size, funnel.invalid_pwatermark) == (1, 1, 1)
+    assert table.schema.field("WIDTH").type == pa.int64()
+    assert table.column("WIDTH").to_pylist() == [640]
+    assert table.column("similarity").null_count == 1  # absent optional columns become nulls
+
+
+def test_release_aliases_are_recognised(tmp_path):
+    rows = [{"url": "http://a.example/1.jpg", "caption": "a red car", "width": 900, "height": 700,
+             "NSFW": "UNLIKELY", "prob_watermark": 0.2, "AESTHETIC_SCORE": 6.5, "hash": 9007199254740993},
+            {"url": "http://a.example/2.jpg", "caption": "nsfw", "width": 900, "height": 700,
+             "NSFW": "NSFW", "prob_watermark": 0.2, "AESTHETIC_SCORE": 5.0, "hash": 1}]
+    funnel, table = _prepare(tmp_path, _write(tmp_path / "in.parquet", rows),
+                             rule=MetadataFilter(min_side=512, max_punsafe=0.5))
+    assert funnel.rows_kept == 1 and funnel.unsafe == 1
+    kept = table.to_pylist()[0]
+    assert kept["URL"] == "http://a.example/1.jpg" and kept["TEXT"] == "a red car"
+    assert (kept["WIDTH"], kept["HEIGHT"], kept["pwatermark"], kept["aesthetic"]) == (900, 700, 0.2, 6.5)
+    assert kept["punsafe"] == 0.0  # the UNLIKELY label
+    assert kept["hash"] == 9007199254740993  # int64 kept exactly (2**53 + 1 would round through float64)
+
+
+def test_explicit_column_map_wins(tmp_path):
+    rows = [{"image_link": "http://a.example/1.jpg", "alt_words": "a boat", "w": 1000, "h": 800, "wm": 0.1,
+             "url": "http://decoy.example/ignored.jpg"}]
+    column_map = {"URL": "image_link", "TEXT": "alt_words", "WIDTH": "w", "HEIGHT": "h", "pwatermark": "wm"}
+    funnel, table = _prepare(tmp_path, _write(tmp_path / "in.parquet", rows), column_map=column_map)
+    assert funnel.rows_kept == 1
+    assert table.column("URL").to_pylist() == ["http://a.example/1.jpg"]
+    assert table.column("TEXT").to_pylist() == ["a boat"]
+
+
+def test_missing_needed_column_names_it_the_columns_found_and_the_fix(tmp_path):
+    rows = [{"URL": "http://a.example/1.jpg", "TEXT": "x", "WIDTH": 900, "HEIGHT": 700}]
+    path = _write(tmp_path / "in.parquet", rows)
+    with pytest.raises(ValueError) as info:
+        _prepare(tmp_path, path)
+    message = str(info.value)
+    assert "pwatermark" in message and "URL, TEXT, WIDTH, HEIGHT" in message
+    assert "--set prepare_metadata.column_map=" in message and path in message
+    # Without the watermark test the same file is fine.
+    funnel, _ = _prepare(tmp_path, path, rule=MetadataFilter(min_side=512, max_pwatermark=None))
+    assert funnel.rows_kept == 1
+
+
+def test_column_map_to_absent_column_is_an_error(tmp_path):
+    path = _write(tmp_path / "in.parquet", [_row()])
+    with pytest.raises(ValueError, match="maps URL to 'link'.*columns are: URL, TEXT"):
+        _prepare(tmp_path, path, column_map={"URL": "link"})
+
+
+def test_empty_and_non_parquet_files_are_named(tmp_path):
+    empty = tmp_path / "empty.parquet"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=f"{empty}.*is empty"):
+        _prepare(tmp_path, str(empty))
+    html = tmp_path / "page.parquet"
+    html.write_text("<html>not parquet</html>")
+    with pytest.raises(ValueError, match=f"{html}.*is not a parquet file"):
+        _prepare(tmp_path, str(html))
+    with pytest.raises(ValueError, match="does not exist"):
+        _prepare(tmp_path, str(tmp_path / "nowhere.parquet"))
+
+
+def test_nothing_kept_is_an_error_with_the_funnel(tmp_path):
+    path = _write(tmp_path / "in.parquet", [_row(width=100, height=100)])
+    with pytest.raises(ValueError, match="no row .* passed the filter.*too_small=1"):
+        _prepare(tmp_path, path)
+
+
+def test_folder_and_glob_stream_in_small_batches_with_dedup_across_files(tmp_path):
+    folder = tmp_path / "laion"
+    folder.mkdir()
+    first = [_row(url=f"http://a.example/{i}.jpg", text=f"first {i}") for i in range(25)]
+    second = [_row(url=f"http://a.example/{i}.jpg", text=f"second {i}") for i in range(20, 40)]
+    _write(folder / "part-00000.parquet", first)
+    _write(folder / "part-00001.parquet", second)
+    (folder / "_SUCCESS").write_text("")
+    (folder / "_stats.json").write_text("{}")
+    for uri in (str(folder), str(folder / "part-*.parquet")):
+        funnel, table = _prepare(tmp_path, uri, batch_rows=7)
+        assert (funnel.rows_read, funnel.duplicate_url, funnel.rows_kept) == (45, 5, 40)
+        texts = dict(zip(table.column("URL").to_pylist(), table.column("TEXT").to_pylist()))
+        assert texts["http://a.example/22.jpg"] == "first 22" and texts["http://a.example/39.jpg"] == "second 39"
+        assert table.num_rows == 40
+
+
+def test_seen_url_hashes_match_a_python_set():
+    rng = np.random.default_rng(0)
+    seen, reference = SeenUrlHashes(), set()
+    for _ in range(40):
+        urls = np.array([f"http://h{int(v)}.example/x.jpg" for v in rng.integers(0, 3000, 200)], dtype=object)
+        hashes = hash_urls(urls)
+        new = first_occurrences(hashes) & ~seen.contains(hashes)
+        expected = []
+        for url in urls:
+            expected.append(url not in reference)
+            reference.add(url)
+        assert new.tolist() == expected  # within a batch too, only the first occurrence is new
+        seen.add(hashes[new])
+    assert len(seen) == len(reference)
+    assert seen.num_levels <= int(np.log2(len(reference))) + 1

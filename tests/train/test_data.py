@@ -1,0 +1,150 @@
+"""The training data stream: disjoint per rank, filtered, joined with captions, deterministic, resumable."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from vlv.train.data import ImageStreamConfig, WebDatasetImageStream
+
+SHARD_SIZES = (5, 3, 6, 4, 2)  # images per tar, deliberately uneven
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _jpeg(value: int, size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (value, 255 - value, (value * 7) % 256)).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> dict:
+    """img2dataset-like shards: <key>.jpg/.txt/.json per sample; every 4th key filtered out of kept.parquet."""
+    root = tmp_path_factory.mktemp("shards")
+    kept_rows, caption_rows, all_keys = [], [], []
+    counter = 0
+    for shard_index, size in enumerate(SHARD_SIZES):
+        shard = f"{shard_index:05d}.tar"
+        with tarfile.open(root / shard, "w") as tar:
+            for _ in range(size):
+                key = f"{counter:09d}"
+                # a non-square image in shard 1 exercises resize + centre crop
+                image_size = (48, 32) if shard_index == 1 else (32, 32)
+                _add(tar, f"{key}.jpg", _jpeg(counter * 9 % 256, image_size))
+                _add(tar, f"{key}.txt", f"alt text {key}".encode())
+                _add(tar, f"{key}.json", json.dumps({"key": key}).encode())
+                all_keys.append(key)
+                if counter % 4 != 3:
+                    kept_rows.append({"key": key, "shard": shard, "url": f"http://x/{key}", "caption": "alt",
+                                      "score": 5.0})
+                    caption_rows.append({"key": key, "caption": f"a detailed caption of {key}", "shard": shard})
+                counter += 1
+        (root / f"{shard_index:05d}_stats.json").write_text("{}")
+    pq.write_table(pa.Table.from_pylist(kept_rows), root / "kept.parquet")
+    pq.write_table(pa.Table.from_pylist(caption_rows), root / "captions.parquet")
+    return {"dir": root, "kept": {r["key"] for r in kept_rows}, "all": all_keys}
+
+
+def _stream(shards: dict, **overrides) -> WebDatasetImageStream:
+    config = ImageStreamConfig(image_size=overrides.pop("image_size", 32), shuffle_buffer=overrides.pop("buffer", 3),
+                               seed=overrides.pop("seed", 7))
+    samples = "captions.parquet" if overrides.get("with_captions") else "kept.parquet"
+    return WebDatasetImageStream(shards_uri=str(shards["dir"]), samples_uri=str(shards["dir"] / samples),
+                                 config=config, **overrides)
+
+
+def _epoch_keys(stream: WebDatasetImageStream, rank: int, world_size: int, epoch: int = 0) -> list[str]:
+    entries = stream.shard_entries()
+    plan = stream.epoch_shards(entries, epoch=epoch, rank=rank, world_size=world_size)
+    skip = sum(e.num_samples for e0 in range(epoch)
+               for e in stream.epoch_shards(entries, epoch=e0, rank=rank, world_size=world_size))
+    samples = stream.samples(rank=rank, world_size=world_size, start_sample=skip)
+    return [key for key, _, _ in itertools.islice(samples, sum(e.num_samples for e in plan))]
+
+
+def test_ranks_read_disjoint_parts_that_cover_the_kept_samples(shards):
+    stream = _stream(shards)
+    for epoch in (0, 1):
+        rank0, rank1 = _epoch_keys(stream, 0, 2, epoch), _epoch_keys(stream, 1, 2, epoch)
+        assert not set(rank0) & set(rank1)
+        assert sorted(rank0 + rank1) == sorted(shards["kept"])  # filtered: dropped keys never appear
+        assert len(rank0) == len(set(rank0))
+
+
+def test_batches_are_uint8_images_and_captions_match_keys(shards):
+    batch = next(_stream(shards, with_captions=True).batches(rank=0, world_size=2, batch_size=4))
+    assert batch.images.dtype.is_floating_point is False and str(batch.images.dtype) == "torch.uint8"
+    assert tuple(batch.images.shape) == (4, 32, 32, 3)
+    assert batch.captions == [f"a detailed caption of {key}" for key in batch.keys]
+    stage1 = next(_stream(shards).batches(rank=0, world_size=2, batch_size=4))
+    assert stage1.captions is None
+
+
+def test_non_square_images_are_resized_and_centre_cropped(shards):
+    stream = _stream(shards, image_size=16)
+    keys_shard1 = {f"{i:09d}" for i in range(5, 8)} & shards["kept"]
+    seen = {}
+    for rank in (0, 1):
+        for key, image, _ in itertools.islice(stream.samples(rank=rank, world_size=2), 30):
+            seen[key] = image
+    assert keys_shard1 <= set(seen)
+    for key in keys_shard1:
+        assert seen[key].shape == (16, 16, 3) and seen[key].dtype == np.uint8
+
+
+def test_order_is_deterministic_and_changes_with_seed_and_epoch(shards):
+    first = _epoch_keys(_stream(shards), 0, 1)
+    assert first == _epoch_keys(_stream(shards), 0, 1)
+    assert sorted(first) == sorted(shards["kept"])
+    assert _epoch_keys(_stream(shards), 0, 1, epoch=1) != first
+    assert _epoch_keys(_stream(shards, seed=8), 0, 1) != first
+
+
+@pytest.mark.parametrize("start_batch", [1, 3, 5, 11])
+def test_resuming_at_batch_k_continues_the_same_stream(shards, start_batch):
+    stream = _stream(shards)
+    reference = list(itertools.islice(stream.batches(rank=1, world_size=2, batch_size=3), start_batch + 4))
+    resumed = list(itertools.islice(stream.batches(rank=1, world_size=2, batch_size=3, start_batch=start_batch), 4))
+    for expected, got in zip(reference[start_batch:], resumed):
+        assert got.keys == expected.keys
+        assert bool((got.images == expected.images).all())
+
+
+def test_more_workers_than_shards_is_a_clear_error(shards):
+    with pytest.raises(ValueError, match="cannot be split over 6 workers"):
+        next(_stream(shards).batches(rank=0, world_size=6, batch_size=2))
+
+
+def test_missing_columns_and_missing_shards_are_clear_errors(shards, tmp_path):
+    pq.write_table(pa.table({"key": ["000000000"]}), tmp_path / "bad.parquet")
+    bad = WebDatasetImageStream(shards_uri=str(shards["dir"]), samples_uri=str(tmp_path / "bad.parquet"))
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['shard'\]"):
+        next(bad.batches(rank=0, world_size=1, batch_size=1))
+    pq.write_table(pa.table({"key": ["1"], "shard": ["99999.tar"]}), tmp_path / "ghost.parquet")
+    ghost = WebDatasetImageStream(shards_uri=str(shards["dir"]), samples_uri=str(tmp_path / "ghost.parquet"))
+    with pytest.raises(ValueError, match="99999.tar .* is missing"):
+        next(ghost.batches(rank=0, world_size=1, batch_size=1))
+
+
+def test_a_listed_key_absent_from_its_tar_is_reported(shards, tmp_path: Path):
+    rows = pq.read_table(shards["dir"] / "kept.parquet").to_pylist()
+    rows.append({**rows[0], "key": "777777777"})
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "kept.parquet")
+    stream = WebDatasetImageStream(shards_uri=str(shards["dir"]), samples_uri=str(tmp_path / "kept.parquet"),
+                                   config=ImageStreamConfig(image_size=32, shuffle_buffer=0))
+    with pytest.raises(ValueError, match=r"shard 00000.tar holds 4 of the 5 samples"):
+        list(itertools.islice(stream.samples(rank=0, world_size=1), 40))

@@ -1,0 +1,169 @@
+"""What img2dataset did: counts by status and error reason, from its per-shard files, and progress lines.
+
+A shard is finished when its `NNNNN_stats.json` exists (img2dataset writes it last, and its incremental mode
+uses the same test). The stats file has the totals; the status of each error message (failed_to_download or
+failed_to_resize) comes from the shard's parquet, which has one row per sample.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+SUCCESS = "success"
+
+
+@dataclass(frozen=True)
+class ShardStats:
+    shard: str
+    count: int
+    successes: int
+    failed_to_download: int
+    failed_to_resize: int
+    end_time: float
+
+
+@dataclass
+class DownloadCounts:
+    shards: list[ShardStats] = field(default_factory=list)
+    # (status, short reason) -> samples; reason "" for successes
+    by_status_reason: Counter = field(default_factory=Counter)
+    # short reason -> the first full error message seen with it (for the log and the CSV)
+    examples: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def images_ok(self) -> int:
+        return sum(s.successes for s in self.shards)
+
+    @property
+    def images_failed(self) -> int:
+        return sum(s.failed_to_download + s.failed_to_resize for s in self.shards)
+
+    @property
+    def samples(self) -> int:
+        return sum(s.count for s in self.shards)
+
+    def failed_by_reason(self) -> dict[str, int]:
+        totals: Counter = Counter()
+        for (status, reason), count in self.by_status_reason.items():
+            if status != SUCCESS:
+                totals[reason] += count
+        return dict(sorted(totals.items()))
+
+    def csv_rows(self) -> list[tuple[str, str, int, str]]:
+        """(status, error_reason, count, example_message), most frequent first."""
+        ordered = sorted(self.by_status_reason.items(), key=lambda item: (-item[1], item[0]))
+        return [(status, reason, count, self.examples.get(reason, "")) for (status, reason), count in ordered]
+
+
+_REASON_PATTERNS: tuple[tuple[str, str], ...] = (
+    (r"HTTP Error (\d{3})", r"http_\1"),
+    (r"X-Robots-Tag", "opt_out"),
+    (r"timed? ?out", "timeout"),
+    (r"Image decoding error", "decode_error"),
+    (r"Connection refused", "connection_refused"),
+    (r"Connection reset", "connection_reset"),
+    (r"Name or service not known|getaddrinfo|nodename nor servname", "dns_error"),
+    (r"CERTIFICATE|SSL", "ssl_error"),
+    (r"hash mismatch", "hash_mismatch"),
+)
+
+
+def short_reason(message: str | None) -> str:
+    """A short, metric-name-safe reason for an img2dataset error message ('' for success)."""
+    if not message or message == SUCCESS:
+        return ""
+    for pattern, replacement in _REASON_PATTERNS:
+        found = re.search(pattern, message, flags=re.IGNORECASE)
+        if found:
+            return found.expand(replacement)
+    cleaned = re.sub(r"[^a-z0-9]+", "_", message.lower()).strip("_")
+    return cleaned[:40].rstrip("_") or "unknown"
+
+
+def finished_shard_names(shards_dir: Path) -> list[str]:
+    return sorted(p.name.removesuffix("_stats.json") for p in shards_dir.glob("*_stats.json"))
+
+
+def read_shard_stats(path: Path) -> ShardStats:
+    data = json.loads(path.read_text())
+    return ShardStats(shard=path.name.removesuffix("_stats.json"), count=int(data["count"]),
+                      successes=int(data["successes"]), failed_to_download=int(data["failed_to_download"]),
+                      failed_to_resize=int(data["failed_to_resize"]), end_time=float(data["end_time"]))
+
+
+def read_download_counts(shards_dir: Path) -> DownloadCounts:
+    counts = DownloadCounts()
+    for stats_path in sorted(shards_dir.glob("*_stats.json")):
+        stats = read_shard_stats(stats_path)
+        counts.shards.append(stats)
+        parquet_path = stats_path.with_name(f"{stats.shard}.parquet")
+        if parquet_path.exists():
+            table = pq.read_table(parquet_path, columns=["status", "error_message"])
+            pairs = zip(table.column("status").to_pylist(), table.column("error_message").to_pylist())
+        else:  # no per-sample file: the stats' own status dictionary, without download/resize split
+            status_dict = json.loads(stats_path.read_text())["status_dict"]
+            pairs = ((SUCCESS if message == SUCCESS else "failed", message)
+                     for message, n in status_dict.items() for _ in range(int(n)))
+        for status, message in pairs:
+            reason = "" if status == SUCCESS else short_reason(message)
+            counts.by_status_reason[(status or "unknown", reason)] += 1
+            if reason and reason not in counts.examples:
+                counts.examples[reason] = str(message)
+    return counts
+
+
+class DownloadProgress:
+    """A thread that logs shards finished, images ok/failed and the rate every `interval_s` seconds."""
+
+    def __init__(self, shards_dir: Path, total_shards: int, total_rows: int, interval_s: float,
+                 logger: logging.Logger):
+        self.shards_dir, self.total_shards, self.total_rows = shards_dir, total_shards, total_rows
+        self.interval_s, self.log = interval_s, logger
+        self._seen: dict[str, ShardStats] = {}
+        self._already_done = set(finished_shard_names(shards_dir)) if shards_dir.exists() else set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="download-progress", daemon=True)
+        self._started = time.time()
+
+    def __enter__(self) -> DownloadProgress:
+        if self._already_done:
+            self.log.info("download: %d of %d shards already finished by an earlier attempt; continuing",
+                          len(self._already_done), self.total_shards)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.report()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.report()
+
+    def report(self) -> None:
+        for path in self.shards_dir.glob("*_stats.json"):
+            name = path.name.removesuffix("_stats.json")
+            if name not in self._seen:
+                try:
+                    self._seen[name] = read_shard_stats(path)
+                except (OSError, ValueError, KeyError):
+                    continue  # being written; next time
+        new = [s for name, s in self._seen.items() if name not in self._already_done]
+        elapsed = max(time.time() - self._started, 1e-9)
+        done = sum(s.count for s in new)
+        ok = sum(s.successes for s in new)
+        rate = done / elapsed
+        remaining = max(self.total_rows - sum(s.count for s in self._seen.values()), 0)
+        eta = f", about {remaining / rate:.0f}s left" if rate > 0 and remaining else ""
+        self.log.info("download: %d/%d shards, %d samples this attempt (%d ok, %d failed), %.1f samples/s%s",
+                      len(self._seen), self.total_shards, done, ok, done - ok, rate, eta)

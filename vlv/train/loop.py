@@ -1,0 +1,304 @@
+"""The per-worker training function Ray Train runs: build, initialize DeepSpeed, load checkpoint, loop.
+
+Reads top to bottom like torchtitan's `train()`:
+    model = task.build_model()                 (same seed on every rank)
+    engine = initialize_deepspeed(...)         (ZeRO stage, precision, batch sizes from DeepSpeedConfig)
+    progress = load_checkpoint(...)            (Ray Train's latest checkpoint, if this is a restart)
+    for step in range(progress.step, total):  {train_step, log (rank 0), save + report every N steps}
+    final checkpoint carries the exported trainable weights (safetensors, written by rank 0)
+
+Determinism, so a resumed run equals an uninterrupted one: the data stream is a pure function of
+(seed, rank, micro-batch index) and can start at any micro-batch; the global torch RNG is re-seeded from
+(seed, rank, micro-batch index) before every forward pass (dropout, diffusion noise), so nothing random
+depends on how many steps this process has already run.
+
+Checkpoints: every rank writes its part of a DeepSpeed checkpoint (`engine.save_checkpoint`) into its own
+temporary folder and hands it to `ray.train.report`, which merges the ranks' folders into one checkpoint in the
+run store. On restart each rank loads the merged checkpoint with `engine.load_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+from vlv.train.deepspeed_config import (
+    DeepSpeedConfig,
+    build_deepspeed_config,
+    build_lr_scheduler_factory,
+    gradient_accumulation_steps,
+)
+
+log = logging.getLogger("vlv.train")
+
+EXPORT_FILE = "trainable_weights.safetensors"
+PROGRESS_FILE = "progress.json"
+WORKER_STATS_DIR = "worker_stats"
+
+
+class MetricLogger(Protocol):
+    def log_metric(self, name: str, value: float, step: int | None = None) -> None: ...
+
+
+class TrainTask(Protocol):
+    """What a training stage plugs into the loop (picklable: it travels to every Ray Train worker)."""
+
+    def build_model(self) -> Any:
+        """The full torch module with `requires_grad` already False on frozen parts."""
+
+    def batches(self, *, rank: int, world_size: int, batch_size: int, start_batch: int) -> Iterator[Any]:
+        """This rank's micro-batches of `batch_size`, endless, from micro-batch `start_batch` (deterministic)."""
+
+    def loss(self, model: Any, batch: Any, generator: Any) -> Any:
+        """Scalar loss of `model` (the engine's module) on one micro-batch; draw noise from `generator`."""
+
+
+@dataclass
+class LoopConfig:
+    total_steps: int = 1000  # optimizer steps
+    checkpoint_every: int = 500  # optimizer steps between checkpoints; the last step is always saved
+    log_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.total_steps <= 0:
+            raise ValueError(f"loop.total_steps must be > 0, got {self.total_steps}")
+        if self.checkpoint_every <= 0:
+            raise ValueError(f"loop.checkpoint_every must be > 0, got {self.checkpoint_every}")
+        if self.log_every <= 0:
+            raise ValueError(f"loop.log_every must be > 0, got {self.log_every}")
+
+
+@dataclass
+class WorkerSpec:
+    """Everything `train_worker` needs; passed by Ray Train as `train_loop_config={"spec": spec}`."""
+
+    task: Any  # a TrainTask
+    deepspeed: DeepSpeedConfig
+    loop: LoopConfig
+    metric_logger: Any = None  # a MetricLogger, used by rank 0 only
+    on_gpu: bool = False
+
+
+@dataclass
+class TrainProgress:
+    step: int = 0  # optimizer steps done
+    samples_seen: int = 0  # global samples consumed
+    resumed_from_step: int | None = None
+
+
+@dataclass
+class StepStats:
+    loss: float
+    lr: float
+    grad_norm: float | None
+
+
+@dataclass
+class RankStats:
+    """Per-rank measurements written next to the final checkpoint (one small JSON per rank)."""
+
+    rank: int
+    optimizer_state_bytes: int
+    trainable_params: int
+    frozen_params: int
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+# -- the worker function -------------------------------------------------------------------------------------
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train's `train_loop_per_worker`."""
+    from vlv.runtime_env import apply_runtime_defaults
+
+    apply_runtime_defaults()
+    import ray.train
+    import torch
+
+    spec: WorkerSpec = config["spec"]
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{rank} %(name)s: %(message)s")
+
+    torch.manual_seed(spec.loop.seed)
+    model = spec.task.build_model()
+    engine = initialize_deepspeed(model, deepspeed_config=spec.deepspeed, num_workers=world_size,
+                                  on_gpu=spec.on_gpu)
+    engine.train()
+    accumulation = engine.gradient_accumulation_steps()
+    progress = load_checkpoint(engine, ray.train.get_checkpoint(), world_size=world_size)
+    batches = spec.task.batches(rank=rank, world_size=world_size, batch_size=spec.deepspeed.micro_batch_per_worker,
+                                start_batch=progress.step * accumulation)
+    metric_logger = spec.metric_logger if rank == 0 else None  # one writer per metric series
+
+    window_start, window_steps = time.perf_counter(), 0
+    for step in range(progress.step, spec.loop.total_steps):
+        stats = train_step(engine, spec.task, batches, seed=spec.loop.seed, rank=rank,
+                           first_micro_batch=step * accumulation)
+        progress.step, progress.samples_seen = step + 1, progress.samples_seen + spec.deepspeed.global_batch
+        window_steps += 1
+        if progress.step % spec.loop.log_every == 0 or progress.step == spec.loop.total_steps:
+            elapsed = time.perf_counter() - window_start
+            samples_per_s = window_steps * spec.deepspeed.global_batch / max(elapsed, 1e-9)
+            if rank == 0:
+                log_step(metric_logger, progress.step, stats, samples_per_s)
+            window_start, window_steps = time.perf_counter(), 0
+        final = progress.step == spec.loop.total_steps
+        if final or progress.step % spec.loop.checkpoint_every == 0:
+            save_and_report(engine, progress, stats, rank=rank, final=final)
+
+
+def initialize_deepspeed(model: Any, *, deepspeed_config: DeepSpeedConfig, num_workers: int, on_gpu: bool) -> Any:
+    """`deepspeed.initialize` on the process group Ray Train already set up (gloo on CPU, nccl on GPU)."""
+    import deepspeed
+    import torch
+
+    ds_config = build_deepspeed_config(deepspeed_config, num_workers=num_workers, on_gpu=on_gpu)
+    backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else (
+        "nccl" if on_gpu else "gloo")
+    deepspeed.init_distributed(dist_backend=backend)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the model has no trainable parameters (every requires_grad is False); "
+                         "check the stage's trainable set")
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=trainable, config=ds_config,
+        lr_scheduler=build_lr_scheduler_factory(deepspeed_config.schedule),
+    )
+    return engine
+
+
+def load_checkpoint(engine: Any, checkpoint: Any, *, world_size: int) -> TrainProgress:
+    """Restore engine state from a Ray Train checkpoint (or start fresh when there is none)."""
+    if checkpoint is None:
+        return TrainProgress()
+    with checkpoint.as_directory() as folder:
+        saved = json.loads((Path(folder) / PROGRESS_FILE).read_text())
+        if saved["world_size"] != world_size:
+            raise ValueError(
+                f"the checkpoint in {folder} was written by {saved['world_size']} workers but this run has "
+                f"{world_size}; ZeRO optimizer shards cannot be re-split, so rerun with "
+                f"num_workers={saved['world_size']} or start a new run name"
+            )
+        path, _ = engine.load_checkpoint(folder, tag=saved["tag"], load_optimizer_states=True,
+                                         load_lr_scheduler_states=True)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed found no checkpoint with tag {saved['tag']} in {folder}")
+    log.info("resumed from step %d (%d samples seen)", saved["step"], saved["samples_seen"])
+    return TrainProgress(step=saved["step"], samples_seen=saved["samples_seen"], resumed_from_step=saved["step"])
+
+
+def train_step(engine: Any, task: Any, batches: Iterator[Any], *, seed: int, rank: int,
+               first_micro_batch: int) -> StepStats:
+    """One optimizer step = `gradient_accumulation_steps` micro-batches; loss averaged over all ranks."""
+    import torch
+
+    accumulation = engine.gradient_accumulation_steps()
+    lr = float(engine.get_lr()[0])  # the lr this step uses (the scheduler advances inside engine.step)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    for micro in range(accumulation):
+        micro_seed = micro_batch_seed(seed, rank, first_micro_batch + micro)
+        torch.manual_seed(micro_seed)  # dropout and any other draw from the global RNG
+        generator = torch.Generator().manual_seed(micro_seed)
+        loss = task.loss(engine.module, next(batches), generator)
+        engine.backward(loss)
+        engine.step()
+        loss_sum += loss.detach().double().cpu()
+    torch.distributed.all_reduce(loss_sum)
+    mean_loss = float(loss_sum) / (accumulation * torch.distributed.get_world_size())
+    grad_norm = engine.get_global_grad_norm()
+    grad_norm = float(grad_norm) if grad_norm is not None else None
+    return StepStats(loss=mean_loss, lr=lr, grad_norm=grad_norm)
+
+
+def micro_batch_seed(seed: int, rank: int, micro_batch: int) -> int:
+    """A distinct, reproducible RNG seed per (run seed, rank, micro-batch index)."""
+    return (seed * 1_000_003 + rank * 7_919 + micro_batch * 104_729 + 17) % (2**63 - 1)
+
+
+def log_step(metric_logger: Any, step: int, stats: StepStats, samples_per_s: float) -> None:
+    """Rank 0 only: Ray Train V2 keeps no metrics reported without a checkpoint, so MLflow gets them here."""
+    if metric_logger is not None:
+        metric_logger.log_metric("loss", stats.loss, step)
+        metric_logger.log_metric("lr", stats.lr, step)
+        if stats.grad_norm is not None:
+            metric_logger.log_metric("grad_norm", stats.grad_norm, step)
+        metric_logger.log_metric("samples_per_s", samples_per_s, step)
+    log.info("step %d loss %.5f lr %.3g grad_norm %s samples/s %.1f", step, stats.loss, stats.lr,
+             "n/a" if stats.grad_norm is None else f"{stats.grad_norm:.4f}", samples_per_s)
+
+
+def save_and_report(engine: Any, progress: TrainProgress, stats: StepStats, *, rank: int, final: bool) -> None:
+    """All ranks: DeepSpeed checkpoint into a private folder, reported (merged) as one Ray Train checkpoint."""
+    import ray.train
+
+    tag = f"step_{progress.step:08d}"
+    folder = Path(tempfile.mkdtemp(prefix=f"vlv-ckpt-r{rank}-"))
+    try:
+        engine.save_checkpoint(str(folder), tag=tag, client_state={"step": progress.step})
+        stats_dir = folder / WORKER_STATS_DIR
+        stats_dir.mkdir()
+        (stats_dir / f"rank_{rank:04d}.json").write_text(json.dumps(rank_stats(engine, rank).__dict__))
+        if rank == 0:
+            (folder / PROGRESS_FILE).write_text(json.dumps({
+                "step": progress.step, "samples_seen": progress.samples_seen, "tag": tag,
+                "world_size": engine.world_size,
+            }))
+            if final:
+                export_trainable_weights(engine.module, folder / EXPORT_FILE)
+        metrics = {"step": progress.step, "loss": stats.loss, "lr": stats.lr, "final": final,
+                   "resumed_from_step": -1 if progress.resumed_from_step is None else progress.resumed_from_step}
+        if stats.grad_norm is not None:
+            metrics["grad_norm"] = stats.grad_norm
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
+                         checkpoint_dir_name=f"checkpoint_{tag}")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if rank == 0:
+        log.info("checkpoint %s reported (final=%s)", tag, final)
+
+
+def export_trainable_weights(module: Any, path: Path) -> int:
+    """Rank 0: the trainable tensors (full under ZeRO-1/2) as safetensors; returns the number of tensors."""
+    from safetensors.torch import save_file
+
+    trainable = {name for name, p in module.named_parameters() if p.requires_grad}
+    state = {name: t.detach().cpu().clone().contiguous() for name, t in module.state_dict().items()
+             if name in trainable}
+    save_file(state, str(path), metadata={"format": "pt", "contents": "trainable parameters"})
+    return len(state)
+
+
+def rank_stats(engine: Any, rank: int) -> RankStats:
+    return RankStats(
+        rank=rank, optimizer_state_bytes=optimizer_state_bytes(engine),
+        trainable_params=sum(p.numel() for p in engine.module.parameters() if p.requires_grad),
+        frozen_params=sum(p.numel() for p in engine.module.parameters() if not p.requires_grad),
+    )
+
+
+def optimizer_state_bytes(engine: Any) -> int:
+    """Bytes of this rank's optimizer state tensors (Adam moments), i.e. what ZeRO-1/2 shard across ranks."""
+    import torch
+
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    total = 0
+    for state in inner.state.values():
+        for value in state.values():
+            if torch.is_tensor(value) and value.dim() > 0:
+                total += value.numel() * value.element_size()
+    return total
+
+
+def worker_environment() -> dict[str, str]:
+    """Env vars the workers need before importing DeepSpeed (also set by apply_runtime_defaults there)."""
+    names = ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR")
+    return {name: os.environ[name] for name in names if name in os.environ}
