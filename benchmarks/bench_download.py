@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import resource
+import shutil
 import socket
 import statistics
 import tempfile
@@ -48,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import img2dataset  # noqa: F401 - imported once up front, so neither side pays it in its timing
 
+    root = Path(tempfile.mkdtemp(prefix="bench-download-"))
+    try:
+        return _run(args, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, root: Path) -> int:
     from vlv.data.img2dataset_runner import run_img2dataset
     from vlv.data.loopback_site import serve_folder
     from vlv.engine.executor import StepRequest, execute_step
@@ -56,7 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     from vlv.steps.download import DownloadConfig, DownloadStep, img2dataset_job
     from vlv.steps.prepare_metadata import PrepareMetadataConfig, PrepareMetadataStep
 
-    root = Path(tempfile.mkdtemp(prefix="bench-download-"))
     store = RunStore(str(root / "store"))
 
     def request(step, key, config, inputs):

@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     from vlv.train.ray_trainer import RayTrainConfig, run_training
 
     task = build_task()
-    ds_config = DeepSpeedConfig(zero_stage=2, precision="fp32", micro_batch_per_worker=args.global_batch // args.workers,
-                                global_batch=args.global_batch, gradient_clipping=1.0,
+    ds_config = DeepSpeedConfig(zero_stage=2, precision="fp32", global_batch=args.global_batch,
+                                micro_batch_per_worker=args.global_batch // args.workers, gradient_clipping=1.0,
                                 optimizer=AdamWConfig(lr=1e-3), schedule=LRScheduleConfig(total_steps=args.steps))
     plain = plain_pytorch_samples_per_s(task, ds_config, steps=args.steps, warmup=args.warmup, seed=0,
                                         threads=args.workers)

@@ -22,10 +22,13 @@ def by_step(plan):
 
 
 def test_lists_every_recipe_stage_and_marks_the_missing_ones(paper):
+    from vlv.pipeline import step_names
+
     plan = make_cost_plan(paper)
     assert [s.step for s in plan.steps] == RECIPE
-    steps = by_step(plan)
-    assert steps["download"].exists and not steps["train_stage1"].exists
+    assert {s.step for s in plan.steps if s.exists} == set(step_names()) & set(RECIPE)
+    assert "download" in step_names() and by_step(plan)["download"].exists
+    assert "report" not in step_names() and not by_step(plan)["report"].exists
 
 
 def test_stage1_on_the_reference_gpu_is_the_papers_770_gpu_hours(paper):
@@ -38,6 +41,23 @@ def test_stage1_on_the_reference_gpu_is_the_papers_770_gpu_hours(paper):
     w = Workload()
     expected = 770.0 / (200_000 * 512) * (100_000 * 64) * w.stage2_relative_cost_per_sample
     assert steps["train_stage2"].gpu_hours == pytest.approx(expected)
+
+
+def test_training_follows_the_config(paper):
+    base = by_step(make_cost_plan(paper, gpu_type="RTX6000-Ada"))
+    assert make_cost_plan(paper).gpus == 8  # the paper config's Ray Train workers
+    shorter = load_config("paper", overrides={"train_stage1.loop.total_steps": 100_000,
+                                              "train_stage2.deepspeed.global_batch": 128})
+    steps = by_step(make_cost_plan(shorter, gpu_type="RTX6000-Ada"))
+    assert steps["train_stage1"].gpu_hours == pytest.approx(base["train_stage1"].gpu_hours / 2)
+    assert steps["train_stage2"].gpu_hours == pytest.approx(base["train_stage2"].gpu_hours * 2)
+    assert "100K steps x 512" in steps["train_stage1"].work and "fp32" in steps["train_stage1"].resources
+    assert "bf16" in steps["train_stage2"].resources
+
+
+def test_only_the_paper_preset_is_planned():
+    with pytest.raises(ValueError, match="--preset paper"):
+        make_cost_plan(load_config("tiny"))
 
 
 def test_gpu_speed_price_and_count_scale_as_stated(paper):
@@ -89,6 +109,8 @@ def test_bad_flags_are_refused(paper):
 
 
 def test_cli_prints_the_plan(capsys):
+    assert main(["plan"]) == 0  # --preset defaults to paper for `vlv plan`
+    assert "preset 'paper': 8 x L40S" in capsys.readouterr().out
     assert main(["plan", "--preset", "paper", "--gpus", "16", "--gpu-type", "H100-80GB",
                  "--price-per-gpu-hour", "2.5"]) == 0
     out = capsys.readouterr().out

@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="resources, GPU-hours and cost of each step (paper figures + assumptions)")
     add_config_args(plan)
-    plan.add_argument("--gpus", type=int, default=8, help="GPUs for training and evaluation (paper: 8)")
+    plan.set_defaults(preset="paper")
+    plan.add_argument("--gpus", type=int, default=None,
+                      help="GPUs for training and evaluation (default: what the training config asks for, paper 8)")
     plan.add_argument("--gpu-type", default="L40S", help="RTX6000-Ada, L40S, A100-80GB or H100-80GB")
     plan.add_argument("--price-per-gpu-hour", type=float, default=None,
                       help="USD per GPU-hour (default: an on-demand price for --gpu-type)")

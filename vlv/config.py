@@ -12,6 +12,8 @@ from vlv.steps.aesthetic_filter import AestheticFilterConfig
 from vlv.steps.download import DownloadConfig
 from vlv.steps.ingest_captions import IngestCaptionsConfig
 from vlv.steps.prepare_metadata import PrepareMetadataConfig
+from vlv.steps.train_stage1 import TrainStage1Config
+from vlv.steps.train_stage2 import TrainStage2Config
 
 
 @dataclass
@@ -21,6 +23,8 @@ class PipelineConfig:
     download: DownloadConfig
     aesthetic_filter: AestheticFilterConfig
     ingest_captions: IngestCaptionsConfig
+    train_stage1: TrainStage1Config
+    train_stage2: TrainStage2Config
     experiment: str = "vlv"  # MLflow experiment name
 
     def config_hash(self) -> str:

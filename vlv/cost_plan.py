@@ -5,7 +5,8 @@ Every figure rests on a named basis, printed with the plan:
   stage 2: 100K steps at batch 64; about 40M images after the pre-filter; about 6M Gemini captions);
 - measurements published by the tools' authors (img2dataset: 1350 URLs/s on one 16-core machine);
 - assumptions, labelled as such (relative GPU speeds, prices, the per-sample cost of stage 2, model throughputs).
-GPU-hours are taken as independent of the GPU count (the global batch is kept with gradient accumulation), so
+Training rows read steps, global batch, precision and GPUs from the config's `train_stage*` sections (the paper's
+recipe when a section is missing). GPU-hours are taken as independent of the GPU count (the global batch is kept with gradient accumulation), so
 more GPUs shorten the wall time, not the bill. Steps the repository does not have yet (training, evaluation)
 appear as the paper's recipe stages.
 """
@@ -103,7 +104,7 @@ class StepEstimate:
 class CostPlan:
     preset: str
     gpu: GpuType
-    gpus: int
+    gpus: float
     price_per_gpu_hour: float
     price_per_cpu_hour: float
     steps: tuple[StepEstimate, ...]
@@ -126,10 +127,14 @@ class CostPlan:
         return sum(s.cost_usd for s in self.steps)
 
 
-def make_cost_plan(config: PipelineConfig, *, gpu_type: str = "L40S", gpus: int = 8,
+def make_cost_plan(config: PipelineConfig, *, gpu_type: str = "L40S", gpus: int | None = None,
                    price_per_gpu_hour: float | None = None, price_per_cpu_hour: float = 0.05,
                    workload: Workload | None = None) -> CostPlan:
-    if gpus <= 0:
+    """`gpus`: GPUs for training and evaluation; None means what the training config asks for (paper: 8)."""
+    if config.preset != "paper":
+        raise ValueError(f"vlv plan estimates the paper-scale run (--preset paper); the '{config.preset}' preset "
+                         "runs on a CPU in minutes (make run)")
+    if gpus is not None and gpus <= 0:
         raise ValueError(f"--gpus must be > 0, got {gpus}")
     if price_per_gpu_hour is not None and price_per_gpu_hour < 0:
         raise ValueError(f"--price-per-gpu-hour must be >= 0, got {price_per_gpu_hour}")
@@ -137,28 +142,62 @@ def make_cost_plan(config: PipelineConfig, *, gpu_type: str = "L40S", gpus: int 
         raise ValueError(f"--price-per-cpu-hour must be >= 0, got {price_per_cpu_hour}")
     gpu = gpu_type_by_name(gpu_type)
     w = workload or Workload()
+    stage1, stage2 = _training(config, "train_stage1", w), _training(config, "train_stage2", w)
+    used_gpus = gpus or stage1.gpus or w.recipe_gpus
     price = gpu.usd_per_gpu_hour if price_per_gpu_hour is None else price_per_gpu_hour
-    pricing = _Pricing(gpu, gpus, price, price_per_cpu_hour)
+    pricing = _Pricing(gpu, used_gpus, price, price_per_cpu_hour)
     warnings: list[str] = []
-    steps = [_prepare_metadata(w, pricing), _download(config, w, pricing),
-             _aesthetic_filter(config, w, pricing, warnings), _ingest_captions(w, pricing),
-             *_recipe_stages(w, pricing)]
+    steps = [_prepare_metadata(config, w, pricing), _download(config, w, pricing),
+             _aesthetic_filter(config, w, pricing, warnings), _ingest_captions(config, w, pricing),
+             *_recipe_stages(stage1, stage2, w, pricing)]
     if gpu.memory_gb < 48:
         warnings.append(f"{gpu.name} has {gpu.memory_gb} GB: stage 1's 64 images per GPU were run on 48 GB cards; "
                         "expect a smaller per-GPU batch with more gradient accumulation")
-    if gpus != w.recipe_gpus:
-        warnings.append(f"{gpus} GPUs instead of the paper's {w.recipe_gpus}: the global batch stays "
-                        f"{w.stage1_global_batch} for stage 1 (per-GPU batch x accumulation adjusted); GPU-hours "
-                        "assume linear scaling")
+    for name, stage in (("train_stage1", stage1), ("train_stage2", stage2)):
+        if stage.gpus == 0:
+            warnings.append(f"{name} asks for no GPU in this config (ray_train.use_gpu=false): the estimate "
+                            f"assumes {used_gpus} GPUs")
+        elif used_gpus != stage.gpus:
+            warnings.append(f"{name}: {used_gpus} GPUs instead of the config's {stage.gpus:g}; keep the global batch "
+                            f"{stage.global_batch} (--set {name}.ray_train.num_workers=..., micro batch x "
+                            "accumulation adjusted); GPU-hours assume linear scaling")
     existing = _existing_steps()
     steps = [replace(s, exists=s.step in existing) for s in steps]
-    return CostPlan(config.preset, gpu, gpus, price, price_per_cpu_hour, tuple(steps), tuple(warnings))
+    return CostPlan(config.preset, gpu, used_gpus, price, price_per_cpu_hour, tuple(steps), tuple(warnings))
+
+
+@dataclass(frozen=True)
+class _Training:
+    """A training stage as configured (or the paper's recipe when the config has no such section)."""
+
+    steps: int
+    global_batch: int
+    precision: str
+    zero_stage: int
+    gpus: float  # 0 when the config trains on CPU
+
+    @property
+    def samples(self) -> int:
+        return self.steps * self.global_batch
+
+
+def _training(config: PipelineConfig, name: str, w: Workload) -> _Training:
+    section = getattr(config, name, None)
+    if section is None:
+        stage1 = name == "train_stage1"
+        return _Training(w.stage1_steps if stage1 else w.stage2_steps,
+                         w.stage1_global_batch if stage1 else w.stage2_batch,
+                         "fp32" if stage1 else "bf16", 2, w.recipe_gpus)
+    ray_train, deepspeed = section.ray_train, section.deepspeed
+    gpus = ray_train.num_workers * ray_train.gpus_per_worker if ray_train.use_gpu else 0
+    return _Training(section.loop.total_steps, deepspeed.global_batch, deepspeed.precision, deepspeed.zero_stage,
+                     gpus)
 
 
 @dataclass(frozen=True)
 class _Pricing:
     gpu: GpuType
-    gpus: int
+    gpus: float
     per_gpu_hour: float
     per_cpu_hour: float
 
@@ -181,17 +220,26 @@ def _existing_steps() -> set[str]:
     return set(step_names())
 
 
-def _prepare_metadata(w: Workload, p: _Pricing) -> StepEstimate:
+def _task_cpus(config: PipelineConfig, step_name: str) -> float:
+    """The CPUs the step's Ray task asks for (its own `resources()` declaration)."""
+    from vlv.pipeline import step_by_name
+
+    return step_by_name(step_name).resources(getattr(config, step_name)).num_cpus
+
+
+def _prepare_metadata(config: PipelineConfig, w: Workload, p: _Pricing) -> StepEstimate:
+    cpus = _task_cpus(config, "prepare_metadata")
     cpu_hours = w.metadata_rows / w.metadata_rows_per_s_per_cpu / 3600
-    return p.cpu_step("prepare_metadata", "1 CPU", f"{_n(w.metadata_rows)} rows -> ~{_n(w.images_after_prefilter)}",
-                      cpu_hours, 1.0, "paper: ~40M after pre-filter; scan rate assumed")
+    return p.cpu_step("prepare_metadata", f"{cpus:g} CPU task",
+                      f"{_n(w.metadata_rows)} rows -> ~{_n(w.images_after_prefilter)}", cpu_hours, 1.0,
+                      "paper: ~40M after pre-filter; scan rate assumed")
 
 
 def _download(config: PipelineConfig, w: Workload, p: _Pricing) -> StepEstimate:
     cfg = config.download
     urls_per_s = w.download_urls_per_s_per_process * cfg.processes_count
     wall_hours = w.images_after_prefilter / urls_per_s / 3600
-    resources = f"{cfg.processes_count} procs x {cfg.thread_count} threads"
+    resources = f"{_task_cpus(config, 'download'):g} CPU task, {cfg.processes_count} x {cfg.thread_count} thr"
     return p.cpu_step("download", resources, f"{_n(w.images_after_prefilter)} URLs, {cfg.image_size} px",
                       wall_hours * cfg.processes_count, cfg.processes_count,
                       "img2dataset README: 1350 URLs/s per 16 cores (measured)")
@@ -199,17 +247,18 @@ def _download(config: PipelineConfig, w: Workload, p: _Pricing) -> StepEstimate:
 
 def _aesthetic_filter(config: PipelineConfig, w: Workload, p: _Pricing, warnings: list[str]) -> StepEstimate:
     cfg = config.aesthetic_filter
+    task_cpus = _task_cpus(config, "aesthetic_filter")
     images = int(w.images_after_prefilter * w.download_success_rate)
     work = f"{_n(images)} images ({w.download_success_rate:.0%} of URLs)"
     if cfg.gpus_per_actor > 0:
         gpus = cfg.num_actors * cfg.gpus_per_actor
-        resources = f"{cfg.num_actors} actor(s) x {cfg.gpus_per_actor:g} GPU"
+        resources = f"{task_cpus:g} CPU + {cfg.num_actors} actor(s) x {cfg.gpus_per_actor:g} GPU"
         reference_gpu_hours = images / w.clip_images_per_s_per_gpu / 3600
         return p.gpu_step("aesthetic_filter", resources, work, reference_gpu_hours,
                           "CLIP ViT-L/14 rate assumed", gpus=gpus)
     cpus = cfg.num_actors * cfg.cpus_per_actor
     cpu_hours = images / w.clip_images_per_s_per_cpu / 3600
-    estimate = p.cpu_step("aesthetic_filter", f"{cfg.num_actors} actor(s) x {cfg.cpus_per_actor:g} CPU, no GPU",
+    estimate = p.cpu_step("aesthetic_filter", f"{task_cpus:g} + {cfg.num_actors} actor(s) x {cfg.cpus_per_actor:g} CPU",
                           work, cpu_hours, cpus, "CLIP ViT-L/14 on CPU, rate assumed")
     gpu_hours = images / w.clip_images_per_s_per_gpu / 3600 / p.gpu.relative_speed
     warnings.append(
@@ -219,28 +268,30 @@ def _aesthetic_filter(config: PipelineConfig, w: Workload, p: _Pricing, warnings
     return estimate
 
 
-def _ingest_captions(w: Workload, p: _Pricing) -> StepEstimate:
+def _ingest_captions(config: PipelineConfig, w: Workload, p: _Pricing) -> StepEstimate:
+    cpus = _task_cpus(config, "ingest_captions")
     cpu_hours = w.captions / w.caption_lines_per_s_per_cpu / 3600
-    return p.cpu_step("ingest_captions", "1 CPU", f"{_n(w.captions)} Gemini captions", cpu_hours, 1.0,
-                      "paper: ~6M captions; parse rate assumed")
+    return p.cpu_step("ingest_captions", f"{cpus:g} CPU task", f"{_n(w.captions)} Gemini captions", cpu_hours,
+                      cpus, "paper: ~6M captions; parse rate assumed")
 
 
-def _recipe_stages(w: Workload, p: _Pricing) -> list[StepEstimate]:
-    gpus = f"{p.gpus} x {p.gpu.name}"
-    stage1_samples = w.stage1_steps * w.stage1_global_batch
-    stage2_samples = w.stage2_steps * w.stage2_batch
-    stage1_seconds_per_sample = w.stage1_gpu_hours_reference * 3600 / stage1_samples
-    stage2_hours = stage1_seconds_per_sample * stage2_samples * w.stage2_relative_cost_per_sample / 3600
+def _recipe_stages(stage1: _Training, stage2: _Training, w: Workload, p: _Pricing) -> list[StepEstimate]:
+    gpus = f"{p.gpus:g} x {p.gpu.name}"
+    reference_seconds_per_sample = w.stage1_gpu_hours_reference * 3600 / (w.stage1_steps * w.stage1_global_batch)
+    stage1_hours = reference_seconds_per_sample * stage1.samples / 3600
+    stage2_hours = reference_seconds_per_sample * stage2.samples * w.stage2_relative_cost_per_sample / 3600
     caption_hours = w.eval_images / w.caption_images_per_s_per_gpu / 3600
     recon_hours = w.eval_images * w.sd21_seconds_per_image / 3600
     caption_fid_hours = w.caption_fid_cfg_values * (caption_hours + w.eval_images * w.sd35_seconds_per_image / 3600)
     vqa_hours = (w.vqa_images / w.caption_images_per_s_per_gpu
                  + w.vqa_shot_settings * w.vqa_questions / w.vqa_answers_per_s_per_gpu) / 3600
     return [
-        p.gpu_step("train_stage1", f"{gpus}, ZeRO-2 fp32", f"{w.stage1_steps // 1000}K steps x {w.stage1_global_batch}",
-                   w.stage1_gpu_hours_reference, "paper: ~770 GPU-h on 8 x RTX 6000 Ada"),
-        p.gpu_step("train_stage2", f"{gpus}, bf16", f"{w.stage2_steps // 1000}K steps x {w.stage2_batch}",
-                   stage2_hours, f"stage-1 s/sample x {w.stage2_relative_cost_per_sample:g} (assumed)"),
+        p.gpu_step("train_stage1", f"{gpus}, ZeRO-{stage1.zero_stage} {stage1.precision}",
+                   f"{_n(stage1.steps)} steps x {stage1.global_batch}", stage1_hours,
+                   "paper: ~770 GPU-h per 200K x 512 on RTX 6000 Ada"),
+        p.gpu_step("train_stage2", f"{gpus}, ZeRO-{stage2.zero_stage} {stage2.precision}",
+                   f"{_n(stage2.steps)} steps x {stage2.global_batch}", stage2_hours,
+                   f"stage-1 s/sample x {w.stage2_relative_cost_per_sample:g} (assumed)"),
         p.gpu_step("caption_eval", gpus, f"{_n(w.eval_images)} COCO captions, beam 4", caption_hours,
                    "caption rate assumed"),
         p.gpu_step("eval_fid", gpus, f"recon + {w.caption_fid_cfg_values} CFG x {_n(w.eval_images)} images",
@@ -259,7 +310,7 @@ def _n(count: float) -> str:
 
 
 def format_cost_plan(plan: CostPlan) -> str:
-    head = (f"VLV plan, preset '{plan.preset}': {plan.gpus} x {plan.gpu.name} (speed {plan.gpu.relative_speed:g} "
+    head = (f"VLV plan, preset '{plan.preset}': {plan.gpus:g} x {plan.gpu.name} (speed {plan.gpu.relative_speed:g} "
             f"x {REFERENCE_GPU}, assumed), ${plan.price_per_gpu_hour:.2f}/GPU-h, ${plan.price_per_cpu_hour:.3f}/CPU-h")
     columns = f"{'step':<17}{'resources':<33}{'work':<31}{'GPU-h':>8}{'CPU-h':>8}{'wall h':>8}{'cost $':>10}  basis"
     lines = [head, "", columns, "-" * len(columns)]

@@ -7,10 +7,13 @@ from vlv.steps.aesthetic_filter import AestheticFilterStep
 from vlv.steps.download import DownloadStep
 from vlv.steps.ingest_captions import IngestCaptionsStep
 from vlv.steps.prepare_metadata import PrepareMetadataStep
+from vlv.steps.train_stage1 import TrainStage1Step
+from vlv.steps.train_stage2 import TrainStage2Step
 
 
 def pipeline_steps() -> list[Step]:
-    return [PrepareMetadataStep(), DownloadStep(), AestheticFilterStep(), IngestCaptionsStep()]
+    return [PrepareMetadataStep(), DownloadStep(), AestheticFilterStep(), IngestCaptionsStep(), TrainStage1Step(),
+            TrainStage2Step()]
 
 
 def step_names() -> list[str]:

@@ -5,10 +5,16 @@ from __future__ import annotations
 from typing import Callable
 
 from vlv.config import PipelineConfig
+from vlv.models.config import CaptionerConfig, Stage1ModelConfig
 from vlv.steps.aesthetic_filter import AestheticFilterConfig
 from vlv.steps.download import DownloadConfig
 from vlv.steps.ingest_captions import IngestCaptionsConfig
 from vlv.steps.prepare_metadata import PrepareMetadataConfig
+from vlv.steps.train_stage1 import TrainStage1Config
+from vlv.steps.train_stage2 import TrainStage2Config
+from vlv.train.deepspeed_config import AdamWConfig, DeepSpeedConfig, LRScheduleConfig
+from vlv.train.loop import LoopConfig
+from vlv.train.ray_trainer import RayTrainConfig
 
 
 def paper() -> PipelineConfig:
@@ -19,6 +25,8 @@ def paper() -> PipelineConfig:
         download=DownloadConfig(image_size=384, processes_count=16, thread_count=64),
         aesthetic_filter=AestheticFilterConfig(model="pretrained", threshold=5.0, batch_size=256),
         ingest_captions=IngestCaptionsConfig(format="auto"),
+        train_stage1=TrainStage1Config(),  # official config: ZeRO-2 fp32, 64 x 8 GPUs, 200K steps
+        train_stage2=TrainStage2Config(),  # paper: bf16, batch 64, lr 1e-5 linear, 100K steps, Qwen2.5-3B
     )
 
 
@@ -32,7 +40,28 @@ def tiny() -> PipelineConfig:
         aesthetic_filter=AestheticFilterConfig(model="tiny-random", threshold=None, keep_top_quantile=0.75,
                                                batch_size=8),
         ingest_captions=IngestCaptionsConfig(generate_tiny=True),
+        train_stage1=TrainStage1Config(
+            model=Stage1ModelConfig.tiny(), deepspeed=_tiny_deepspeed(lr=1e-3), loop=_tiny_loop(),
+            ray_train=RayTrainConfig(num_workers=2, use_gpu=False, cpus_per_worker=1.0, max_failures=2),
+            shuffle_buffer=8, grid_images=4, grid_sampling_steps=4,
+        ),
+        train_stage2=TrainStage2Config(
+            model=CaptionerConfig.tiny(), deepspeed=_tiny_deepspeed(lr=2e-3), loop=_tiny_loop(),
+            ray_train=RayTrainConfig(num_workers=2, use_gpu=False, cpus_per_worker=1.0, max_failures=2),
+            shuffle_buffer=8, sample_captions=4,
+        ),
     )
+
+
+def _tiny_deepspeed(lr: float) -> DeepSpeedConfig:
+    """ZeRO-2, fp32 on CPU; 2 workers x micro-batch 2 = global batch 4; a large lr so the loss visibly falls."""
+    return DeepSpeedConfig(zero_stage=2, precision="fp32", micro_batch_per_worker=2, global_batch=4,
+                           optimizer=AdamWConfig(lr=lr, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01),
+                           schedule=LRScheduleConfig(kind="cosine", warmup_steps=1, total_steps=6))
+
+
+def _tiny_loop() -> LoopConfig:
+    return LoopConfig(total_steps=6, checkpoint_every=3, log_every=1, seed=0)
 
 
 PRESETS: dict[str, Callable[[], PipelineConfig]] = {"tiny": tiny, "paper": paper}

@@ -66,15 +66,21 @@ def redact(text: str, secrets: Iterable[str] | None = None) -> str:
 
 
 class MlflowMetricLogger:
-    """Logs metrics to one MLflow run; safe to build inside a Ray worker from two strings."""
+    """Logs metrics to one MLflow run. Picklable (two strings): it travels to Ray Train's rank 0."""
 
     def __init__(self, tracking_uri: str, run_id: str):
-        from mlflow.tracking import MlflowClient
-
+        self.tracking_uri = tracking_uri
         self.run_id = run_id
-        self._client = MlflowClient(tracking_uri)
+        self._client = None
+
+    def __getstate__(self) -> dict:
+        return {"tracking_uri": self.tracking_uri, "run_id": self.run_id, "_client": None}
 
     def log_metric(self, name: str, value: float, step: int | None = None) -> None:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(self.tracking_uri)
         self._client.log_metric(self.run_id, name, float(value), timestamp=int(time.time() * 1000), step=step or 0)
 
 

@@ -30,9 +30,9 @@ PORT="${VLV_MLFLOW_PORT:-5000}"
 START_TIMEOUT_S="${VLV_MLFLOW_START_TIMEOUT_S:-120}"
 STOP_GRACE_S="${VLV_MLFLOW_STOP_GRACE_S:-15}"
 
-mkdir -p "$STATE_DIR" "$STORE"
-STATE_DIR="$(cd "$STATE_DIR" && pwd)"
-STORE="$(cd "$STORE" && pwd)"
+# Absolute paths, without creating anything (`status` and `stop` must not leave folders behind).
+STATE_DIR="$(realpath -m "$STATE_DIR")"
+STORE="$(realpath -m "$STORE")"
 NAME=mlflow_server
 LOG_FILE="$STATE_DIR/mlflow_server.log"
 BACKEND_URI="sqlite:///$STORE/mlflow.db"
@@ -65,7 +65,7 @@ cmd_start() {
     [[ -n "$MLFLOW" ]] || svc_die "no 'mlflow' in $VENV/bin or on PATH; run 'make install' first"
     command -v curl >/dev/null || svc_die "curl is needed to check that the server answers; install it"
     svc_require_free_ports VLV_MLFLOW_PORT="$PORT"
-    mkdir -p "$ARTIFACTS"
+    mkdir -p "$STATE_DIR" "$ARTIFACTS"
     # Job execution off (it would start a Huey consumer per worker); telemetry off.
     pid="$(MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_DISABLE_TELEMETRY=true \
         svc_launch "$NAME" "$LOG_FILE" "$MLFLOW" server \

@@ -21,7 +21,9 @@
 #
 # Ray 2.60 turns token authentication on: the head reads ~/.ray/auth_token (created here if missing) and every
 # client (`ray job submit`, `ray.init(address=...)`, the Python JobSubmissionClient) needs RAY_AUTH_MODE=token
-# in its environment to send it. `start` writes <state>/ray_head.env with what a client needs.
+# in its environment to send it. `start` writes <state>/ray_head.env with what a client needs (for a Python
+# driver joining with `ray.init(address="127.0.0.1:<GCS port>")` that includes
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: the head listens on 127.0.0.1 only, see below).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -39,8 +41,8 @@ START_TIMEOUT_S="${VLV_RAY_START_TIMEOUT_S:-180}"
 STOP_GRACE_S="${VLV_RAY_STOP_GRACE_S:-20}"
 TOKEN_FILE="$HOME/.ray/auth_token"
 
-mkdir -p "$STATE_DIR"
-STATE_DIR="$(cd "$STATE_DIR" && pwd)"
+# Absolute, without creating anything (`status` and `stop` must not leave folders behind).
+STATE_DIR="$(realpath -m "$STATE_DIR")"
 NAME=ray_head
 LOG_FILE="$STATE_DIR/ray_head.log"
 ENV_FILE="$STATE_DIR/ray_head.env"
@@ -69,6 +71,8 @@ Ray head running: pid $1 (process group $1)
   log:                   $LOG_FILE
 Clients need token auth (Ray 2.60; the token is read from ~/.ray/auth_token):
   source $ENV_FILE    # RAY_AUTH_MODE=token, RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT
+  (a Python driver joining with ray.init(address="127.0.0.1:$GCS_PORT") also needs the file's
+   RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, or Ray swaps 127.0.0.1 for this machine's network address)
   ray job submit --address http://127.0.0.1:$DASHBOARD_PORT --working-dir . \\
       --runtime-env-json '{"env_vars": {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}}' \\
       -- python pipelines/full_run.py --preset tiny --store "\$PWD/vlv_runs"
@@ -98,7 +102,7 @@ cmd_start() {
     fi
     svc_require_free_ports VLV_RAY_GCS_PORT="$GCS_PORT" VLV_RAY_DASHBOARD_PORT="$DASHBOARD_PORT" \
         VLV_RAY_CLIENT_PORT="$CLIENT_PORT" VLV_RAY_AGENT_PORT="$AGENT_PORT"
-    mkdir -p "$TEMP_DIR"
+    mkdir -p "$STATE_DIR" "$TEMP_DIR"
     local args=(start --head --block --disable-usage-stats
         --node-ip-address=127.0.0.1 --port="$GCS_PORT"
         --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT"
@@ -116,7 +120,8 @@ cmd_start() {
         svc_launch "$NAME" "$LOG_FILE" "$RAY" "${args[@]}")"
     local started=$SECONDS
     svc_wait_ready "$NAME" "$pid" "$START_TIMEOUT_S" "$LOG_FILE" job_api_ready
-    printf 'export RAY_AUTH_MODE=token\nexport RAY_ADDRESS=http://127.0.0.1:%s\n' "$DASHBOARD_PORT" >"$ENV_FILE"
+    printf 'export RAY_AUTH_MODE=token\nexport RAY_ADDRESS=http://127.0.0.1:%s\nexport RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0\n' \
+        "$DASHBOARD_PORT" >"$ENV_FILE"
     echo "started in $((SECONDS - started))s"
     print_client_help "$pid"
 }

@@ -84,3 +84,19 @@ def test_cli(tmp_path, options, capsys):
     _publish(store, steps["aesthetic_filter"], _write_kept)
     assert main(["captions", "request", "--store", options.store_uri, "--output", str(tmp_path / "r.jsonl")]) == 0
     assert "wrote 2 Gemini batch requests" in capsys.readouterr().out
+
+
+def test_kept_image_missing_from_its_shard(tmp_path, options):
+    store, plan = plan_run(options)
+    steps = {p.name: p for p in plan}
+    _publish(store, steps["download"], _write_shards)
+
+    def kept_with_a_stranger(folder: Path) -> None:
+        pq.write_table(pa.table({"key": ["000000001", "000000009"], "shard": ["00000.tar"] * 2}),
+                       folder / "kept.parquet")
+
+    _publish(store, steps["aesthetic_filter"], kept_with_a_stranger)
+    output = tmp_path / "requests.jsonl"
+    with pytest.raises(ValueError, match="1 kept image.*not found in shard 00000.tar.*000000009"):
+        write_caption_requests_for_run(options, str(output))
+    assert not output.exists() and not list(tmp_path.glob("*.partial"))

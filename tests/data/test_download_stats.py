@@ -71,4 +71,4 @@ def test_progress_logs_counts_and_skips_earlier_shards(tmp_path, caplog):
             _shard(tmp_path, "00001", [("success", None)] * 3 + [("failed_to_download", "HTTP Error 404: x")])
     lines = [r.getMessage() for r in caplog.records]
     assert "1 of 3 shards already finished" in lines[0]
-    assert "2/3 shards, 4 samples this attempt (3 ok, 1 failed)" in lines[-1]
+    assert "2/3 shards after" in lines[-1] and "4 samples this attempt (3 ok, 1 failed)" in lines[-1]

@@ -73,7 +73,9 @@ def test_fid_on_the_tiny_set_2048d(ray_session, tiny_eval_sets):
     merged = distributed_feature_stats(paths, spec, num_workers=2)
     _assert_same_stats(merged, single)
     self_fid = fid_from_stats(single, single)
-    assert abs(self_fid) < 1e-6 * np.trace(single.covariance())
+    # 8 images: a rank-7 2048x2048 covariance, whose sqrtm SciPy computes to ~1e-6 relative (seen: 2e-5 on a
+    # trace of 8.8); "about zero" at that precision.
+    assert abs(self_fid) < 1e-4 * np.trace(single.covariance())
     extractor = InceptionFeatureExtractor(spec)
     first_half = feature_stats_for_images(paths[:4], extractor)
     second_half = feature_stats_for_images(paths[4:], extractor)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -23,12 +24,12 @@ import pytest
 
 from pipelines import full_run
 from vlv.job_env import RAY_JOB_ENV_VAR
+from vlv.pipeline import step_names
 
 REPO = Path(__file__).resolve().parents[2]
 RAY_HEAD = REPO / "infra" / "local" / "ray_head.sh"
 MLFLOW_SERVER = REPO / "infra" / "local" / "mlflow_server.sh"
 RAY = REPO / ".venv" / "bin" / "ray"
-DATA_STEPS = ["prepare_metadata", "download", "aesthetic_filter", "ingest_captions"]
 JOB_DEADLINE_S = 1800  # a bound against a hung job, not a speed requirement (the job takes a few minutes)
 
 
@@ -85,6 +86,7 @@ def local_services():
     finally:
         for script in (RAY_HEAD, MLFLOW_SERVER):
             run([str(script), "stop"], env, timeout=120)
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def job_status(services: LocalServices, job_id: str) -> str:
@@ -98,6 +100,7 @@ def job_status(services: LocalServices, job_id: str) -> str:
 
 def test_tiny_pipeline_as_a_ray_job(local_services, tmp_path):
     services = local_services
+    steps = step_names()
     store = tmp_path / "store"  # absolute: the job's cwd is Ray's temporary copy of the repository
 
     # Token auth is on: a client without RAY_AUTH_MODE=token is turned away, with it the job API answers.
@@ -121,18 +124,20 @@ def test_tiny_pipeline_as_a_ray_job(local_services, tmp_path):
     assert status == "SUCCEEDED", f"job {job_id} ended {status}; log tail:\n{logs.stdout[-4000:]}"
 
     # Progress shows in the job log.
-    for step in DATA_STEPS:
+    for step in steps:
         assert re.search(rf"step {step}\s+running", logs.stdout), step
         assert re.search(rf"step {step}\s+done in", logs.stdout), step
     assert "joining the Ray cluster" in logs.stdout
 
     # Outputs land in the store, not in the job's temporary working dir.
     published = {p.parts[-3]: p.parent for p in store.glob("steps/*/*/manifest.json")}
-    assert set(published) == set(DATA_STEPS)
+    assert set(published) == set(steps)
     assert any((published["download"] / "shards").glob("*.tar"))
     assert (published["ingest_captions"] / "captions.parquet").is_file()
     assert not (store / "mlflow.db").exists(), "tracking went to the server, not to a SQLite file in the store"
-    assert not list(services.state_dir.glob("ray/session_*/runtime_resources/**/vlv_runs"))
+    job_copies = services.state_dir / "ray" / "session_latest" / "runtime_resources" / "working_dir_files"
+    assert any(job_copies.glob("*/pipelines/full_run.py")), "the job ran from Ray's copy of the working dir"
+    assert not list(job_copies.rglob("manifest.json")) and not list(job_copies.rglob("mlflow.db"))
 
     # Runs are in the MLflow server: the parent and one child per step, with proxied artifacts.
     from mlflow.tracking import MlflowClient
@@ -144,7 +149,7 @@ def test_tiny_pipeline_as_a_ray_job(local_services, tmp_path):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = {r.data.tags["vlv.step"]: r for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
-    assert set(children) == set(DATA_STEPS)
+    assert set(children) == set(steps)
     for step, child in children.items():
         assert child.data.tags["vlv.status"] == "executed"
         assert child.data.tags["vlv.output_uri"] == str(published[step])

@@ -67,3 +67,21 @@ def test_tiny_archs_use_the_same_classes_and_block_types():
 def test_unknown_arch_is_refused():
     with pytest.raises(ValueError, match="allowed"):
         arch_configs.llm_config("qwen2.5_7b")
+
+
+def test_paper_stage1_composition_on_meta_has_the_spec_trainable_set():
+    """The whole paper stage-1 model, built by our builder on the meta device (random init: no weights needed)."""
+    import dataclasses
+
+    from vlv.models.config import Stage1ModelConfig
+    from vlv.models.vlv_stage1 import build_stage1_model
+
+    with torch.device("meta"):
+        model = build_stage1_model(dataclasses.replace(Stage1ModelConfig.paper(), init="random"))
+    florence = model.embedder.encoder.florence
+    trainable = sum(p.numel() for p in model.trainable_parameters())
+    queries, projection = 77 * 1024, 2 * (1024 * 1024 + 1024)
+    assert trainable == count_parameters(florence.language_model) + queries + projection == 409_558_016
+    frozen = count_parameters(model) - trainable
+    assert frozen == (count_parameters(florence.vision_tower) + count_parameters(florence.multi_modal_projector)
+                      + 340_387_840 + 865_910_724 + 83_653_863)

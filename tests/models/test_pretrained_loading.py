@@ -41,8 +41,8 @@ def _pretrained_cfg(root) -> Stage1ModelConfig:
 
 def test_stage1_loads_every_pretrained_weight(checkpoints):
     model = build_stage1_model(_pretrained_cfg(checkpoints["root"]))
-    florence = model.embedder.encoder.florence
-    assert torch.equal(florence.language_model.shared.weight, checkpoints["florence"].model.language_model.shared.weight)
+    florence, saved = model.embedder.encoder.florence, checkpoints["florence"].model
+    assert torch.equal(florence.language_model.shared.weight, saved.language_model.shared.weight)
     assert torch.equal(florence.vision_tower.convs[0].conv.weight,
                        checkpoints["florence"].model.vision_tower.convs[0].conv.weight)
     assert torch.equal(model.diffusion.unet.conv_in.weight, checkpoints["unet"].conv_in.weight)
@@ -61,7 +61,7 @@ def test_florence_checkpoint_in_the_wrong_layout_is_refused(checkpoints, tmp_pat
     source = checkpoints["root"] / "florence"
     for path in source.iterdir():
         target = tmp_path / path.name
-        if path.suffix == ".safetensors":  # remote-code layout: language_model.model.* instead of model.language_model.*
+        if path.suffix == ".safetensors":  # remote-code layout: language_model.model.*, not model.language_model.*
             state = {key.replace("model.language_model.", "language_model.model."): value
                      for key, value in load_file(str(path)).items()}
             save_file(state, str(target), metadata={"format": "pt"})

@@ -130,6 +130,11 @@ def test_trainable_state_round_trips_into_a_fresh_embedder(tiny_stage1):
     assert state.keys() == loaded.keys() and all(torch.equal(state[k], loaded[k]) for k in state)
     with pytest.raises(ValueError, match="missing"):
         fresh.load_trainable_state_dict({k: v for k, v in state.items() if "queries" not in k})
+    # A whole-model export (what the training loop writes: trainable tensors by model-level name) loads too.
+    export = {name: p.detach() for name, p in tiny_stage1.named_parameters() if p.requires_grad}
+    fresh = build_caption_embedder(Stage1ModelConfig.tiny(seed=6))
+    fresh.load_trainable_state_dict(export)
+    assert torch.equal(fresh.encoder.queries, tiny_stage1.embedder.encoder.queries)
 
 
 def test_bad_images_are_refused_with_a_clear_error(tiny_stage1):

@@ -11,10 +11,12 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import shutil
 import socket
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
@@ -26,7 +28,7 @@ from vlv.data.loopback_site import serve_folder
 from vlv.engine.executor import StepRequest, execute_step, submit_step
 from vlv.engine.step import StepOutput
 from vlv.engine.store import RunStore
-from vlv.steps.download import DownloadConfig, DownloadStep, img2dataset_job
+from vlv.steps.download import DownloadConfig, DownloadStep, img2dataset_job, split_metadata
 from vlv.steps.prepare_metadata import PrepareMetadataConfig, PrepareMetadataStep
 
 GOOD_PHOTOS = 6
@@ -168,6 +170,21 @@ def test_opt_out_and_resume_settings_reach_img2dataset():
     assert kwargs["save_additional_columns"] == ["WIDTH", "aesthetic"]
     opted_in = img2dataset_job(dataclasses.replace(DOWNLOAD, respect_opt_out=False), "m", "s", "ray")
     assert opted_in.download_kwargs()["disallowed_header_directives"] == []
+
+
+@pytest.mark.parametrize(("part_rows", "expected"), [(8, [8, 3]), (6, [4, 4, 3]), (11, None), (100, None)])
+def test_long_metadata_is_fed_in_parts_of_whole_shards(prepared, tmp_path, part_rows, expected):
+    _, upstream = prepared
+    config = dataclasses.replace(DOWNLOAD, metadata_part_rows=part_rows)
+    ctx = SimpleNamespace(log=logging.getLogger("test"))
+    url_list = split_metadata(upstream.path("metadata.parquet"), 11, config, tmp_path / "parts", ctx)
+    if expected is None:
+        assert url_list == upstream.path("metadata.parquet") and not (tmp_path / "parts").exists()
+        return
+    parts = sorted((tmp_path / "parts").glob("*.parquet"))
+    assert url_list == str(tmp_path / "parts") and [pq.read_metadata(p).num_rows for p in parts] == expected
+    whole = pq.read_table(upstream.path("metadata.parquet"))
+    assert pq.read_table(parts[0]).equals(whole.slice(0, expected[0]))
 
 
 @pytest.mark.slow

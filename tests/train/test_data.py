@@ -2,61 +2,22 @@
 
 from __future__ import annotations
 
-import io
 import itertools
-import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
+from tests.train.shard_helpers import write_shards
 from vlv.train.data import ImageStreamConfig, WebDatasetImageStream
-
-SHARD_SIZES = (5, 3, 6, 4, 2)  # images per tar, deliberately uneven
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _jpeg(value: int, size: tuple[int, int]) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, (value, 255 - value, (value * 7) % 256)).save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> dict:
-    """img2dataset-like shards: <key>.jpg/.txt/.json per sample; every 4th key filtered out of kept.parquet."""
-    root = tmp_path_factory.mktemp("shards")
-    kept_rows, caption_rows, all_keys = [], [], []
-    counter = 0
-    for shard_index, size in enumerate(SHARD_SIZES):
-        shard = f"{shard_index:05d}.tar"
-        with tarfile.open(root / shard, "w") as tar:
-            for _ in range(size):
-                key = f"{counter:09d}"
-                # a non-square image in shard 1 exercises resize + centre crop
-                image_size = (48, 32) if shard_index == 1 else (32, 32)
-                _add(tar, f"{key}.jpg", _jpeg(counter * 9 % 256, image_size))
-                _add(tar, f"{key}.txt", f"alt text {key}".encode())
-                _add(tar, f"{key}.json", json.dumps({"key": key}).encode())
-                all_keys.append(key)
-                if counter % 4 != 3:
-                    kept_rows.append({"key": key, "shard": shard, "url": f"http://x/{key}", "caption": "alt",
-                                      "score": 5.0})
-                    caption_rows.append({"key": key, "caption": f"a detailed caption of {key}", "shard": shard})
-                counter += 1
-        (root / f"{shard_index:05d}_stats.json").write_text("{}")
-    pq.write_table(pa.Table.from_pylist(kept_rows), root / "kept.parquet")
-    pq.write_table(pa.Table.from_pylist(caption_rows), root / "captions.parquet")
-    return {"dir": root, "kept": {r["key"] for r in kept_rows}, "all": all_keys}
+    return write_shards(tmp_path_factory.mktemp("shards"))
+
 
 
 def _stream(shards: dict, **overrides) -> WebDatasetImageStream:

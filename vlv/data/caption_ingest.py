@@ -8,6 +8,7 @@ no table of the whole input is ever in memory.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import Counter, deque
@@ -18,7 +19,6 @@ from typing import Callable, Iterable, Iterator, Sequence
 import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -138,8 +138,6 @@ def detect_format(uri: str, options: IngestOptions) -> str:
         return "parquet"
     if name.endswith((".csv", ".tsv")):
         return "csv"
-    import json
-
     with fsspec.open(uri, "rb", compression="infer") as handle:
         head = handle.read(_DETECT_BYTES)
     head = head.removeprefix(b"\xef\xbb\xbf")
@@ -176,18 +174,17 @@ def _ordered_map(executor: Executor | None, fn: Callable, items: Iterable, infli
         yield pending.popleft().result()
 
 
-def _jsonl_blocks(handle, fmt: RowFormat, options: IngestOptions,
-                  executor: Executor | None) -> Iterator[ClassifiedBlock]:
+def _jsonl_blocks(handle, fmt: RowFormat, options: IngestOptions, executor: Executor | None,
+                  threads: int) -> Iterator[ClassifiedBlock]:
     def work(item: memoryview | LongLine) -> tuple[list[ClassifiedBlock], int]:
         if isinstance(item, LongLine):
             return [long_line_reject(item, options.max_line_bytes)], 1
         return parse_range(item, fmt)
 
     lines_before = 0
-    workers = getattr(executor, "_max_workers", 1)
     items = iter_line_items(handle, chunk_bytes=options.chunk_bytes, max_line_bytes=options.max_line_bytes,
                             parse_bytes=options.parse_bytes)
-    for blocks, lines in _ordered_map(executor, work, items, inflight=2 * workers + 1):
+    for blocks, lines in _ordered_map(executor, work, items, inflight=2 * threads + 1):
         for block in blocks:
             yield shift_lines(block, lines_before)
         lines_before += lines
@@ -386,7 +383,7 @@ def ingest_captions(sources: Sequence[str], captions_path: str, quarantine_path:
                     blocks = _csv_blocks(handle, uri, options)
                 else:
                     blocks = _jsonl_blocks(handle, row_format(fmt, options.key_field, options.caption_field),
-                                           options, executor)
+                                           options, executor, threads)
                 name = (source_names or {}).get(uri, uri)
                 for block in blocks:
                     acceptor.accept(name, block)
@@ -410,8 +407,3 @@ def _size(uri: str) -> int:
         return int(fs.size(path))
     except (OSError, TypeError):
         return 0
-
-
-def caption_length_counts(captions_path: str) -> pa.Array:
-    """caption_chars of every kept caption, read column-only (for the histogram)."""
-    return pc.cast(pq.read_table(captions_path, columns=["caption_chars"]).column("caption_chars"), pa.int32())

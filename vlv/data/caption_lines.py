@@ -4,18 +4,18 @@ Reading: `iter_line_items` reads `chunk_bytes` at a time and cuts at the last ne
 `chunk_bytes + max_line_bytes` whatever the file size. A line longer than `max_line_bytes` is never held: the
 reader keeps its first bytes (for the quarantine record) and skips to the next newline.
 
-Parsing: `parse_range` takes about `parse_bytes` of whole lines. Fast path: when every line of the range is
-exactly one `{...}` (checked with three `bytes.count` calls), the range is valid UTF-8 (Arrow's SIMD check) and
-`pyarrow.json.read_json` with the format's explicit schema returns one row per line, row i is line i and the
-block is classified with vectorised Arrow compute. Otherwise the range is split per line with numpy, lines that
-are not plain `{...}` or not UTF-8 go through the reference per-line classifier, and runs of plain lines are
-parsed fast again; when a run fails to parse, the parser's "in row N" names the bad line, so only that line
-takes the slow path (without a row number: the run goes line by line). Every row ends up either kept or
-quarantined with its exact line number.
+Parsing: `parse_range` takes about `parse_bytes` of whole lines (ranges are parsed in parallel, in a thread
+pool: the parser releases the GIL). Fast path: when every line of the range is exactly one `{...}` (numpy on
+the newline positions), the range is valid UTF-8 (Arrow's SIMD check) and `pyarrow.json.read_json` with the
+format's explicit schema returns one row per line, row i is line i and the rows are classified with vectorised
+Arrow compute. Otherwise lines that are not a plain `{...}` or not UTF-8 go through the reference per-line
+classifier, and runs of plain lines are parsed fast again; when a run fails to parse, the parser's "in row N"
+names the bad line, so only that line takes the slow path (when it names none, the run is bisected). Every
+row ends up either kept or quarantined with its exact line number.
 
-We parse ranges of about 1 MB in a thread pool (the parser releases the GIL) instead of whole 16 MB blocks
-with pyarrow's own threads: a failed parse then costs one small range, not a bisection of the whole block.
-`benchmarks/bench_ingest.py` measures both.
+Why ranges of a few MB in our own thread pool rather than whole 16 MB blocks with pyarrow's threads: a parse
+error then costs one small range, and pyarrow's row numbers are only usable with a single parser block.
+`benchmarks/bench_ingest.py` measures both strategies side by side.
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def _slow_lines(data: bytes | memoryview, starts: np.ndarray, ends: np.ndarray, 
 
 
 def _parse_run(data: bytes | memoryview, starts: np.ndarray, ends: np.ndarray, numbers: np.ndarray,
-               fmt: RowFormat) -> list[ClassifiedBlock]:
+               fmt: RowFormat, attempt: tuple[pa.Table | None, int | None] | None = None) -> list[ClassifiedBlock]:
     """Lines that are each one `{...}`: parse fast; a failure costs only the line the parser names.
 
     When the parser names no row (a type error, or two objects on one line making rows and lines disagree),
@@ -239,8 +239,8 @@ def _parse_run(data: bytes | memoryview, starts: np.ndarray, ends: np.ndarray, n
     out: list[ClassifiedBlock] = []
     lo = 0
     while lo < len(starts):
-        chunk = data[starts[lo]:ends[-1]]
-        table, bad_row = _read(chunk, fmt.arrow_schema)
+        table, bad_row = attempt or _read(data[starts[lo]:ends[-1]], fmt.arrow_schema)
+        attempt = None
         if table is not None and table.num_rows == len(starts) - lo:
             return out + _classify_table(table, numbers[lo:], fmt)
         if table is not None or bad_row is None or bad_row >= len(starts) - lo:
@@ -251,12 +251,8 @@ def _parse_run(data: bytes | memoryview, starts: np.ndarray, ends: np.ndarray, n
             return out + _parse_run(data, starts[lo:mid], ends[lo:mid], numbers[lo:mid], fmt) + \
                 _parse_run(data, starts[mid:], ends[mid:], numbers[mid:], fmt)
         bad = lo + bad_row
-        if bad > lo:
-            prefix, _ = _read(data[starts[lo]:ends[bad - 1]], fmt.arrow_schema)
-            if prefix is not None and prefix.num_rows == bad - lo:
-                out += _classify_table(prefix, numbers[lo:bad], fmt)
-            else:  # the row number did not match our lines (e.g. two objects on one line): line by line
-                out.append(_slow_lines(data, starts[lo:bad], ends[lo:bad], numbers[lo:bad], fmt))
+        if bad > lo:  # normally parses in one go; if the row number was off (two objects on a line), it bisects
+            out += _parse_run(data, starts[lo:bad], ends[lo:bad], numbers[lo:bad], fmt)
         out.append(_slow_lines(data, starts[bad:bad + 1], ends[bad:bad + 1], numbers[bad:bad + 1], fmt))
         lo = bad + 1
     return out
@@ -281,9 +277,10 @@ def parse_range(data: bytes | memoryview, fmt: RowFormat) -> tuple[list[Classifi
         (raw[np.minimum(last, len(raw) - 1)] == ord("}"))
     utf8_ok = _utf8_valid(data)
     if utf8_ok and plain.all():
-        table, _ = _read(data, fmt.arrow_schema)
-        if table is not None and table.num_rows == count:
-            return _classify_table(table, numbers, fmt), count
+        attempt = _read(data, fmt.arrow_schema)
+        if attempt[0] is not None and attempt[0].num_rows == count:
+            return _classify_table(attempt[0], numbers, fmt), count
+        return _parse_run(data, starts, ends, numbers, fmt, attempt), count
     if not utf8_ok:
         plain &= np.array([_utf8_valid(data[s:e]) for s, e in zip(starts.tolist(), ends.tolist())], bool)
     out: list[ClassifiedBlock] = []

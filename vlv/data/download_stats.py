@@ -165,5 +165,5 @@ class DownloadProgress:
         rate = done / elapsed
         remaining = max(self.total_rows - sum(s.count for s in self._seen.values()), 0)
         eta = f", about {remaining / rate:.0f}s left" if rate > 0 and remaining else ""
-        self.log.info("download: %d/%d shards, %d samples this attempt (%d ok, %d failed), %.1f samples/s%s",
-                      len(self._seen), self.total_shards, done, ok, done - ok, rate, eta)
+        self.log.info("download: %d/%d shards after %.0fs, %d samples this attempt (%d ok, %d failed), "
+                      "%.1f samples/s%s", len(self._seen), self.total_shards, elapsed, done, ok, done - ok, rate, eta)

@@ -91,6 +91,8 @@ def execute_step(request: StepRequest) -> Manifest:
         step=step.name, key=request.key, preset=request.preset, config=request.section,
         inputs=request.inputs, output_dir=staging, metrics=metrics_logger, on_cluster=request.on_cluster,
         log=logging.getLogger(f"vlv.steps.{step.name}"),
+        scratch_uri=store.scratch_uri(step.name, request.key), cache_dir=store.cache_dir,
+        tracking_uri=request.tracking_uri,
     )
     started = time.time()
     ctx.log.info("running step %s (key %s) into %s", step.name, request.key, staging)

@@ -63,6 +63,12 @@ class StepContext(Generic[SectionT]):
     metrics: MetricLogger
     on_cluster: bool = False
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("vlv"))
+    # Durable per-key folder/URI outside the published output (training checkpoints): survives a crash.
+    scratch_uri: str = ""
+    # A folder shared across keys in a local store (e.g. cached real-image FID statistics); None if remote.
+    cache_dir: Path | None = None
+    # Where MLflow lives, for steps that read earlier runs' metric histories through vlv.tracking (report).
+    tracking_uri: str | None = None
 
     def input(self, step: str) -> StepOutput:
         if step not in self.inputs:

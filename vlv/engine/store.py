@@ -4,6 +4,8 @@ Layout (relative to the store root):
     steps/<step>/<key>/manifest.json   published output; the manifest is written last
     .staging/<step>/<key>/             work in progress (local stores); never read as a result
     .locks/<step>-<key>.lock           one writer per step key
+    scratch/<step>/<key>/              durable working space (training checkpoints), not published
+    cache/                             shared caches (real-image FID statistics)
 
 On a local store publishing is one `os.rename` of the staging folder, so a reader sees all or nothing. On an
 object store files are uploaded first and the manifest last: an output without a manifest does not exist.
@@ -50,6 +52,16 @@ class RunStore:
         if self.is_local:
             return os.path.join(self.root, "steps", step, key)
         return f"{self.fs.unstrip_protocol(self.root)}/steps/{step}/{key}"
+
+    def scratch_uri(self, step: str, key: str) -> str:
+        """Durable working space of one step key (e.g. training checkpoints), never part of its output."""
+        if self.is_local:
+            return os.path.join(self.root, "scratch", step, key)
+        return f"{self.fs.unstrip_protocol(self.root)}/scratch/{step}/{key}"
+
+    @property
+    def cache_dir(self) -> Path | None:
+        return Path(self.root) / "cache" if self.is_local else None
 
     def staging_dir(self, step: str, key: str) -> Path:
         """A local folder for a step attempt; stable per key so a resumable step can continue after a crash."""

@@ -53,8 +53,9 @@ class CaptionEmbedder(nn.Module):
     def caption_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """z: what stage 1 learns, fed to the CLIP text encoder as token embeddings."""
         check_uint8_images(images, self.image_size)
-        dtype = self.encoder.queries.dtype
-        return self.encoder(florence_pixels(images, self.florence_image_size, dtype=dtype))
+        queries = self.encoder.queries
+        pixels = florence_pixels(images.to(queries.device), self.florence_image_size, dtype=queries.dtype)
+        return self.encoder(pixels)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.clip_text(self.caption_embeddings(images))
@@ -65,7 +66,13 @@ class CaptionEmbedder(nn.Module):
         return {name: p.detach().clone() for name, p in self.named_parameters() if id(p) in wanted}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load `trainable_state_dict()` output; every trainable tensor must be present and nothing else."""
+        """Load `trainable_state_dict()` output; every trainable tensor must be present and nothing else.
+
+        Also takes a whole-model export of VLVStage1 or VLVCaptioner (both hold this module as `embedder`, so
+        their keys are `embedder.<name>`): the prefix is stripped.
+        """
+        if state and all(key.startswith("embedder.") for key in state):
+            state = {key.removeprefix("embedder."): value for key, value in state.items()}
         expected = set(self.trainable_state_dict())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:
@@ -85,7 +92,7 @@ class VLVStage1(nn.Module):
     def forward(self, batch: Stage1Batch, generator: torch.Generator | None = None) -> torch.Tensor:
         """Scalar loss MSE(eps, eps_theta(z_t, t, cond)); `generator` fixes t, noise and the VAE sample."""
         cond = self.embedder(batch.images)
-        pixels = vae_pixels(batch.images, dtype=self.diffusion.vae.dtype)
+        pixels = vae_pixels(batch.images.to(cond.device), dtype=self.diffusion.vae.dtype)
         return self.diffusion.denoising_loss(pixels, cond, generator)
 
     def train(self, mode: bool = True) -> VLVStage1:
@@ -134,8 +141,9 @@ def build_caption_embedder(cfg: Stage1ModelConfig) -> CaptionEmbedder:
                                            seed=cfg.seed, num_queries=cfg.num_queries,
                                            out_dim=clip_text.hidden_size, query_init_std=cfg.query_init_std,
                                            task_prompt=cfg.task_prompt)
-    return CaptionEmbedder(encoder, clip_text, image_size=cfg.image_size,
-                           florence_image_size=cfg.florence_image_size)
+    embedder = CaptionEmbedder(encoder, clip_text, image_size=cfg.image_size,
+                               florence_image_size=cfg.florence_image_size)
+    return embedder.train()
 
 
 def build_stage1_model(cfg: Stage1ModelConfig) -> VLVStage1:

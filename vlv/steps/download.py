@@ -85,6 +85,9 @@ class DownloadStep(Step[DownloadConfig]):
         distributor = cfg.distributor
         if distributor == "auto":
             distributor = "ray" if ctx.on_cluster and site is None else "multiprocessing"
+        if distributor == "ray":  # img2dataset's Ray tasks write into this node's staging folder
+            ctx.log.info("download: the ray distributor needs %s on a filesystem every node shares",
+                         ctx.output_dir)
         shards_dir = ctx.output_dir / "shards"
         parts_dir = ctx.output_dir / PARTS_FOLDER
         url_list = split_metadata(metadata_uri, total_rows, cfg, parts_dir, ctx)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -33,7 +32,6 @@ from vlv.train.deepspeed_config import (
     DeepSpeedConfig,
     build_deepspeed_config,
     build_lr_scheduler_factory,
-    gradient_accumulation_steps,
 )
 
 log = logging.getLogger("vlv.train")
@@ -247,41 +245,62 @@ def save_and_report(engine: Any, progress: TrainProgress, stats: StepStats, *, r
         stats_dir = folder / WORKER_STATS_DIR
         stats_dir.mkdir()
         (stats_dir / f"rank_{rank:04d}.json").write_text(json.dumps(rank_stats(engine, rank).__dict__))
+        trainable_state = full_trainable_state(engine) if final else None  # a collective under ZeRO-3
         if rank == 0:
             (folder / PROGRESS_FILE).write_text(json.dumps({
                 "step": progress.step, "samples_seen": progress.samples_seen, "tag": tag,
                 "world_size": engine.world_size,
             }))
-            if final:
-                export_trainable_weights(engine.module, folder / EXPORT_FILE)
+            if trainable_state is not None:
+                export_safetensors(trainable_state, folder / EXPORT_FILE)
         metrics = {"step": progress.step, "loss": stats.loss, "lr": stats.lr, "final": final,
                    "resumed_from_step": -1 if progress.resumed_from_step is None else progress.resumed_from_step}
         if stats.grad_norm is not None:
             metrics["grad_norm"] = stats.grad_norm
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
                          checkpoint_dir_name=f"checkpoint_{tag}")
+        # The controller registers a checkpoint only once it has collected every rank's report; a rank that
+        # dies before that loses the checkpoint. Wait for the commit so a reported checkpoint is a kept one.
+        ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     if rank == 0:
         log.info("checkpoint %s reported (final=%s)", tag, final)
 
 
-def export_trainable_weights(module: Any, path: Path) -> int:
-    """Rank 0: the trainable tensors (full under ZeRO-1/2) as safetensors; returns the number of tensors."""
+def full_trainable_state(engine: Any) -> dict[str, Any] | None:
+    """Full (unsharded) trainable tensors on rank 0, None elsewhere; every rank must call it.
+
+    Under ZeRO-0/1/2 each rank's module holds the full parameters, so rank 0 reads its own state dict; under
+    ZeRO-3 the parameters are partitioned and DeepSpeed gathers them (16-bit or fp32 as trained).
+    """
+    import torch
+
+    trainable = {name for name, p in engine.module.named_parameters() if p.requires_grad}
+    if engine.zero_optimization_stage() == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()
+    else:
+        state = engine.module.state_dict() if torch.distributed.get_rank() == 0 else None
+    if state is None:
+        return None
+    return {name: t.detach().cpu().clone().contiguous() for name, t in state.items() if name in trainable}
+
+
+def export_safetensors(state: dict[str, Any], path: Path) -> None:
+    """Clones above make tied tensors independent, which safetensors requires."""
     from safetensors.torch import save_file
 
-    trainable = {name for name, p in module.named_parameters() if p.requires_grad}
-    state = {name: t.detach().cpu().clone().contiguous() for name, t in module.state_dict().items()
-             if name in trainable}
     save_file(state, str(path), metadata={"format": "pt", "contents": "trainable parameters"})
-    return len(state)
 
 
 def rank_stats(engine: Any, rank: int) -> RankStats:
+    def count(p: Any) -> int:
+        return int(getattr(p, "ds_numel", p.numel()))  # ZeRO-3 leaves an empty placeholder in p
+
     return RankStats(
         rank=rank, optimizer_state_bytes=optimizer_state_bytes(engine),
-        trainable_params=sum(p.numel() for p in engine.module.parameters() if p.requires_grad),
-        frozen_params=sum(p.numel() for p in engine.module.parameters() if not p.requires_grad),
+        trainable_params=sum(count(p) for p in engine.module.parameters() if p.requires_grad),
+        frozen_params=sum(count(p) for p in engine.module.parameters() if not p.requires_grad),
     )
 
 
@@ -296,9 +315,3 @@ def optimizer_state_bytes(engine: Any) -> int:
             if torch.is_tensor(value) and value.dim() > 0:
                 total += value.numel() * value.element_size()
     return total
-
-
-def worker_environment() -> dict[str, str]:
-    """Env vars the workers need before importing DeepSpeed (also set by apply_runtime_defaults there)."""
-    names = ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR")
-    return {name: os.environ[name] for name in names if name in os.environ}

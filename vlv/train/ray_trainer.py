@@ -26,7 +26,6 @@ from vlv.train.loop import (
     RankStats,
     WorkerSpec,
     train_worker,
-    worker_environment,
 )
 
 log = logging.getLogger("vlv.train")
@@ -89,7 +88,6 @@ def run_training(*, task: Any, deepspeed: DeepSpeedConfig, loop: LoopConfig, ray
             name=name, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=ray_train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=ray_train.num_checkpoints_to_keep),
-            worker_runtime_env={"env_vars": worker_environment()},
         ),
     )
     log.info("training %s: %d workers, ZeRO-%d, %s, %d steps, storage %s", name, ray_train.num_workers,

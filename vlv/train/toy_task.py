@@ -67,6 +67,6 @@ class ToyRegressionTask:
         x, y = batch
         if generator is not None and self.input_noise > 0:
             x = x + self.input_noise * torch.randn(x.shape, generator=generator)
-        dtype = next(model.parameters()).dtype
-        prediction = model(x.to(dtype))
-        return nn.functional.mse_loss(prediction.float(), y)
+        reference = next(model.parameters())  # DeepSpeed moved the model to its device and precision
+        prediction = model(x.to(device=reference.device, dtype=reference.dtype))
+        return nn.functional.mse_loss(prediction.float(), y.to(reference.device))

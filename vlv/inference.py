@@ -1,0 +1,157 @@
+"""Trained-model folders (the published outputs of the training steps) and loading them for inference.
+
+A stage-1 folder holds what stage 1 trained on top of the frozen/pretrained weights:
+    stage1_model.json              the Stage1ModelConfig (architecture, weight paths, seed of the random init)
+    stage1_trainable.safetensors   the trainable tensors (Florence transformer, queries, projection)
+A stage-2 folder is a self-contained captioner: the stage-1 files it started from, plus
+    captioner_model.json           the CaptionerConfig
+    captioner_trainable.safetensors  the tensors stage 2 trained (MLP, and the LLM / encoder if unfrozen)
+    tokenizer/                     the LLM tokenizer (trained BPE for `tiny`, the Qwen tokenizer for `paper`)
+Frozen weights are rebuilt from the config: from the pretrained paths, or from the seeded random init.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from vlv.config_tree import build
+from vlv.models.config import CaptionerConfig, Stage1ModelConfig
+
+STAGE1_CONFIG = "stage1_model.json"
+STAGE1_WEIGHTS = "stage1_trainable.safetensors"
+CAPTIONER_CONFIG = "captioner_model.json"
+CAPTIONER_WEIGHTS = "captioner_trainable.safetensors"
+TOKENIZER_DIR = "tokenizer"
+
+
+def save_stage1_checkpoint(out_dir: str | Path, model_cfg: Stage1ModelConfig, trainable_weights_file: str | Path
+                           ) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / STAGE1_CONFIG).write_text(json.dumps(dataclasses.asdict(model_cfg), indent=2, sort_keys=True))
+    if Path(trainable_weights_file).resolve() != (out / STAGE1_WEIGHTS).resolve():
+        shutil.copyfile(trainable_weights_file, out / STAGE1_WEIGHTS)
+    return out
+
+
+def save_captioner_checkpoint(out_dir: str | Path, stage1_dir: str | Path, captioner_cfg: CaptionerConfig,
+                              trainable_weights_file: str | Path, tokenizer: Any) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (STAGE1_CONFIG, STAGE1_WEIGHTS):
+        shutil.copyfile(_require(Path(stage1_dir), name), out / name)
+    (out / CAPTIONER_CONFIG).write_text(json.dumps(dataclasses.asdict(captioner_cfg), indent=2, sort_keys=True))
+    if Path(trainable_weights_file).resolve() != (out / CAPTIONER_WEIGHTS).resolve():
+        shutil.copyfile(trainable_weights_file, out / CAPTIONER_WEIGHTS)
+    tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
+    return out
+
+
+def read_stage1_config(folder: str | Path) -> Stage1ModelConfig:
+    return build(Stage1ModelConfig, json.loads(_require(Path(folder), STAGE1_CONFIG).read_text()))
+
+
+def read_captioner_config(folder: str | Path) -> CaptionerConfig:
+    return build(CaptionerConfig, json.loads(_require(Path(folder), CAPTIONER_CONFIG).read_text()))
+
+
+def load_caption_embedder(folder: str | Path):
+    """The trained image -> conditioning half of stage 1 (what stage 2 builds on)."""
+    from vlv.models.vlv_stage1 import build_caption_embedder
+
+    embedder = build_caption_embedder(read_stage1_config(folder))
+    embedder.load_trainable_state_dict(_load_tensors(Path(folder) / STAGE1_WEIGHTS))
+    return embedder.eval()
+
+
+def load_stage1(folder: str | Path):
+    """The whole trained stage-1 model (encoder + frozen diffusion decoder), e.g. for reconstructions."""
+    from vlv.models.vlv_stage1 import build_stage1_model
+
+    model = build_stage1_model(read_stage1_config(folder))
+    model.embedder.load_trainable_state_dict(_load_tensors(Path(folder) / STAGE1_WEIGHTS))
+    return model.eval()
+
+
+def load_captioner(folder: str | Path):
+    """A trained stage-2 captioner from its self-contained folder."""
+    from transformers import PreTrainedTokenizerFast
+
+    from vlv.models.captioner import build_captioner
+
+    folder = Path(folder)
+    cfg = read_captioner_config(folder)
+    embedder = load_caption_embedder(folder)
+    tokenizer_dir = _require(folder, TOKENIZER_DIR)
+    if cfg.init == "pretrained":
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    else:  # AutoTokenizer would wrap the trained BPE as a Qwen tokenizer and add a token (see caption_tokenizer)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tokenizer_dir))
+    captioner = build_captioner(cfg, embedder, tokenizer)
+    state = _load_tensors(folder / CAPTIONER_WEIGHTS)
+    expected = dict(captioner.named_parameters())
+    unknown = sorted(set(state) - set(expected))
+    if unknown:
+        raise ValueError(f"{folder / CAPTIONER_WEIGHTS} holds tensors this captioner does not have "
+                         f"({unknown[:3]}...); was it trained with the same llm_arch and stage-1 config?")
+    captioner.load_state_dict(state, strict=False)
+    return captioner.eval()
+
+
+def caption_images(images: Sequence[Any], folder: str | Path, *, batch_size: int = 8, num_beams: int | None = None,
+                   max_new_tokens: int | None = None, captioner: Any = None) -> list[str]:
+    """Caption image files or uint8 arrays with a trained captioner folder (the Python API of `vlv caption`)."""
+    import torch
+
+    model = captioner if captioner is not None else load_captioner(folder)
+    cfg = read_captioner_config(folder)
+    size = model.embedder.image_size
+    captions: list[str] = []
+    for start in range(0, len(images), batch_size):
+        chunk = torch.from_numpy(np.stack([image_as_array(item, size) for item in images[start:start + batch_size]]))
+        with torch.no_grad():
+            captions += model.generate(chunk, num_beams=num_beams or cfg.num_beams,
+                                       max_new_tokens=max_new_tokens or cfg.max_new_tokens)
+    return captions
+
+
+def image_as_array(item: Any, size: int) -> np.ndarray:
+    """A file path or an image array -> uint8 (size, size, 3): shorter side resized, centre-cropped (as training)."""
+    import io
+
+    from PIL import Image
+
+    from vlv.train.data import decode_image
+
+    if isinstance(item, (str, Path)):
+        path = Path(item)
+        if not path.is_file():
+            raise ValueError(f"image file {path} does not exist")
+        return decode_image(path.read_bytes(), size, str(path))
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(item, dtype=np.uint8)).save(buffer, format="PNG")
+    return decode_image(buffer.getvalue(), size, "array")
+
+
+def _require(folder: Path, name: str) -> Path:
+    path = folder / name
+    if not path.exists():
+        raise ValueError(f"{folder} is not a trained VLV model folder: {name} is missing (point at the output of "
+                         f"train_stage1 / train_stage2, e.g. vlv_runs/steps/train_stage2/<key>)")
+    return path
+
+
+def _load_tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ValueError(f"weights file {path} is missing; rerun the training step that writes it")
+    return load_file(str(path))

@@ -1,0 +1,160 @@
+"""Step `train_stage1`: train the VLV encoder against the frozen diffusion decoder (DeepSpeed ZeRO on Ray Train).
+
+Images only, no captions: the kept images of `aesthetic_filter`, streamed from the `download` shards. The
+published output is a stage-1 model folder (see vlv.inference) plus a grid of originals beside what the frozen
+diffusion model draws from their learned caption embeddings. DeepSpeed checkpoints live in the step's scratch
+space in the store, so a rerun after a crash resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from vlv.engine.step import Resources, Step, StepContext, StepResult
+from vlv.models.config import Stage1ModelConfig
+from vlv.train.deepspeed_config import DeepSpeedConfig, build_deepspeed_config, stage1_official
+from vlv.train.loop import EXPORT_FILE, LoopConfig
+from vlv.train.ray_trainer import RayTrainConfig
+
+
+@dataclass
+class TrainStage1Config:
+    model: Stage1ModelConfig = field(default_factory=Stage1ModelConfig.paper)
+    # The lr schedule decays over loop.total_steps (deepspeed.schedule.total_steps is set from it).
+    deepspeed: DeepSpeedConfig = field(default_factory=stage1_official)
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(total_steps=200_000, checkpoint_every=2_000))
+    ray_train: RayTrainConfig = field(default_factory=lambda: RayTrainConfig(num_workers=8, use_gpu=True))
+    shuffle_buffer: int = 256
+    grid_images: int = 4  # originals shown beside their reconstructions in MLflow
+    grid_sampling_steps: int = 25
+    grid_guidance_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.grid_images < 0 or self.grid_sampling_steps <= 0:
+            raise ValueError("train_stage1.grid_images must be >= 0 and grid_sampling_steps > 0")
+        if self.shuffle_buffer < 0:
+            raise ValueError(f"train_stage1.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
+
+
+@dataclass(frozen=True)
+class Stage1TrainTask:
+    """The stage-1 workload for the generic loop (vlv.train.loop.TrainTask); travels to every worker."""
+
+    model: Stage1ModelConfig
+    stream: Any  # vlv.train.data.WebDatasetImageStream over kept.parquet
+
+    def build_model(self) -> Any:
+        from vlv.models.vlv_stage1 import build_stage1_model
+
+        return build_stage1_model(self.model)
+
+    def batches(self, *, rank: int, world_size: int, batch_size: int, start_batch: int) -> Iterator[Any]:
+        from vlv.models.vlv_stage1 import Stage1Batch
+
+        for batch in self.stream.batches(rank=rank, world_size=world_size, batch_size=batch_size,
+                                         start_batch=start_batch):
+            yield Stage1Batch(images=batch.images)
+
+    def loss(self, model: Any, batch: Any, generator: Any) -> Any:
+        return model(batch, generator=generator)
+
+
+class TrainStage1Step(Step[TrainStage1Config]):
+    name = "train_stage1"
+    upstream = ("download", "aesthetic_filter")
+    code_version = "1"
+    resumable = True
+    description = "Train the VLV encoder through the frozen SD 2.1 decoder (DeepSpeed ZeRO on Ray Train)"
+
+    def resources(self, config: TrainStage1Config) -> Resources:
+        return Resources(num_cpus=0)  # the Ray Train workers ask for their own CPUs/GPUs
+
+    def preflight(self, config: TrainStage1Config) -> None:
+        config.model.check_weights("train_stage1.model")
+        build_deepspeed_config(config.deepspeed, num_workers=config.ray_train.num_workers,
+                               on_gpu=config.ray_train.use_gpu)
+
+    def run(self, ctx: StepContext[TrainStage1Config]) -> StepResult:
+        from vlv.inference import STAGE1_WEIGHTS, load_stage1, save_stage1_checkpoint
+        from vlv.train.data import ImageStreamConfig, WebDatasetImageStream
+        from vlv.train.ray_trainer import run_training
+
+        cfg = ctx.config
+        stream = WebDatasetImageStream(
+            shards_uri=ctx.input("download").path("shards"),
+            samples_uri=ctx.input("aesthetic_filter").path("kept.parquet"),
+            config=ImageStreamConfig(image_size=cfg.model.image_size, shuffle_buffer=cfg.shuffle_buffer,
+                                     seed=cfg.loop.seed),
+        )
+        outcome = run_training(
+            task=Stage1TrainTask(model=cfg.model, stream=stream),
+            deepspeed=schedule_over_loop(cfg.deepspeed, cfg.loop),
+            loop=cfg.loop, ray_train=cfg.ray_train, storage_path=f"{ctx.scratch_uri}/ray", name="ray_train",
+            metric_logger=ctx.metrics, export_dir=ctx.output_dir,
+        )
+        (ctx.output_dir / EXPORT_FILE).rename(ctx.output_dir / STAGE1_WEIGHTS)
+        save_stage1_checkpoint(ctx.output_dir, cfg.model, ctx.output_dir / STAGE1_WEIGHTS)
+        ctx.log.info("trained %d steps (resumed from %s); final loss %.5f", outcome.steps,
+                     outcome.resumed_from_step, outcome.metrics.get("loss", float("nan")))
+
+        artifacts = []
+        if cfg.grid_images:
+            images = first_images(stream, cfg.grid_images)
+            model = load_stage1(ctx.output_dir)
+            generated = model.generate_images(images, num_steps=cfg.grid_sampling_steps,
+                                              guidance_scale=cfg.grid_guidance_scale, generator=seeded(cfg.loop.seed))
+            save_image_grid([images.numpy(), generated.numpy()], ctx.output_dir / "reconstruction_grid.png",
+                            title="top: originals; bottom: frozen SD decoder from learned caption embeddings")
+            artifacts.append("reconstruction_grid.png")
+        metrics = training_metrics(outcome)
+        return StepResult(metrics=metrics, artifacts=artifacts)
+
+
+def schedule_over_loop(deepspeed: DeepSpeedConfig, loop: LoopConfig) -> DeepSpeedConfig:
+    """The decay runs over the loop's steps, so `--set ...loop.total_steps=N` needs no second override."""
+    return dataclasses.replace(deepspeed, schedule=dataclasses.replace(deepspeed.schedule,
+                                                                       total_steps=loop.total_steps))
+
+
+def training_metrics(outcome: Any) -> dict[str, float]:
+    metrics = {"steps": float(outcome.steps), "final_loss": float(outcome.metrics.get("loss", float("nan")))}
+    if outcome.resumed_from_step is not None:
+        metrics["resumed_from_step"] = float(outcome.resumed_from_step)
+    if outcome.rank_stats:
+        metrics["optimizer_state_bytes_per_rank"] = float(
+            sum(s.optimizer_state_bytes for s in outcome.rank_stats) / len(outcome.rank_stats))
+    return metrics
+
+
+def first_images(stream: Any, count: int) -> Any:
+    """The first `count` images of a single-worker pass over the stream (uint8 tensor)."""
+    batch = next(stream.batches(rank=0, world_size=1, batch_size=count, start_batch=0))
+    return batch.images
+
+
+def seeded(seed: int) -> Any:
+    import torch
+
+    return torch.Generator().manual_seed(seed)
+
+
+def save_image_grid(rows: list[Any], path: Path, title: str = "") -> None:
+    """Rows of uint8 (N, H, W, 3) arrays -> one PNG, rows stacked vertically with a thin white gap."""
+    import numpy as np
+    from PIL import Image
+
+    gap = 2
+    height, width = rows[0].shape[1], rows[0].shape[2]
+    columns = max(len(r) for r in rows)
+    canvas = np.full(((height + gap) * len(rows), (width + gap) * columns, 3), 255, dtype=np.uint8)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            top, left = r * (height + gap), c * (width + gap)
+            canvas[top:top + height, left:left + width] = image
+    picture = Image.fromarray(canvas)
+    if title:
+        picture.info["Title"] = title
+    picture.save(path)

@@ -1,0 +1,166 @@
+"""Step `train_stage2`: train the captioner (stage-1 encoder -> MLP -> Qwen2) on images + ingested captions.
+
+Data: the images of `captions.parquet` (ingest_captions, already joined to the kept images) streamed from the
+`download` shards, each with its caption. The encoder starts from `train_stage1`'s output. For the `tiny` preset
+the LLM tokenizer is a byte-level BPE trained here on the ingested captions and saved with the model. The
+published output is a self-contained captioner folder (`vlv caption --checkpoint <it>`), plus a table of
+generated captions beside the reference captions.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from vlv.engine.step import Resources, Step, StepContext, StepResult
+from vlv.models.config import CaptionerConfig
+from vlv.steps.train_stage1 import schedule_over_loop, training_metrics
+from vlv.train.deepspeed_config import DeepSpeedConfig, build_deepspeed_config, stage2_paper
+from vlv.train.loop import EXPORT_FILE, LoopConfig
+from vlv.train.ray_trainer import RayTrainConfig
+
+
+@dataclass
+class TrainStage2Config:
+    model: CaptionerConfig = field(default_factory=CaptionerConfig.paper)
+    deepspeed: DeepSpeedConfig = field(default_factory=stage2_paper)
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(total_steps=100_000, checkpoint_every=2_000))
+    ray_train: RayTrainConfig = field(default_factory=lambda: RayTrainConfig(num_workers=8, use_gpu=True))
+    shuffle_buffer: int = 256
+    sample_captions: int = 8  # generated vs reference captions logged as a table
+    tokenizer_max_captions: int = 200_000  # captions the tiny BPE is trained on (random init only)
+
+    def __post_init__(self) -> None:
+        if self.sample_captions < 0 or self.tokenizer_max_captions <= 0:
+            raise ValueError("train_stage2.sample_captions must be >= 0 and tokenizer_max_captions > 0")
+        if self.shuffle_buffer < 0:
+            raise ValueError(f"train_stage2.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
+
+
+@dataclass(frozen=True)
+class Stage2TrainTask:
+    """The stage-2 workload for the generic loop; holds folder paths, builds everything on the worker."""
+
+    model: CaptionerConfig
+    stage1_dir: str  # train_stage1's output folder
+    tokenizer_dir: str
+    stream: Any  # vlv.train.data.WebDatasetImageStream over captions.parquet, with captions
+
+    def build_model(self) -> Any:
+        from vlv.inference import load_caption_embedder
+        from vlv.models.captioner import build_captioner
+
+        captioner = build_captioner(self.model, load_caption_embedder(self.stage1_dir), self.tokenizer())
+        return captioner.train()
+
+    def tokenizer(self) -> Any:
+        return load_tokenizer(self.model, self.tokenizer_dir)
+
+    def batches(self, *, rank: int, world_size: int, batch_size: int, start_batch: int) -> Iterator[Any]:
+        from vlv.models.caption_tokenizer import tokenize_captions
+        from vlv.models.captioner import CaptionBatch
+
+        tokenizer = self.tokenizer()
+        for batch in self.stream.batches(rank=rank, world_size=world_size, batch_size=batch_size,
+                                         start_batch=start_batch):
+            tokens = tokenize_captions(tokenizer, batch.captions, self.model.max_caption_tokens)
+            yield CaptionBatch(images=batch.images, input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+
+    def loss(self, model: Any, batch: Any, generator: Any) -> Any:
+        return model(batch)
+
+
+class TrainStage2Step(Step[TrainStage2Config]):
+    name = "train_stage2"
+    upstream = ("download", "ingest_captions", "train_stage1")
+    code_version = "1"
+    resumable = True
+    description = "Train the captioner: stage-1 encoder -> MLP -> Qwen2 on Gemini captions (DeepSpeed on Ray Train)"
+
+    def resources(self, config: TrainStage2Config) -> Resources:
+        return Resources(num_cpus=0)  # the Ray Train workers ask for their own CPUs/GPUs
+
+    def preflight(self, config: TrainStage2Config) -> None:
+        config.model.check_weights("train_stage2.model")
+        build_deepspeed_config(config.deepspeed, num_workers=config.ray_train.num_workers,
+                               on_gpu=config.ray_train.use_gpu)
+
+    def run(self, ctx: StepContext[TrainStage2Config]) -> StepResult:
+        from vlv.inference import CAPTIONER_WEIGHTS, load_captioner, save_captioner_checkpoint
+        from vlv.train.data import ImageStreamConfig, WebDatasetImageStream
+        from vlv.train.ray_trainer import run_training
+
+        cfg = ctx.config
+        stage1_dir = str(ctx.input("train_stage1").local_dir)
+        captions_uri = ctx.input("ingest_captions").path("captions.parquet")
+        tokenizer_dir = Path(ctx.scratch_uri) / "tokenizer"
+        tokenizer = prepare_tokenizer(cfg, captions_uri, tokenizer_dir)
+        ctx.log.info("LLM tokenizer: %d ids (%s)", len(tokenizer), tokenizer_dir)
+        stream = WebDatasetImageStream(
+            shards_uri=ctx.input("download").path("shards"), samples_uri=captions_uri, with_captions=True,
+            config=ImageStreamConfig(image_size=_image_size(stage1_dir), shuffle_buffer=cfg.shuffle_buffer,
+                                     seed=cfg.loop.seed),
+        )
+        task = Stage2TrainTask(model=cfg.model, stage1_dir=stage1_dir, tokenizer_dir=str(tokenizer_dir),
+                               stream=stream)
+        outcome = run_training(
+            task=task, deepspeed=schedule_over_loop(cfg.deepspeed, cfg.loop), loop=cfg.loop,
+            ray_train=cfg.ray_train, storage_path=f"{ctx.scratch_uri}/ray", name="ray_train",
+            metric_logger=ctx.metrics, export_dir=ctx.output_dir,
+        )
+        (ctx.output_dir / EXPORT_FILE).rename(ctx.output_dir / CAPTIONER_WEIGHTS)
+        save_captioner_checkpoint(ctx.output_dir, stage1_dir, cfg.model, ctx.output_dir / CAPTIONER_WEIGHTS,
+                                  tokenizer)
+        artifacts = []
+        if cfg.sample_captions:
+            write_caption_samples(load_captioner(ctx.output_dir), stream, cfg, ctx.output_dir / "caption_samples.csv")
+            artifacts.append("caption_samples.csv")
+        return StepResult(metrics=training_metrics(outcome), artifacts=artifacts)
+
+
+def prepare_tokenizer(cfg: TrainStage2Config, captions_uri: str, out_dir: Path) -> Any:
+    """Pretrained: the Qwen tokenizer. Random (tiny): a BPE trained on the ingested captions, saved to out_dir."""
+    from vlv.models.captioner import build_caption_tokenizer
+
+    if cfg.model.init == "pretrained":
+        tokenizer = build_caption_tokenizer(cfg.model)
+        tokenizer.save_pretrained(str(out_dir))
+        return tokenizer
+    import pyarrow.parquet as pq
+
+    texts: list[str] = []
+    for batch in pq.ParquetFile(captions_uri).iter_batches(columns=["caption"], batch_size=10_000):
+        texts.extend(str(c) for c in batch.column(0).to_pylist())
+        if len(texts) >= cfg.tokenizer_max_captions:
+            break
+    if not texts:
+        raise ValueError(f"{captions_uri} holds no captions to train the tokenizer on; check ingest_captions")
+    return build_caption_tokenizer(cfg.model, texts[:cfg.tokenizer_max_captions], out_dir)
+
+
+def load_tokenizer(cfg: CaptionerConfig, folder: str) -> Any:
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if cfg.init == "pretrained":
+        return AutoTokenizer.from_pretrained(folder)
+    return PreTrainedTokenizerFast.from_pretrained(folder)
+
+
+def write_caption_samples(captioner: Any, stream: Any, cfg: TrainStage2Config, path: Path) -> None:
+    batch = next(stream.batches(rank=0, world_size=1, batch_size=cfg.sample_captions, start_batch=0))
+    generated = captioner.generate(batch.images, num_beams=cfg.model.num_beams,
+                                   max_new_tokens=cfg.model.max_new_tokens)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["key", "generated", "reference"])
+        for key, text, reference in zip(batch.keys, generated, batch.captions):
+            writer.writerow([key, text, reference])
+
+
+def _image_size(stage1_dir: str) -> int:
+    from vlv.inference import read_stage1_config
+
+    return read_stage1_config(stage1_dir).image_size
+

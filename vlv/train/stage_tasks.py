@@ -1,0 +1,39 @@
+"""TrainTasks that plug the VLV models into the training loop (see `vlv.train.loop.TrainTask`).
+
+A task is a small picklable value (configs and paths) that each Ray Train worker turns into a model, a batch
+stream and a loss; the loop owns everything else (DeepSpeed, checkpoints, metrics).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from vlv.train.data import ImageBatch, WebDatasetImageStream
+
+
+@dataclass(frozen=True)
+class Stage1Task:
+    """Stage 1: uint8 images from the kept samples -> MSE(eps, eps_theta) of the frozen SD UNet."""
+
+    stream: WebDatasetImageStream  # samples_uri = aesthetic_filter's kept.parquet
+    model: Any  # vlv.models.config.Stage1ModelConfig
+
+    def __post_init__(self) -> None:
+        if self.stream.config.image_size != self.model.image_size:
+            raise ValueError(f"the data stream gives {self.stream.config.image_size} px images but the stage-1 "
+                             f"model expects image_size={self.model.image_size}; set both to the same value")
+
+    def build_model(self) -> Any:
+        from vlv.models.vlv_stage1 import build_stage1_model
+
+        return build_stage1_model(self.model)
+
+    def batches(self, *, rank: int, world_size: int, batch_size: int, start_batch: int) -> Iterator[ImageBatch]:
+        return self.stream.batches(rank=rank, world_size=world_size, batch_size=batch_size, start_batch=start_batch)
+
+    def loss(self, model: Any, batch: ImageBatch, generator: Any) -> Any:
+        from vlv.models.vlv_stage1 import Stage1Batch
+
+        device = next(model.parameters()).device
+        return model(Stage1Batch(images=batch.images.to(device)), generator=generator)
