@@ -90,8 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     ds_config = DeepSpeedConfig(zero_stage=2, precision="fp32", global_batch=args.global_batch,
                                 micro_batch_per_worker=args.global_batch // args.workers, gradient_clipping=1.0,
                                 optimizer=AdamWConfig(lr=1e-3), schedule=LRScheduleConfig(total_steps=args.steps))
-    plain = plain_pytorch_samples_per_s(task, ds_config, steps=args.steps, warmup=args.warmup, seed=0,
-                                        threads=args.workers)
+    def measure_plain() -> dict[int, float]:
+        return {threads: plain_pytorch_samples_per_s(task, ds_config, steps=args.steps, warmup=args.warmup, seed=0,
+                                                     threads=threads)
+                for threads in sorted({1, args.workers})}
+
+    plain_before = measure_plain()
 
     started_ray = not ray.is_initialized()
     if started_ray:
@@ -109,15 +113,20 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if started_ray:
             ray.shutdown()
+    plain_after = measure_plain()  # before and after, so load drift on a shared machine shows up
     series = [line["value"] for line in lines if line["name"] == "samples_per_s" and line["step"] > args.warmup]
     zero2 = statistics.median(series)
+    best_plain = max(max(plain_before.values()), max(plain_after.values()))
 
     params = sum(p.numel() for p in task.build_model().parameters())
     print(f"\ntask: {type(task).__name__} ({params:,} parameters), global batch {args.global_batch}, "
           f"{args.steps} steps ({args.warmup} warm-up)")
-    print(f"plain PyTorch, 1 process x {args.workers} threads : {plain:10.1f} samples/s")
-    print(f"DeepSpeed ZeRO-2, {args.workers} Ray Train workers  : {zero2:10.1f} samples/s (median per step)")
-    print(f"\nthroughput ratio ZeRO-2 x {args.workers} workers / plain single process: {zero2 / plain:.3f}")
+    for threads in plain_before:
+        print(f"plain PyTorch, 1 process x {threads} thread(s): {plain_before[threads]:10.1f} samples/s before, "
+              f"{plain_after[threads]:10.1f} after")
+    print(f"DeepSpeed ZeRO-2, {args.workers} Ray Train workers : {zero2:10.1f} samples/s (median per step; "
+          f"min {min(series):.1f}, max {max(series):.1f})")
+    print(f"\nthroughput ratio ZeRO-2 x {args.workers} workers / best plain single process: {zero2 / best_plain:.3f}")
     return 0
 
 

@@ -11,6 +11,7 @@ from vlv.runtime_env import apply_runtime_defaults
 apply_runtime_defaults()
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("RAY_ADDRESS", None)
+os.environ.pop("VLV_STORE", None)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""End to end: the data steps of the tiny pipeline through the CLI, shared by all tests in this module.
+"""End to end: the whole tiny pipeline through the CLI, once per session, inspected by many tests.
 
 One pipeline run (session fixture) is inspected by many tests; then a second invocation must execute nothing
 and `--force download` exactly one step.
@@ -15,8 +15,10 @@ from mlflow.tracking import MlflowClient
 from pipelines import full_run
 from vlv.engine.manifest import verify_files
 from vlv.engine.store import RunStore
+from vlv.pipeline import step_names
 
 DATA_STEPS = ["prepare_metadata", "download", "aesthetic_filter", "ingest_captions"]
+ALL_STEPS = step_names()
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +30,7 @@ def tiny_store(ray_session, tmp_path_factory) -> Path:
 
 def _outputs(store: Path) -> dict[str, Path]:
     found = {}
-    for step in DATA_STEPS:
+    for step in ALL_STEPS:
         keys = RunStore(str(store)).published_keys(step)
         assert len(keys) == 1, f"{step}: expected one published output, found {keys}"
         found[step] = store / "steps" / step / keys[0]
@@ -70,7 +72,7 @@ def test_mlflow_has_parent_and_one_child_per_step(tiny_store):
     runs = _runs(tiny_store)
     parents = [r for r in runs if r.data.tags.get("vlv.pipeline") == "full_run"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert {r.data.tags["vlv.step"] for r in children} == set(DATA_STEPS)
+    assert {r.data.tags["vlv.step"] for r in children} == set(ALL_STEPS)
     by_step = {r.data.tags["vlv.step"]: r for r in children}
     assert {r.data.tags["vlv.status"] for r in children} == {"executed"}
     assert by_step["download"].data.metrics["images_ok"] > 0
@@ -82,16 +84,41 @@ def test_mlflow_has_parent_and_one_child_per_step(tiny_store):
         assert parents[0].data.tags[key]
 
 
+def test_training_steps_lower_the_loss_and_log_by_step(tiny_store):
+    from vlv.tracking import metric_history
+
+    runs = {r.data.tags.get("vlv.step"): r for r in _runs(tiny_store) if r.data.tags.get("vlv.status") == "executed"}
+    for step in ("train_stage1", "train_stage2"):
+        losses = metric_history(f"sqlite:///{tiny_store / 'mlflow.db'}", runs[step].info.run_id, "loss")
+        assert [s for s, _ in losses] == list(range(1, len(losses) + 1))  # every step once, no gap
+        assert losses[-1][1] < losses[0][1], f"{step}: loss did not fall: {losses}"
+        assert runs[step].data.metrics["samples_per_s"] > 0
+
+
+def test_trained_captioner_captions_a_real_photo(tiny_store, tmp_path):
+    import skimage.data
+    from PIL import Image
+
+    from vlv.inference import caption_images
+
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(skimage.data.astronaut()).save(photo)
+    folder = _outputs(tiny_store)["train_stage2"]
+    captions = caption_images([photo], folder, max_new_tokens=8, num_beams=2)
+    assert len(captions) == 1 and isinstance(captions[0], str) and captions[0].strip()
+    grid = _outputs(tiny_store)["train_stage1"] / "reconstruction_grid.png"
+    assert Image.open(grid).size[1] == 2 * 64 + 2 * 2  # two rows: originals, reconstructions
+
+
 def test_second_invocation_executes_nothing_and_force_runs_exactly_one(tiny_store, capsys):
     assert full_run.main(["--preset", "tiny", "--store", str(tiny_store)]) == 0
-    latest = _runs(tiny_store)[-len(DATA_STEPS):]
+    latest = _runs(tiny_store)[-len(ALL_STEPS):]
     assert {r.data.tags["vlv.status"] for r in latest} == {"cached"}
     assert full_run.main(["--preset", "tiny", "--store", str(tiny_store), "--force", "download"]) == 0
-    latest = _runs(tiny_store)[-len(DATA_STEPS):]
+    latest = _runs(tiny_store)[-len(ALL_STEPS):]
     statuses = {r.data.tags["vlv.step"]: r.data.tags["vlv.status"] for r in latest}
-    assert statuses == {"prepare_metadata": "cached", "download": "executed", "aesthetic_filter": "cached",
-                        "ingest_captions": "cached"}
+    assert statuses == {name: "executed" if name == "download" else "cached" for name in ALL_STEPS}
     capsys.readouterr()
     assert full_run.main(["--preset", "tiny", "--store", str(tiny_store), "--dry-run"]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("cached") == len(DATA_STEPS)
+    assert printed.count("cached") == len(ALL_STEPS)

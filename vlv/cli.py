@@ -115,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="append", default=[], help="rerun even if cached (give the step name)")
     run.add_argument("--dry-run", action="store_true")
 
+    caption = sub.add_parser("caption", help="caption images with a trained captioner (train_stage2's output)")
+    caption.add_argument("images", nargs="+", help="image files")
+    caption.add_argument("--checkpoint", required=True,
+                         help="a train_stage2 output folder, e.g. vlv_runs/steps/train_stage2/<key>")
+    caption.add_argument("--num-beams", type=int, default=None, help="beam width (default: the model's, 4)")
+    caption.add_argument("--max-new-tokens", type=int, default=None, help="default: the model's (300 in paper)")
+
     captions = sub.add_parser("captions", help="caption data tools")
     captions_sub = captions.add_subparsers(dest="captions_command", required=True, parser_class=_Parser)
     request = captions_sub.add_parser(
@@ -137,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _plan(args)
     if args.command == "run":
         return run_from_args(args, only=[args.step])
+    if args.command == "caption":
+        return _caption(args)
     if args.command == "captions" and args.captions_command == "request":
         return _captions_request(args)
     raise AssertionError(f"unhandled command {args.command}")
@@ -190,6 +199,20 @@ def _plan(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_cost_plan(plan))
+    return 0
+
+
+def _caption(args: argparse.Namespace) -> int:
+    from vlv.inference import caption_images
+
+    try:
+        captions = caption_images(args.images, args.checkpoint, num_beams=args.num_beams,
+                                  max_new_tokens=args.max_new_tokens)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path, text in zip(args.images, captions):
+        print(f"{path}\t{text}")
     return 0
 
 

@@ -6,9 +6,9 @@ Every figure rests on a named basis, printed with the plan:
 - measurements published by the tools' authors (img2dataset: 1350 URLs/s on one 16-core machine);
 - assumptions, labelled as such (relative GPU speeds, prices, the per-sample cost of stage 2, model throughputs).
 Training rows read steps, global batch, precision and GPUs from the config's `train_stage*` sections (the paper's
-recipe when a section is missing). GPU-hours are taken as independent of the GPU count (the global batch is kept with gradient accumulation), so
-more GPUs shorten the wall time, not the bill. Steps the repository does not have yet (training, evaluation)
-appear as the paper's recipe stages.
+recipe when a section is missing). GPU-hours are taken as independent of the GPU count (the global batch is kept
+with gradient accumulation), so more GPUs shorten the wall time, not the bill. Stages the repository does not
+have yet (evaluation, report) appear as the paper's recipe stages.
 """
 
 from __future__ import annotations

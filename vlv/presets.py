@@ -23,7 +23,8 @@ def paper() -> PipelineConfig:
         preset="paper",
         prepare_metadata=PrepareMetadataConfig(source="laion"),
         download=DownloadConfig(image_size=384, processes_count=16, thread_count=64),
-        aesthetic_filter=AestheticFilterConfig(model="pretrained", threshold=5.0, batch_size=256),
+        aesthetic_filter=AestheticFilterConfig(model="pretrained", threshold=5.0, batch_size=256, num_actors=8,
+                                               cpus_per_actor=4.0, gpus_per_actor=1.0),
         ingest_captions=IngestCaptionsConfig(format="auto"),
         train_stage1=TrainStage1Config(),  # official config: ZeRO-2 fp32, 64 x 8 GPUs, 200K steps
         train_stage2=TrainStage2Config(),  # paper: bf16, batch 64, lr 1e-5 linear, 100K steps, Qwen2.5-3B

@@ -26,8 +26,33 @@ def apply_runtime_defaults() -> None:
     if not _has_cuda():
         defaults["DS_ACCELERATOR"] = "cpu"
         defaults["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // 2))
+    from vlv.job_env import embedded_ray_env_defaults
+
+    defaults.update(embedded_ray_env_defaults())  # an embedded Ray listens on 127.0.0.1 only
     for name, value in defaults.items():
         os.environ.setdefault(name, value)
+
+
+def worker_env_vars() -> dict[str, str]:
+    """The defaults above as Ray `runtime_env` env_vars, so workers on a cluster get them too."""
+    names = ("MLFLOW_DISABLE_TELEMETRY", "NO_ALBUMENTATIONS_UPDATE", "WANDB_MODE", "HF_HUB_DISABLE_TELEMETRY",
+             "TOKENIZERS_PARALLELISM", "TORCH_EXTENSIONS_DIR", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+             "MLFLOW_HTTP_REQUEST_TIMEOUT", "DS_ACCELERATOR", "OMP_NUM_THREADS")
+    job_keys = _job_env_var_keys()  # Ray refuses a ray.init env var that the submitted job already sets
+    return {name: os.environ[name] for name in names if name in os.environ and name not in job_keys}
+
+
+def _job_env_var_keys() -> set[str]:
+    import json
+
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return set()
+    try:
+        runtime_env = json.loads(raw).get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return set()
+    return set((runtime_env.get("env_vars") or {}).keys())
 
 
 def _has_cuda() -> bool:

@@ -151,3 +151,11 @@ class PipelineTracking:
         items = [Param(k, self._redact(str(v))[:_PARAM_MAX]) for k, v in sorted(flat.items())]
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start:start + 100])
+
+
+def metric_history(tracking_uri: str, run_id: str, name: str) -> list[tuple[int, float]]:
+    """(step, value) of one metric of one run, by step: training curves for reports and tests."""
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient(tracking_uri).get_metric_history(run_id, name)
+    return sorted((int(m.step), float(m.value)) for m in history)

@@ -55,7 +55,9 @@ def connect_ray() -> bool:
         return bool(address)
     if address:
         log.info("joining the Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=True)
+        from vlv.runtime_env import worker_env_vars
+
+        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": worker_env_vars()})
         return True
     log.info("no RAY_ADDRESS: starting an embedded local Ray")
     ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)

@@ -1,0 +1,277 @@
+"""Generate images and turn them straight into FID statistics, over Ray tasks; real-image statistics, cached.
+
+Why generation and features share a task: the generated images are only needed as Inception features, so each
+Ray task loads its generator and the Inception once, generates its chunk of the evaluation set batch by batch and
+returns exact float64 sums (`FeatureStats`), which merge by addition into the statistics of the whole set (the
+same arithmetic as `distributed_feature_stats`). Images never travel, except the few kept for sample grids.
+
+Generators: `ReconstructionGenerator` (image -> stage-1 caption embeddings -> frozen SD sampling),
+`CaptionGenerator` (caption text -> a text-to-image pipeline, one pass per CFG value) and `IdentityGenerator`
+(the originals themselves: FID against the real statistics must then be ~0, which tests the plumbing).
+
+Real-image statistics are computed from the image FILES with `distributed_feature_stats` (pytorch-fid's way)
+and cached under a key made of the files' content hashes and the Inception's identity, so a rerun with another
+model (another step key) reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from vlv.eval.fid import FeatureStats, distributed_feature_stats, fid_from_stats, split_evenly
+from vlv.eval.inception import InceptionFeatureExtractor, InceptionSpec
+from vlv.eval.text_to_image import TextToImageSpec
+
+log = logging.getLogger("vlv.eval.fid_generation")
+
+_CACHE_FORMAT = "vlv-real-fid-stats-v1"
+_PROGRESS_EVERY_S = 30.0
+
+
+@dataclass(frozen=True)
+class EvalImage:
+    image_id: int
+    path: str
+    caption: str  # the caption under evaluation (caption FID); unused by the other generators
+
+
+@dataclass(frozen=True)
+class ReconstructionGenerator:
+    stage1_dir: str  # train_stage1's output folder
+    num_steps: int
+    guidance_scale: float
+
+    def labels(self) -> list[str]:
+        return ["recon"]
+
+
+@dataclass(frozen=True)
+class CaptionGenerator:
+    spec: TextToImageSpec
+    guidance_scales: tuple[float, ...]
+
+    def labels(self) -> list[str]:
+        return [cfg_label(scale) for scale in self.guidance_scales]
+
+
+@dataclass(frozen=True)
+class IdentityGenerator:
+    """The originals as decoded from their files: a generator whose FID to the real images is 0."""
+
+    def labels(self) -> list[str]:
+        return ["identity"]
+
+
+Generator = ReconstructionGenerator | CaptionGenerator | IdentityGenerator
+
+
+def cfg_label(scale: float) -> str:
+    return f"cfg{scale:g}"
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """One Ray task: a generator over a chunk of the evaluation images, features by the given Inception."""
+
+    generator: Generator
+    images: tuple[EvalImage, ...]
+    inception: InceptionSpec
+    batch_size: int = 4
+    seed: int = 0
+    keep_samples: int = 0  # images kept per label for grids (the first chunk only needs them)
+    device: str = "cpu"
+    num_threads: int = 1
+
+
+@dataclass
+class GenerationResult:
+    stats: dict[str, FeatureStats]  # label -> statistics of this chunk's generated images
+    samples: dict[str, list[np.ndarray]] = field(default_factory=dict)  # label -> uint8 (H, W, 3) images
+    sample_ids: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def run_generation_job(job: GenerationJob) -> GenerationResult:
+    """Generate every label's images for the chunk, batch by batch, into per-label statistics."""
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(max(1, job.num_threads))
+    started = time.monotonic()
+    extractor = InceptionFeatureExtractor(job.inception)
+    generate = _build_generate(job.generator, job.device)
+    result = GenerationResult(stats={}, sample_ids=[image.image_id for image in job.images[:job.keep_samples]])
+    total = len(job.images) * len(job.generator.labels())
+    done, last_log = 0, started
+    for label in job.generator.labels():
+        stats = FeatureStats.empty()
+        kept: list[np.ndarray] = []
+        for start in range(0, len(job.images), job.batch_size):
+            batch = job.images[start:start + job.batch_size]
+            images = generate(batch, label, batch_seed(job.seed, batch[0].image_id))
+            stats.update(extractor.features(images))
+            kept += images[:max(0, job.keep_samples - len(kept))]
+            done += len(batch)
+            if time.monotonic() - last_log >= _PROGRESS_EVERY_S:
+                last_log = time.monotonic()
+                log.info("FID generation: %d/%d images, %.2f images/s", done, total, done / (last_log - started))
+        result.stats[label] = stats
+        result.samples[label] = kept
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def batch_seed(seed: int, first_image_id: int) -> int:
+    """Noise seed of a batch: fixed by the config and the batch's first image, the same for every label."""
+    return (seed * 1_000_003 + first_image_id) % (2 ** 63)
+
+
+def _build_generate(generator: Generator, device: str):
+    """A function (images, label, seed) -> list of uint8 (H, W, 3) arrays; models load here, once per task."""
+    if isinstance(generator, IdentityGenerator):
+        return lambda batch, label, seed: [_read_rgb(image.path) for image in batch]
+    if isinstance(generator, ReconstructionGenerator):
+        import torch
+
+        from vlv.inference import image_as_array, load_stage1
+
+        model = load_stage1(generator.stage1_dir).to(device)
+        size = model.embedder.image_size
+
+        def reconstruct(batch, label, seed):
+            pixels = torch.from_numpy(np.stack([image_as_array(image.path, size) for image in batch]))
+            out = model.generate_images(pixels, num_steps=generator.num_steps,
+                                        guidance_scale=generator.guidance_scale,
+                                        generator=torch.Generator().manual_seed(seed))
+            return list(out.cpu().numpy())
+
+        return reconstruct
+    from vlv.eval.text_to_image import build_text_to_image, generate_from_captions
+
+    pipeline = build_text_to_image(generator.spec, device)
+    scales = dict(zip(generator.labels(), generator.guidance_scales))
+    return lambda batch, label, seed: generate_from_captions(
+        pipeline, [image.caption for image in batch], spec=generator.spec, guidance_scale=scales[label], seed=seed)
+
+
+def _read_rgb(path: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as opened:
+        return np.asarray(opened.convert("RGB"), dtype=np.uint8)
+
+
+@dataclass
+class GeneratedSets:
+    stats: dict[str, FeatureStats]
+    samples: dict[str, list[np.ndarray]]
+    sample_ids: list[int]
+
+
+def generated_feature_stats(generators: Sequence[Generator], images: Sequence[EvalImage], inception: InceptionSpec,
+                            *, num_workers: int, num_cpus_per_worker: float = 1.0, num_gpus_per_worker: float = 0.0,
+                            batch_size: int = 4, seed: int = 0, keep_samples: int = 0) -> GeneratedSets:
+    """Every generator's images of `images` as statistics per label, the chunks spread over Ray tasks."""
+    from vlv.engine.executor import map_chunks_with_tasks
+
+    if not images:
+        raise ValueError("no evaluation images to generate from")
+    device = "cuda" if num_gpus_per_worker > 0 else "cpu"
+    if device == "cuda" and inception.device == "cpu":
+        from dataclasses import replace
+
+        inception = replace(inception, device="cuda")
+    chunks = split_evenly(list(images), num_workers)
+    jobs = [GenerationJob(generator=generator, images=tuple(chunk), inception=inception, batch_size=batch_size,
+                          seed=seed, keep_samples=keep_samples if i == 0 else 0, device=device,
+                          num_threads=max(1, int(num_cpus_per_worker)))
+            for generator in generators for i, chunk in enumerate(chunks)]
+    results = map_chunks_with_tasks(run_generation_job, jobs, num_cpus=num_cpus_per_worker,
+                                    num_gpus=num_gpus_per_worker, name="vlv:fid_generation")
+    merged: dict[str, FeatureStats] = {}
+    samples: dict[str, list[np.ndarray]] = {}
+    sample_ids: list[int] = []
+    for result in results:
+        for label, stats in result.stats.items():
+            merged[label] = merged[label].merge(stats) if label in merged else stats
+        for label, kept in result.samples.items():
+            if kept:
+                samples[label] = kept
+                sample_ids = sample_ids or result.sample_ids
+    return GeneratedSets(stats=merged, samples=samples, sample_ids=sample_ids)
+
+
+def _fid_task(pair: tuple[FeatureStats, FeatureStats]) -> float:
+    return fid_from_stats(*pair)
+
+
+def fids_against(real: FeatureStats, generated: dict[str, FeatureStats], *, num_cpus: float = 1.0
+                 ) -> dict[str, float]:
+    """FID of each label's statistics against the real ones, one Ray task each (a 2048-d sqrtm is slow)."""
+    from vlv.engine.executor import map_chunks_with_tasks
+
+    labels = list(generated)
+    values = map_chunks_with_tasks(_fid_task, [(real, generated[label]) for label in labels], num_cpus=num_cpus,
+                                   name="vlv:frechet_distance")
+    return dict(zip(labels, values))
+
+
+# -- real-image statistics, cached ----------------------------------------------------------------------------
+
+
+def inception_identity(spec: InceptionSpec) -> str:
+    return "pt_inception-2015-12-05" if spec.comparable else f"random-init-seed-{spec.random_init_seed}"
+
+
+def real_stats_key(paths: Sequence[str | Path], spec: InceptionSpec) -> str:
+    """Content hashes of the files (any order, any location) + the Inception's identity."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        digests = sorted(pool.map(_file_sha256, [Path(p) for p in paths]))
+    payload = json.dumps({"format": _CACHE_FORMAT, "inception": inception_identity(spec), "images": digests})
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class RealStats:
+    stats: FeatureStats
+    key: str
+    cached: bool  # True when read from the cache instead of computed
+
+
+def real_image_stats(paths: Sequence[str | Path], spec: InceptionSpec, *, cache_dir: Path | None, num_workers: int,
+                     num_cpus_per_worker: float = 1.0, num_gpus_per_worker: float = 0.0) -> RealStats:
+    """Statistics of the original image files, from `cache_dir/fid_real_stats/<key>.npz` when present."""
+    key = real_stats_key(paths, spec)
+    cached_file = cache_dir / "fid_real_stats" / f"{key}.npz" if cache_dir is not None else None
+    if cached_file is not None and cached_file.is_file():
+        stats = FeatureStats.load_npz(cached_file)
+        if stats.n == len(paths):
+            log.info("real-image FID statistics from the cache (%s, %d images)", cached_file, stats.n)
+            return RealStats(stats, key, cached=True)
+        log.warning("ignoring cached FID statistics %s: %d images, expected %d", cached_file, stats.n, len(paths))
+    stats = distributed_feature_stats([str(p) for p in paths], spec, num_workers=num_workers,
+                                      num_cpus_per_worker=num_cpus_per_worker, num_gpus_per_worker=num_gpus_per_worker)
+    if cached_file is not None:
+        cached_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached_file.with_name(f".{key}.{os.getpid()}.npz")  # np.savez keeps a name ending in .npz
+        stats.save_npz(partial)
+        os.replace(partial, cached_file)  # atomic: a concurrent reader sees the whole file or none
+    return RealStats(stats, key, cached=False)

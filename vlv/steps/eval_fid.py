@@ -1,0 +1,229 @@
+"""Step `eval_fid`: reconstruction FID and caption FID on caption_eval's image set (SPEC section 4).
+
+- Reconstruction FID (paper Tables 4-5): image -> stage-1 caption embeddings -> frozen SD sampling.
+- Caption FID (paper Table 1): caption_eval's text captions -> a text-to-image pipeline (SD 2.1 by default, SD 3.5
+  Medium as in the paper, or the tiny one), once per CFG value.
+Both against the ORIGINAL image files (pytorch-fid reads them as they are). Generation and Inception features
+run together in Ray tasks (`vlv.eval.fid_generation`); real-image statistics come from
+`distributed_feature_stats` and are cached in the store's cache folder by content hash. Outputs: `fid.csv`,
+`recon_grid.png` and `caption_grid.png` (originals beside generated images), metrics `fid_recon`, `fid_cfg<k>`
+and `fid` (caption FID at `headline_cfg`, the paper's CFG 2, if in the list, else at the first CFG value).
+With a seeded random Inception (tiny) every number is marked as not comparable.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from vlv.engine.step import Resources, Step, StepContext, StepResult
+
+NOT_COMPARABLE = ("NOT COMPARABLE: seeded random Inception weights (tiny preset); these numbers mean nothing and "
+                  "compare with no published FID")
+
+
+@dataclass
+class EvalFidConfig:
+    # pytorch-fid's pt_inception-2015-12-05-6726825d.pth: file, folder holding it, or "" = the torch hub cache.
+    inception_weights: str = ""
+    inception_random_seed: int | None = None  # set (tiny): seeded random Inception, numbers not comparable
+    inception_batch_size: int = 50
+    max_images: int = 0  # the first N images of caption_eval's set (0 = all of them)
+    reconstruction: bool = True
+    recon_num_steps: int = 50  # DDIM steps of the frozen SD decoder
+    recon_guidance_scale: float = 1.0
+    t2i_model: Literal["sd21", "sd35_medium", "tiny"] = "sd21"  # paper Table 1 used sd35_medium
+    t2i_weights: str = ""  # local folder or hub id, e.g. stabilityai/stable-diffusion-2-1-base
+    t2i_num_steps: int = 40
+    t2i_image_size: int = 512
+    t2i_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    cfg_scales: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 4.0])
+    headline_cfg: float = 2.0  # the paper's Table 1 column
+    generation_batch_size: int = 4
+    num_workers: int = 1  # Ray tasks per generator (and for the real-image features)
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    grid_images: int = 6
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_images < 0 or self.grid_images < 0:
+            raise ValueError("eval_fid.max_images and eval_fid.grid_images must be >= 0")
+        for name in ("recon_num_steps", "t2i_num_steps", "generation_batch_size", "num_workers",
+                     "inception_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"eval_fid.{name} must be >= 1, got {getattr(self, name)}")
+        if self.t2i_image_size < 8 or self.t2i_image_size % 8:
+            raise ValueError(f"eval_fid.t2i_image_size must be a multiple of 8, got {self.t2i_image_size}")
+        if not self.cfg_scales or any(not math.isfinite(s) or s < 1 for s in self.cfg_scales):
+            raise ValueError(f"eval_fid.cfg_scales must be a non-empty list of numbers >= 1, got {self.cfg_scales}")
+        if len(set(self.cfg_scales)) != len(self.cfg_scales):
+            raise ValueError(f"eval_fid.cfg_scales has repeated values: {self.cfg_scales}")
+        if self.recon_guidance_scale < 1:
+            raise ValueError(f"eval_fid.recon_guidance_scale must be >= 1, got {self.recon_guidance_scale}")
+        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
+            raise ValueError("eval_fid.cpus_per_worker must be > 0 and eval_fid.gpus_per_worker >= 0")
+
+    def inception_spec(self) -> Any:
+        from vlv.eval.inception import InceptionSpec
+
+        return InceptionSpec(weights=self.inception_weights, random_init_seed=self.inception_random_seed,
+                             config_field="eval_fid.inception_weights", batch_size=self.inception_batch_size)
+
+    def text_to_image_spec(self) -> Any:
+        from vlv.eval.text_to_image import TextToImageSpec
+
+        return TextToImageSpec(model=self.t2i_model, weights=self.t2i_weights, image_size=self.t2i_image_size,
+                               num_steps=self.t2i_num_steps, dtype=self.t2i_dtype, seed=self.seed)
+
+    def headline_scale(self) -> float:
+        return self.headline_cfg if self.headline_cfg in self.cfg_scales else self.cfg_scales[0]
+
+
+@dataclass(frozen=True)
+class FidRow:
+    kind: str  # reconstruction | caption
+    label: str  # metric suffix: recon, cfg2, ...
+    guidance_scale: float
+    num_images: int
+    fid: float
+    generator: str
+    num_steps: int
+
+
+class EvalFidStep(Step[EvalFidConfig]):
+    name = "eval_fid"
+    upstream = ("train_stage1", "caption_eval")
+    code_version = "1"
+    description = "Reconstruction FID and caption FID (per CFG value) against the original images"
+
+    def resources(self, config: EvalFidConfig) -> Resources:
+        return Resources(num_cpus=0.25)  # generation and feature tasks ask for their own CPUs/GPUs
+
+    def preflight(self, config: EvalFidConfig) -> None:
+        from vlv.eval.inception import resolve_inception_weights
+
+        if config.inception_random_seed is None:
+            resolve_inception_weights(config.inception_weights, config_field="eval_fid.inception_weights")
+        if config.t2i_model != "tiny":
+            if not config.t2i_weights:
+                raise ValueError(f"eval_fid.t2i_weights is not set: caption FID with t2i_model={config.t2i_model} "
+                                 "needs the pipeline's local folder or hub id (e.g. "
+                                 "stabilityai/stable-diffusion-2-1-base, stabilityai/stable-diffusion-3.5-medium)")
+            if config.t2i_weights.startswith(("/", ".", "~")) and not Path(config.t2i_weights).expanduser().exists():
+                raise ValueError(f"eval_fid.t2i_weights={config.t2i_weights!r} does not exist")
+
+    def run(self, ctx: StepContext[EvalFidConfig]) -> StepResult:
+        from vlv.eval.fid_generation import (
+            CaptionGenerator,
+            ReconstructionGenerator,
+            cfg_label,
+            fids_against,
+            generated_feature_stats,
+            real_image_stats,
+        )
+
+        cfg = ctx.config
+        spec = cfg.inception_spec()
+        images = evaluation_images(ctx.input("caption_eval").local_dir, cfg.max_images)
+        if len(images) < 2:
+            raise ValueError(f"eval_fid needs at least 2 images for a covariance, caption_eval has {len(images)}")
+        if not spec.comparable:
+            ctx.log.warning(NOT_COMPARABLE)
+        workers = dict(num_workers=cfg.num_workers, num_cpus_per_worker=cfg.cpus_per_worker,
+                       num_gpus_per_worker=cfg.gpus_per_worker)
+        real = real_image_stats([image.path for image in images], spec, cache_dir=ctx.cache_dir, **workers)
+        ctx.log.info("real-image statistics of %d images (%s, key %s)", real.stats.n,
+                     "from cache" if real.cached else "computed", real.key)
+        generators: list[Any] = [CaptionGenerator(cfg.text_to_image_spec(), tuple(cfg.cfg_scales))]
+        if cfg.reconstruction:
+            generators.insert(0, ReconstructionGenerator(str(ctx.input("train_stage1").local_dir),
+                                                         cfg.recon_num_steps, cfg.recon_guidance_scale))
+        generated = generated_feature_stats(generators, images, spec, batch_size=cfg.generation_batch_size,
+                                            seed=cfg.seed, keep_samples=cfg.grid_images, **workers)
+        fids = fids_against(real.stats, generated.stats, num_cpus=min(1.0, cfg.cpus_per_worker))
+        rows = [FidRow("caption", cfg_label(s), s, generated.stats[cfg_label(s)].n, fids[cfg_label(s)],
+                       cfg.t2i_model, cfg.t2i_num_steps) for s in cfg.cfg_scales]
+        if cfg.reconstruction:
+            rows.insert(0, FidRow("reconstruction", "recon", cfg.recon_guidance_scale, generated.stats["recon"].n,
+                                  fids["recon"], "stage1+frozen_sd", cfg.recon_num_steps))
+        write_fid_csv(ctx.output_dir / "fid.csv", rows, comparable=spec.comparable)
+        artifacts = ["fid.csv"]
+        originals = {image.image_id: image.path for image in images}
+        if generated.sample_ids:
+            note = "" if spec.comparable else " | tiny preset: random models, images mean nothing"
+            sample_paths = [originals[i] for i in generated.sample_ids]
+            if "recon" in generated.samples:
+                save_labelled_grid(ctx.output_dir / "recon_grid.png", sample_paths,
+                                   [("reconstruction", generated.samples["recon"])],
+                                   title="originals (top) | stage-1 reconstructions" + note)
+                artifacts.append("recon_grid.png")
+            save_labelled_grid(ctx.output_dir / "caption_grid.png", sample_paths,
+                               [(f"CFG {s:g}", generated.samples[cfg_label(s)]) for s in cfg.cfg_scales],
+                               title=f"originals (top) | {cfg.t2i_model} from captions, per CFG" + note)
+            artifacts.append("caption_grid.png")
+        metrics = {f"fid_{row.label}": row.fid for row in rows}
+        metrics["fid"] = fids[cfg_label(cfg.headline_scale())]
+        metrics["fid_images"] = float(len(images))
+        metrics["fid_comparable"] = 1.0 if spec.comparable else 0.0
+        metrics["fid_real_stats_cached"] = 1.0 if real.cached else 0.0
+        ctx.log.info("FIDs%s: %s", "" if spec.comparable else " (NOT COMPARABLE)",
+                     ", ".join(f"{row.label}={row.fid:.3f}" for row in rows))
+        return StepResult(metrics=metrics, artifacts=artifacts)
+
+
+def evaluation_images(caption_eval_dir: Path, max_images: int) -> list[Any]:
+    """caption_eval's caption set as `EvalImage`s (file path + the generated caption), in file order."""
+    import pyarrow.parquet as pq
+
+    from vlv.eval.eval_sets import read_eval_sets
+    from vlv.eval.fid_generation import EvalImage
+
+    sets = read_eval_sets(caption_eval_dir)
+    table = pq.read_table(caption_eval_dir / "captions.parquet", columns=["image_id", "file_name", "caption"])
+    rows = table.to_pylist()[:max_images or None]
+    return [EvalImage(int(r["image_id"]), str(Path(sets.images_dir) / r["file_name"]), str(r["caption"]))
+            for r in rows]
+
+
+def write_fid_csv(path: Path, rows: list[FidRow], *, comparable: bool) -> None:
+    note = "" if comparable else NOT_COMPARABLE
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["kind", "metric", "guidance_scale", "num_images", "fid", "generator", "num_steps",
+                         "comparable", "note"])
+        for row in rows:
+            writer.writerow([row.kind, f"fid_{row.label}", f"{row.guidance_scale:g}", row.num_images,
+                             f"{row.fid:.6f}", row.generator, row.num_steps, str(comparable).lower(), note])
+
+
+def save_labelled_grid(path: Path, original_paths: list[str], rows: list[tuple[str, list[Any]]], *, title: str,
+                       cell: int = 128) -> None:
+    """One PNG: a title line, the originals (square centre crops) on top, one row per generated set below."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from vlv.inference import image_as_array
+
+    def fit(array: Any) -> Any:
+        return np.asarray(Image.fromarray(np.asarray(array, dtype=np.uint8)).resize((cell, cell),
+                                                                                     Image.Resampling.BICUBIC))
+
+    columns = len(original_paths)
+    labels = ["original"] + [label for label, _ in rows]
+    grid_rows = [[fit(image_as_array(p, cell)) for p in original_paths]] + [[fit(a) for a in images]
+                                                                            for _, images in rows]
+    label_width, header, gap = 110, 18, 2
+    canvas = Image.new("RGB", (label_width + columns * (cell + gap), header + len(grid_rows) * (cell + gap)),
+                       "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 3), title, fill="black")
+    for r, (label, images) in enumerate(zip(labels, grid_rows)):
+        top = header + r * (cell + gap)
+        draw.text((4, top + cell // 2 - 6), label, fill="black")
+        for c, image in enumerate(images[:columns]):
+            canvas.paste(Image.fromarray(image), (label_width + c * (cell + gap), top))
+    canvas.save(path)

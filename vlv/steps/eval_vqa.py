@@ -1,0 +1,216 @@
+"""Step `eval_vqa`: VQAv2 / OK-VQA from captions with a text-only LLM, 0- and k-shot (paper Table 3).
+
+The benchmarks, their official question/annotation files and the selected questions come from caption_eval's
+`eval_sets.json` (the one place they are configured), the captions from its `vqa_captions.parquet`. For each
+benchmark and shot count, every question gets a prompt (`vqa_prompts`: exemplars drawn per question from the
+separate exemplar split), all prompts are answered by the LLM over Ray tasks (chunks of prompts), and each
+(benchmark, shots) is scored with the official VQA accuracy, overall and per answer type.
+Outputs: `vqa_scores.csv` (every accuracy), `vqa_results.parquet` (every answer), `vqa_results.csv` (question,
+caption, answer, score; at most `results_csv_rows` rows per benchmark and shot count, for MLflow), and
+`vqa_predictions_<benchmark>_<k>shot.json` in the official results format. Accuracies are percentages, as the
+official script prints them. Metrics `vqa_accuracy_<benchmark>_<k>shot` (+ `_<answer type>`) and
+`vqa_accuracy` = the largest shot count of the first benchmark.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from vlv.engine.step import Resources, Step, StepContext, StepResult
+
+TINY_WARNING = "tiny-random LLM over random-model captions: these VQA accuracies mean nothing"
+
+
+@dataclass
+class EvalVqaConfig:
+    # "pretrained": a local transformers causal LM folder in llm_path. "tiny-random": a toy Qwen2 with seeded
+    # random weights and a byte-level tokenizer (tiny preset; answers are noise).
+    llm: Literal["pretrained", "tiny-random"] = "pretrained"
+    llm_path: str = ""
+    llm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    benchmarks: list[str] = field(default_factory=list)  # caption_eval's benchmarks to score; empty = all
+    shots: list[int] = field(default_factory=lambda: [0, 4, 32])
+    max_new_tokens: int = 10
+    batch_size: int = 8
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    seed: int = 0  # exemplar draws (per question) and the tiny-random init
+    results_csv_rows: int = 200  # per benchmark and shot count in vqa_results.csv (all in vqa_results.parquet)
+
+    def __post_init__(self) -> None:
+        if not self.shots or any(k < 0 for k in self.shots) or len(set(self.shots)) != len(self.shots):
+            raise ValueError(f"eval_vqa.shots must be distinct shot counts >= 0 (paper: [0, 4, 32]), got "
+                             f"{self.shots}")
+        for name in ("max_new_tokens", "batch_size", "num_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"eval_vqa.{name} must be >= 1, got {getattr(self, name)}")
+        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0 or self.results_csv_rows < 0:
+            raise ValueError("eval_vqa.cpus_per_worker must be > 0, gpus_per_worker and results_csv_rows >= 0")
+
+    def llm_spec(self) -> Any:
+        from vlv.eval.vqa_llm import LlmSpec
+
+        return LlmSpec(kind=self.llm, path=self.llm_path, dtype=self.llm_dtype, seed=self.seed,
+                       max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                       device="cuda" if self.gpus_per_worker > 0 else "cpu",
+                       num_threads=max(1, int(self.cpus_per_worker)))
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    benchmark: str
+    shots: int
+    question_id: int
+    image_id: int
+    question: str
+    caption: str
+    prompt: str
+
+
+class EvalVqaStep(Step[EvalVqaConfig]):
+    name = "eval_vqa"
+    upstream = ("caption_eval",)
+    code_version = "1"
+    description = "VQAv2 / OK-VQA accuracy of a text-only LLM answering from the captions (0- and k-shot)"
+
+    def resources(self, config: EvalVqaConfig) -> Resources:
+        return Resources(num_cpus=0.25)  # the answer tasks ask for their own CPUs/GPUs
+
+    def preflight(self, config: EvalVqaConfig) -> None:
+        if config.llm != "pretrained":
+            return
+        if not config.llm_path:
+            raise ValueError("eval_vqa.llm_path is not set: put a local transformers causal LM folder there "
+                             "(the text-only LLM that answers from captions), or use eval_vqa.llm=tiny-random")
+        if not (Path(config.llm_path) / "config.json").is_file():
+            raise ValueError(f"eval_vqa.llm_path={config.llm_path!r} is not a transformers model folder "
+                             "(no config.json)")
+
+    def run(self, ctx: StepContext[EvalVqaConfig]) -> StepResult:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from vlv.eval.eval_sets import load_split, read_eval_sets
+        from vlv.eval.vqa_accuracy import score_vqa
+        from vlv.eval.vqa_llm import distributed_answers
+
+        cfg = ctx.config
+        upstream = ctx.input("caption_eval").local_dir
+        sets = read_eval_sets(upstream)
+        names = cfg.benchmarks or [b.name for b in sets.vqa]
+        if not names:
+            raise ValueError("eval_vqa: caption_eval captioned no VQA benchmark (caption_eval.vqa is empty)")
+        if cfg.llm == "tiny-random" or sets.tiny:
+            ctx.log.warning(TINY_WARNING)
+        captions = read_vqa_captions(upstream / "vqa_captions.parquet")
+        datasets, rows = {}, []
+        for name in names:
+            bench = sets.benchmark(name)
+            datasets[name] = load_split(bench.eval)
+            exemplar_set = load_split(bench.exemplars)
+            rows += build_prompt_rows(name, datasets[name], exemplar_set, captions, cfg.shots, cfg.seed)
+        ctx.log.info("answering %d prompts (%d benchmarks x shots %s) with the %s LLM over %d task(s)", len(rows),
+                     len(names), cfg.shots, cfg.llm, cfg.num_workers)
+        answers = distributed_answers([row.prompt for row in rows], cfg.llm_spec(), num_workers=cfg.num_workers,
+                                      num_cpus_per_worker=cfg.cpus_per_worker, num_gpus_per_worker=cfg.gpus_per_worker)
+        metrics: dict[str, float] = {}
+        score_rows: list[tuple[str, int, str, int, float]] = []
+        per_question: dict[tuple[str, int, int], float] = {}
+        for name in names:
+            for shots in cfg.shots:
+                predictions = {r.question_id: a for r, a in zip(rows, answers) if (r.benchmark, r.shots) == (name,
+                                                                                                            shots)}
+                score = score_vqa(datasets[name], predictions)
+                write_predictions(ctx.output_dir / f"vqa_predictions_{name}_{shots}shot.json", predictions)
+                metric = f"vqa_accuracy_{name}_{shots}shot"
+                metrics[metric] = 100 * score.overall
+                score_rows.append((name, shots, "all", score.num_questions, 100 * score.overall))
+                for answer_type, accuracy in score.per_answer_type.items():
+                    metrics[f"{metric}_{_slug(answer_type)}"] = 100 * accuracy
+                    count = sum(1 for q in datasets[name].questions
+                                if datasets[name].annotations[q.question_id].answer_type == answer_type)
+                    score_rows.append((name, shots, answer_type, count, 100 * accuracy))
+                per_question.update({(name, shots, qid): acc for qid, acc in score.per_question.items()})
+                ctx.log.info("%s %d-shot: %.2f%% over %d questions", name, shots, 100 * score.overall,
+                             score.num_questions)
+        metrics["vqa_accuracy"] = metrics[f"vqa_accuracy_{names[0]}_{max(cfg.shots)}shot"]
+        metrics["vqa_questions"] = float(sum(len(d) for d in datasets.values()))
+        write_scores_csv(ctx.output_dir / "vqa_scores.csv", score_rows, comparable=not (cfg.llm == "tiny-random" or
+                                                                                        sets.tiny))
+        scores = [per_question[(r.benchmark, r.shots, r.question_id)] for r in rows]
+        pq.write_table(pa.table({
+            "benchmark": [r.benchmark for r in rows], "shots": pa.array([r.shots for r in rows], pa.int32()),
+            "question_id": pa.array([r.question_id for r in rows], pa.int64()),
+            "image_id": pa.array([r.image_id for r in rows], pa.int64()), "question": [r.question for r in rows],
+            "caption": [r.caption for r in rows], "answer": answers, "score": pa.array(scores, pa.float64()),
+        }), ctx.output_dir / "vqa_results.parquet")
+        write_results_csv(ctx.output_dir / "vqa_results.csv", rows, answers, scores, cfg.results_csv_rows)
+        return StepResult(metrics=metrics, artifacts=["vqa_scores.csv", "vqa_results.csv"])
+
+
+def read_vqa_captions(path: Path) -> dict[tuple[str, str], dict[int, str]]:
+    """(benchmark, split) -> {image_id: caption} from caption_eval's vqa_captions.parquet."""
+    import pyarrow.parquet as pq
+
+    captions: dict[tuple[str, str], dict[int, str]] = {}
+    for row in pq.read_table(path).to_pylist():
+        captions.setdefault((row["benchmark"], row["split"]), {})[int(row["image_id"])] = str(row["caption"])
+    return captions
+
+
+def build_prompt_rows(name: str, dataset: Any, exemplar_set: Any, captions: dict[tuple[str, str], dict[int, str]],
+                      shots: list[int], seed: int) -> list[PromptRow]:
+    from vlv.eval.vqa_prompts import build_vqa_prompts, exemplars_from_dataset, queries_from_dataset
+
+    eval_captions = captions.get((name, "eval"), {})
+    queries = queries_from_dataset(dataset, eval_captions)
+    pool = exemplars_from_dataset(exemplar_set, captions.get((name, "exemplars"), {}))
+    image_of = {q.question_id: q.image_id for q in dataset.questions}
+    rows = []
+    for k in shots:
+        if k > len(pool):
+            raise ValueError(f"eval_vqa: {k}-shot prompts need {k} exemplars but the {name} exemplar pool has "
+                             f"{len(pool)}; raise caption_eval.vqa[{name}].exemplar_pool_size or drop {k} from "
+                             f"eval_vqa.shots")
+        for query, prompt in zip(queries, build_vqa_prompts(queries, pool, num_shots=k, seed=seed)):
+            rows.append(PromptRow(name, k, query.question_id, image_of[query.question_id], query.question,
+                                  query.caption, prompt.text))
+    return rows
+
+
+def write_predictions(path: Path, predictions: dict[int, str]) -> None:
+    from vlv.eval.vqa_data import write_vqa_predictions
+
+    write_vqa_predictions(path, predictions)
+
+
+def write_scores_csv(path: Path, rows: list[tuple[str, int, str, int, float]], *, comparable: bool) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["benchmark", "shots", "answer_type", "questions", "accuracy_percent", "comparable"])
+        for name, shots, answer_type, count, accuracy in rows:
+            writer.writerow([name, shots, answer_type, count, f"{accuracy:.2f}", str(comparable).lower()])
+
+
+def write_results_csv(path: Path, rows: list[PromptRow], answers: list[str], scores: list[float],
+                      per_setting: int) -> None:
+    written: dict[tuple[str, int], int] = {}
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["benchmark", "shots", "question_id", "question", "caption", "answer", "score"])
+        for row, answer, score in zip(rows, answers, scores):
+            setting = (row.benchmark, row.shots)
+            if written.get(setting, 0) >= per_setting:
+                continue
+            written[setting] = written.get(setting, 0) + 1
+            writer.writerow([row.benchmark, row.shots, row.question_id, row.question, row.caption, answer,
+                             f"{score:.4f}"])
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
