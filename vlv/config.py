@@ -9,9 +9,13 @@ from typing import Any, Literal, Mapping
 
 from vlv.config_tree import apply_overrides, load_config_file, to_dict
 from vlv.steps.aesthetic_filter import AestheticFilterConfig
+from vlv.steps.caption_eval import CaptionEvalConfig
 from vlv.steps.download import DownloadConfig
+from vlv.steps.eval_fid import EvalFidConfig
+from vlv.steps.eval_vqa import EvalVqaConfig
 from vlv.steps.ingest_captions import IngestCaptionsConfig
 from vlv.steps.prepare_metadata import PrepareMetadataConfig
+from vlv.steps.report import ReportConfig
 from vlv.steps.train_stage1 import TrainStage1Config
 from vlv.steps.train_stage2 import TrainStage2Config
 
@@ -25,6 +29,10 @@ class PipelineConfig:
     ingest_captions: IngestCaptionsConfig
     train_stage1: TrainStage1Config
     train_stage2: TrainStage2Config
+    caption_eval: CaptionEvalConfig
+    eval_fid: EvalFidConfig
+    eval_vqa: EvalVqaConfig
+    report: ReportConfig
     experiment: str = "vlv"  # MLflow experiment name
 
     def config_hash(self) -> str:

@@ -81,20 +81,13 @@ def load_stage1(folder: str | Path):
 
 def load_captioner(folder: str | Path):
     """A trained stage-2 captioner from its self-contained folder."""
-    from transformers import PreTrainedTokenizerFast
-
     from vlv.models.captioner import build_captioner
+    from vlv.train.stage_tasks import load_caption_tokenizer
 
     folder = Path(folder)
     cfg = read_captioner_config(folder)
     embedder = load_caption_embedder(folder)
-    tokenizer_dir = _require(folder, TOKENIZER_DIR)
-    if cfg.init == "pretrained":
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    else:  # AutoTokenizer would wrap the trained BPE as a Qwen tokenizer and add a token (see caption_tokenizer)
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tokenizer_dir))
+    tokenizer = load_caption_tokenizer(cfg, str(_require(folder, TOKENIZER_DIR)))
     captioner = build_captioner(cfg, embedder, tokenizer)
     state = _load_tensors(folder / CAPTIONER_WEIGHTS)
     expected = dict(captioner.named_parameters())

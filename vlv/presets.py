@@ -7,9 +7,13 @@ from typing import Callable
 from vlv.config import PipelineConfig
 from vlv.models.config import CaptionerConfig, Stage1ModelConfig
 from vlv.steps.aesthetic_filter import AestheticFilterConfig
+from vlv.steps.caption_eval import CaptionEvalConfig, VqaBenchmarkConfig
 from vlv.steps.download import DownloadConfig
+from vlv.steps.eval_fid import EvalFidConfig
+from vlv.steps.eval_vqa import EvalVqaConfig
 from vlv.steps.ingest_captions import IngestCaptionsConfig
 from vlv.steps.prepare_metadata import PrepareMetadataConfig
+from vlv.steps.report import ReportConfig
 from vlv.steps.train_stage1 import TrainStage1Config
 from vlv.steps.train_stage2 import TrainStage2Config
 from vlv.train.deepspeed_config import AdamWConfig, DeepSpeedConfig, LRScheduleConfig
@@ -28,6 +32,15 @@ def paper() -> PipelineConfig:
         ingest_captions=IngestCaptionsConfig(format="auto"),
         train_stage1=TrainStage1Config(),  # official config: ZeRO-2 fp32, 64 x 8 GPUs, 200K steps
         train_stage2=TrainStage2Config(),  # paper: bf16, batch 64, lr 1e-5 linear, 100K steps, Qwen2.5-3B
+        # Evaluation data and weights come from your paths (preflight names every one left empty).
+        caption_eval=CaptionEvalConfig(max_images=30_000, batch_size=16, num_actors=8, cpus_per_actor=4.0,
+                                       gpus_per_actor=1.0),  # COCO 2014 val 30K; VQAv2 + OK-VQA
+        # Paper Table 1 generated with SD 3.5 Medium: --set eval_fid.t2i_model=sd35_medium eval_fid.t2i_weights=...
+        eval_fid=EvalFidConfig(t2i_model="sd21", t2i_num_steps=40, t2i_dtype="float16", cfg_scales=[1.0, 2.0, 3.0, 4.0],
+                               generation_batch_size=8, num_workers=8, cpus_per_worker=4.0, gpus_per_worker=1.0),
+        eval_vqa=EvalVqaConfig(llm="pretrained", llm_dtype="bfloat16", shots=[0, 4, 32], num_workers=8,
+                               cpus_per_worker=4.0, gpus_per_worker=1.0),
+        report=ReportConfig(),
     )
 
 
@@ -51,6 +64,14 @@ def tiny() -> PipelineConfig:
             ray_train=RayTrainConfig(num_workers=2, use_gpu=False, cpus_per_worker=1.0, max_failures=2),
             shuffle_buffer=8, sample_captions=4,
         ),
+        # The tiny sets (8 + 5 scikit-image photos, 28 + 11 questions) are written into caption_eval's output.
+        caption_eval=CaptionEvalConfig(tiny_sets=True, vqa=[VqaBenchmarkConfig(name="tiny", exemplar_pool_size=0)],
+                                       batch_size=8, sample_rows=4),
+        eval_fid=EvalFidConfig(inception_random_seed=0, inception_batch_size=8, recon_num_steps=2, t2i_model="tiny",
+                               t2i_num_steps=2, t2i_image_size=64, cfg_scales=[1.0, 2.0], generation_batch_size=4,
+                               grid_images=4),
+        eval_vqa=EvalVqaConfig(llm="tiny-random", shots=[0, 4], max_new_tokens=8, batch_size=16),
+        report=ReportConfig(),
     )
 
 

@@ -65,7 +65,7 @@ def is_running(pid: int | None) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def local_services():
     # /tmp, not pytest's deep tmp_path: Ray's unix socket paths under the temp dir must stay short.
     state_dir = Path(tempfile.mkdtemp(prefix="vlvjob", dir="/tmp"))
@@ -98,9 +98,17 @@ def job_status(services: LocalServices, job_id: str) -> str:
         return json.load(response)["status"]
 
 
-def test_tiny_pipeline_as_a_ray_job(local_services, tmp_path):
+DATA_STEPS = ["prepare_metadata", "download", "aesthetic_filter", "ingest_captions"]
+
+
+@pytest.mark.parametrize("steps", [
+    pytest.param(DATA_STEPS, id="data-steps"),  # the default suite: the job path end to end, in minutes
+    pytest.param(None, id="all-steps", marks=pytest.mark.slow),  # + training (about 10 more minutes)
+])
+def test_tiny_pipeline_as_a_ray_job(local_services, tmp_path, steps):
     services = local_services
-    steps = step_names()
+    selection = ["--steps", ",".join(steps)] if steps else []
+    steps = steps or step_names()
     store = tmp_path / "store"  # absolute: the job's cwd is Ray's temporary copy of the repository
 
     # Token auth is on: a client without RAY_AUTH_MODE=token is turned away, with it the job API answers.
@@ -113,7 +121,7 @@ def test_tiny_pipeline_as_a_ray_job(local_services, tmp_path):
     submitted = run([str(RAY), "job", "submit", "--address", services.job_address, "--submission-id", job_id,
                      "--no-wait", "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--",
                      "python", "pipelines/full_run.py", "--preset", "tiny", "--store", str(store),
-                     "--set", f"prepare_metadata.tiny_port={free_port()}"], services.env, timeout=300)
+                     "--set", f"prepare_metadata.tiny_port={free_port()}", *selection], services.env, timeout=300)
     assert submitted.returncode == 0, submitted.stderr
     deadline = time.monotonic() + JOB_DEADLINE_S
     status = job_status(services, job_id)

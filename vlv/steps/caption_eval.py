@@ -182,7 +182,7 @@ class CaptionEvalStep(Step[CaptionEvalConfig]):
     description = "Caption the evaluation images (COCO caption set, VQA splits) with the trained captioner"
 
     def resources(self, config: CaptionEvalConfig) -> Resources:
-        return Resources(num_cpus=0.25)  # the actor pool asks for its own CPUs/GPUs
+        return Resources(num_cpus=0)  # the actor pool asks for its own CPUs/GPUs
 
     def preflight(self, config: CaptionEvalConfig) -> None:
         missing = config.missing_paths()

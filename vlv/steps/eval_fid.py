@@ -101,7 +101,7 @@ class EvalFidStep(Step[EvalFidConfig]):
     description = "Reconstruction FID and caption FID (per CFG value) against the original images"
 
     def resources(self, config: EvalFidConfig) -> Resources:
-        return Resources(num_cpus=0.25)  # generation and feature tasks ask for their own CPUs/GPUs
+        return Resources(num_cpus=0)  # generation and feature tasks ask for their own CPUs/GPUs
 
     def preflight(self, config: EvalFidConfig) -> None:
         from vlv.eval.inception import resolve_inception_weights

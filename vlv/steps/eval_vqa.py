@@ -79,7 +79,7 @@ class EvalVqaStep(Step[EvalVqaConfig]):
     description = "VQAv2 / OK-VQA accuracy of a text-only LLM answering from the captions (0- and k-shot)"
 
     def resources(self, config: EvalVqaConfig) -> Resources:
-        return Resources(num_cpus=0.25)  # the answer tasks ask for their own CPUs/GPUs
+        return Resources(num_cpus=0)  # the answer tasks ask for their own CPUs/GPUs
 
     def preflight(self, config: EvalVqaConfig) -> None:
         if config.llm != "pretrained":

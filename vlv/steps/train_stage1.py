@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from vlv.engine.step import Resources, Step, StepContext, StepResult
 from vlv.models.config import Stage1ModelConfig
@@ -39,29 +39,6 @@ class TrainStage1Config:
             raise ValueError(f"train_stage1.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
 
 
-@dataclass(frozen=True)
-class Stage1TrainTask:
-    """The stage-1 workload for the generic loop (vlv.train.loop.TrainTask); travels to every worker."""
-
-    model: Stage1ModelConfig
-    stream: Any  # vlv.train.data.WebDatasetImageStream over kept.parquet
-
-    def build_model(self) -> Any:
-        from vlv.models.vlv_stage1 import build_stage1_model
-
-        return build_stage1_model(self.model)
-
-    def batches(self, *, rank: int, world_size: int, batch_size: int, start_batch: int) -> Iterator[Any]:
-        from vlv.models.vlv_stage1 import Stage1Batch
-
-        for batch in self.stream.batches(rank=rank, world_size=world_size, batch_size=batch_size,
-                                         start_batch=start_batch):
-            yield Stage1Batch(images=batch.images)
-
-    def loss(self, model: Any, batch: Any, generator: Any) -> Any:
-        return model(batch, generator=generator)
-
-
 class TrainStage1Step(Step[TrainStage1Config]):
     name = "train_stage1"
     upstream = ("download", "aesthetic_filter")
@@ -81,6 +58,7 @@ class TrainStage1Step(Step[TrainStage1Config]):
         from vlv.inference import STAGE1_WEIGHTS, load_stage1, save_stage1_checkpoint
         from vlv.train.data import ImageStreamConfig, WebDatasetImageStream
         from vlv.train.ray_trainer import run_training
+        from vlv.train.stage_tasks import Stage1Task
 
         cfg = ctx.config
         stream = WebDatasetImageStream(
@@ -90,7 +68,7 @@ class TrainStage1Step(Step[TrainStage1Config]):
                                      seed=cfg.loop.seed),
         )
         outcome = run_training(
-            task=Stage1TrainTask(model=cfg.model, stream=stream),
+            task=Stage1Task(stream=stream, model=cfg.model),
             deepspeed=schedule_over_loop(cfg.deepspeed, cfg.loop),
             loop=cfg.loop, ray_train=cfg.ray_train, storage_path=f"{ctx.scratch_uri}/ray", name="ray_train",
             metric_logger=ctx.metrics, export_dir=ctx.output_dir,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from vlv.engine.step import Resources, Step, StepContext, StepResult
 from vlv.models.config import CaptionerConfig
@@ -39,39 +39,6 @@ class TrainStage2Config:
             raise ValueError(f"train_stage2.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
 
 
-@dataclass(frozen=True)
-class Stage2TrainTask:
-    """The stage-2 workload for the generic loop; holds folder paths, builds everything on the worker."""
-
-    model: CaptionerConfig
-    stage1_dir: str  # train_stage1's output folder
-    tokenizer_dir: str
-    stream: Any  # vlv.train.data.WebDatasetImageStream over captions.parquet, with captions
-
-    def build_model(self) -> Any:
-        from vlv.inference import load_caption_embedder
-        from vlv.models.captioner import build_captioner
-
-        captioner = build_captioner(self.model, load_caption_embedder(self.stage1_dir), self.tokenizer())
-        return captioner.train()
-
-    def tokenizer(self) -> Any:
-        return load_tokenizer(self.model, self.tokenizer_dir)
-
-    def batches(self, *, rank: int, world_size: int, batch_size: int, start_batch: int) -> Iterator[Any]:
-        from vlv.models.caption_tokenizer import tokenize_captions
-        from vlv.models.captioner import CaptionBatch
-
-        tokenizer = self.tokenizer()
-        for batch in self.stream.batches(rank=rank, world_size=world_size, batch_size=batch_size,
-                                         start_batch=start_batch):
-            tokens = tokenize_captions(tokenizer, batch.captions, self.model.max_caption_tokens)
-            yield CaptionBatch(images=batch.images, input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
-
-    def loss(self, model: Any, batch: Any, generator: Any) -> Any:
-        return model(batch)
-
-
 class TrainStage2Step(Step[TrainStage2Config]):
     name = "train_stage2"
     upstream = ("download", "ingest_captions", "train_stage1")
@@ -91,6 +58,7 @@ class TrainStage2Step(Step[TrainStage2Config]):
         from vlv.inference import CAPTIONER_WEIGHTS, load_captioner, save_captioner_checkpoint
         from vlv.train.data import ImageStreamConfig, WebDatasetImageStream
         from vlv.train.ray_trainer import run_training
+        from vlv.train.stage_tasks import Stage2Task
 
         cfg = ctx.config
         stage1_dir = str(ctx.input("train_stage1").local_dir)
@@ -103,7 +71,7 @@ class TrainStage2Step(Step[TrainStage2Config]):
             config=ImageStreamConfig(image_size=_image_size(stage1_dir), shuffle_buffer=cfg.shuffle_buffer,
                                      seed=cfg.loop.seed),
         )
-        task = Stage2TrainTask(model=cfg.model, stage1_dir=stage1_dir, tokenizer_dir=str(tokenizer_dir),
+        task = Stage2Task(model=cfg.model, stage1_dir=stage1_dir, tokenizer_dir=str(tokenizer_dir),
                                stream=stream)
         outcome = run_training(
             task=task, deepspeed=schedule_over_loop(cfg.deepspeed, cfg.loop), loop=cfg.loop,
@@ -138,14 +106,6 @@ def prepare_tokenizer(cfg: TrainStage2Config, captions_uri: str, out_dir: Path) 
     if not texts:
         raise ValueError(f"{captions_uri} holds no captions to train the tokenizer on; check ingest_captions")
     return build_caption_tokenizer(cfg.model, texts[:cfg.tokenizer_max_captions], out_dir)
-
-
-def load_tokenizer(cfg: CaptionerConfig, folder: str) -> Any:
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    if cfg.init == "pretrained":
-        return AutoTokenizer.from_pretrained(folder)
-    return PreTrainedTokenizerFast.from_pretrained(folder)
 
 
 def write_caption_samples(captioner: Any, stream: Any, cfg: TrainStage2Config, path: Path) -> None:

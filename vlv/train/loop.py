@@ -24,7 +24,7 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
@@ -107,7 +107,6 @@ class RankStats:
     optimizer_state_bytes: int
     trainable_params: int
     frozen_params: int
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 # -- the worker function -------------------------------------------------------------------------------------

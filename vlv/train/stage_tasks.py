@@ -37,3 +37,48 @@ class Stage1Task:
 
         device = next(model.parameters()).device
         return model(Stage1Batch(images=batch.images.to(device)), generator=generator)
+
+
+@dataclass(frozen=True)
+class Stage2Task:
+    """The stage-2 workload for the generic loop; holds folder paths, builds everything on the worker."""
+
+    model: Any  # vlv.models.config.CaptionerConfig
+    stage1_dir: str  # train_stage1's output folder
+    tokenizer_dir: str
+    stream: Any  # vlv.train.data.WebDatasetImageStream over captions.parquet, with captions
+
+    def build_model(self) -> Any:
+        from vlv.inference import load_caption_embedder
+        from vlv.models.captioner import build_captioner
+
+        captioner = build_captioner(self.model, load_caption_embedder(self.stage1_dir), self.tokenizer())
+        return captioner.train()
+
+    def tokenizer(self) -> Any:
+        return load_caption_tokenizer(self.model, self.tokenizer_dir)
+
+    def batches(self, *, rank: int, world_size: int, batch_size: int, start_batch: int) -> Iterator[Any]:
+        from vlv.models.caption_tokenizer import tokenize_captions
+        from vlv.models.captioner import CaptionBatch
+
+        tokenizer = self.tokenizer()
+        for batch in self.stream.batches(rank=rank, world_size=world_size, batch_size=batch_size,
+                                         start_batch=start_batch):
+            tokens = tokenize_captions(tokenizer, batch.captions, self.model.max_caption_tokens)
+            yield CaptionBatch(images=batch.images, input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+
+    def loss(self, model: Any, batch: Any, generator: Any) -> Any:
+        return model(batch)
+
+
+def load_caption_tokenizer(cfg: Any, folder: str) -> Any:
+    """The tokenizer saved with a stage-2 run: the Qwen one (pretrained) or the trained BPE (random init).
+
+    Not AutoTokenizer for the BPE: beside a Qwen2 config it would wrap it as a Qwen tokenizer and add a token.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if cfg.init == "pretrained":
+        return AutoTokenizer.from_pretrained(folder)
+    return PreTrainedTokenizerFast.from_pretrained(folder)
