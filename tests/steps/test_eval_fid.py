@@ -63,12 +63,17 @@ FID_CONFIG = EvalFidConfig(inception_random_seed=0, inception_batch_size=8, max_
                            generation_batch_size=2, num_workers=1, grid_images=3)
 
 
+# The whole step: model loads and three 2048-d Frechet distances, ~80 s on 2 CPUs (the tiny full run covers it too).
+whole_step = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def fid_output(eval_store, stage1_output, caption_eval_output):
     return run_step(eval_store, EvalFidStep(), FID_CONFIG,
                     {"train_stage1": stage1_output, "caption_eval": caption_eval_output}, "fid0")
 
 
+@whole_step
 def test_step_metrics_and_headline(fid_output):
     metrics = fid_output.manifest.metrics
     assert {"fid", "fid_recon", "fid_cfg2", "fid_cfg3", "fid_images", "fid_comparable"} <= set(metrics)
@@ -77,6 +82,7 @@ def test_step_metrics_and_headline(fid_output):
     assert all(np.isfinite(metrics[k]) and metrics[k] > 0 for k in ("fid_recon", "fid_cfg2", "fid_cfg3"))
 
 
+@whole_step
 def test_step_writes_fid_csv_marked_not_comparable(fid_output, eval_store):
     with open(fid_output.local_dir / "fid.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -87,6 +93,7 @@ def test_step_writes_fid_csv_marked_not_comparable(fid_output, eval_store):
     assert list((eval_store.local_root / "cache" / "fid_real_stats").glob("*.npz"))
 
 
+@whole_step
 def test_step_grids_show_originals_beside_generated_images(fid_output):
     assert set(fid_output.manifest.artifacts) == {"fid.csv", "recon_grid.png", "caption_grid.png"}
     with Image.open(fid_output.local_dir / "recon_grid.png") as recon, \

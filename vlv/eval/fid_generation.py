@@ -259,7 +259,9 @@ class RealStats:
 def real_image_stats(paths: Sequence[str | Path], spec: InceptionSpec, *, cache_dir: Path | None, num_workers: int,
                      num_cpus_per_worker: float = 1.0, num_gpus_per_worker: float = 0.0) -> RealStats:
     """Statistics of the original image files, from `cache_dir/fid_real_stats/<key>.npz` when present."""
+    started = time.monotonic()
     key = real_stats_key(paths, spec)
+    log.info("hashed %d real images in %.1fs: statistics key %s", len(paths), time.monotonic() - started, key)
     cached_file = cache_dir / "fid_real_stats" / f"{key}.npz" if cache_dir is not None else None
     if cached_file is not None and cached_file.is_file():
         stats = FeatureStats.load_npz(cached_file)

@@ -47,7 +47,7 @@ class EvalFidConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     grid_images: int = 6
-    seed: int = 0
+    seed: int = 0  # sampling noise (per batch), and the random init of the tiny text-to-image pipeline
 
     def __post_init__(self) -> None:
         if self.max_images < 0 or self.grid_images < 0:
