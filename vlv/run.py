@@ -193,6 +193,9 @@ def format_outcome(outcome: PipelineOutcome) -> str:
         metrics = ", ".join(f"{k}={v:g}" for k, v in sorted(s.metrics.items())[:6])
         lines.append(f"{s.name:<18}{s.status:<10}{s.key:<22}{metrics}")
     lines.append(f"store: {outcome.store_uri}")
+    for step in outcome.steps:
+        if step.name == "report" and step.status in ("executed", "cached"):
+            lines.append(f"report: {step.output_uri}/report.html")
     if outcome.tracking_uri:
         lines.append(f"MLflow: {outcome.tracking_uri} (parent run {outcome.parent_run_id})")
     return "\n".join(lines)

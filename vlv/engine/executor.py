@@ -158,3 +158,17 @@ def map_chunks_with_tasks(fn: Callable[[ChunkT], ResultT], chunks: Sequence[Chun
         log.info("%s: %d/%d tasks done after %.1fs", name, len(refs) - len(pending), len(refs),
                  time.time() - started)
     return results
+
+
+def worker_logger(name: str) -> logging.Logger:
+    """An INFO logger for code running in Ray actors/tasks, whose root logger Ray leaves at WARNING."""
+    import sys
+
+    logger = logging.getLogger(name)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger

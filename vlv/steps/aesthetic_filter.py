@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,15 +147,9 @@ class AestheticScoringActor:
 
 
 def _worker_logger() -> logging.Logger:
-    """Ray workers leave the root logger at WARNING; give the actor its own INFO handler."""
-    logger = logging.getLogger("vlv.aesthetic_actor")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-    return logger
+    from vlv.engine.executor import worker_logger
+
+    return worker_logger("vlv.aesthetic_actor")
 
 
 def _decode_image(batch: dict[str, Any], row: int) -> Any:

@@ -15,8 +15,8 @@ smaller set would give numbers that look valid and are not.
 from __future__ import annotations
 
 import csv
+import logging
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,17 +162,10 @@ class CaptioningActor:
                 "error": np.array(errors, dtype=object)}
 
 
-def _worker_logger() -> Any:
-    import logging
+def _worker_logger() -> logging.Logger:
+    from vlv.engine.executor import worker_logger
 
-    logger = logging.getLogger("vlv.caption_actor")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-    return logger
+    return worker_logger("vlv.caption_actor")
 
 
 class CaptionEvalStep(Step[CaptionEvalConfig]):
