@@ -1,7 +1,7 @@
 """End to end: the whole tiny pipeline through the CLI, once per session, inspected by many tests.
 
-One pipeline run (session fixture) is inspected by many tests; then a second invocation must execute nothing
-and `--force download` exactly one step.
+One pipeline run (session fixture `tiny_store` in conftest) is inspected by many tests; then a second invocation
+must execute nothing and `--force download` exactly one step.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines import full_run
@@ -19,13 +18,6 @@ from vlv.pipeline import step_names
 
 DATA_STEPS = ["prepare_metadata", "download", "aesthetic_filter", "ingest_captions"]
 ALL_STEPS = step_names()
-
-
-@pytest.fixture(scope="session")
-def tiny_store(ray_session, tmp_path_factory) -> Path:
-    store = tmp_path_factory.mktemp("tiny_run") / "store"
-    assert full_run.main(["--preset", "tiny", "--store", str(store)]) == 0
-    return store
 
 
 def _outputs(store: Path) -> dict[str, Path]:
