@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from vlv.cli import build_run_parser, configure_logging, run_from_args
+from vlv.cli import build_run_parser, run_from_args
+from vlv.logs import configure_logging
 from vlv.runtime_env import apply_runtime_defaults
 
 

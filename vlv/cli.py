@@ -6,12 +6,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from typing import Sequence
 
+from vlv.logs import configure_logging
 from vlv.runtime_env import apply_runtime_defaults
+from vlv.secrets import redact
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -57,10 +58,10 @@ def run_from_args(args: argparse.Namespace, only: Sequence[str] = ()) -> int:
         options = options_from_args(args, only)
         outcome = run_pipeline(options)
     except (ValueError, StoreLockedError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        _print_error(err)
         return 2
     except StepFailed as err:
-        print(f"error: {err}", file=sys.stderr)
+        _print_error(err)
         return 1
     if options.dry_run:
         print(describe_plan(outcome.plan))
@@ -69,10 +70,9 @@ def run_from_args(args: argparse.Namespace, only: Sequence[str] = ()) -> int:
     return 0
 
 
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "mlflow", "urllib3", "filelock", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _print_error(err: BaseException) -> None:
+    """One line on stderr; an error can quote a value that holds a credential, so it is redacted."""
+    print(f"error: {redact(str(err))}", file=sys.stderr)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -157,7 +157,7 @@ def _status(args: argparse.Namespace) -> int:
     try:
         states = step_states(options_from_args(args))
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _print_error(err)
         return 2
     width = max(len(p.name) for p, _ in states)
     for planned, state in states:
@@ -171,7 +171,7 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         report = verify_outputs(options_from_args(args))
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _print_error(err)
         return 2
     damaged = [(step, problems) for step, _, problems in report if problems]
     for step, key, problems in report:
@@ -196,7 +196,7 @@ def _plan(args: argparse.Namespace) -> int:
         plan = make_cost_plan(config, gpu_type=args.gpu_type, gpus=args.gpus,
                               price_per_gpu_hour=args.price_per_gpu_hour, price_per_cpu_hour=args.price_per_cpu_hour)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _print_error(err)
         return 2
     print(format_cost_plan(plan))
     return 0
@@ -209,7 +209,7 @@ def _caption(args: argparse.Namespace) -> int:
         captions = caption_images(args.images, args.checkpoint, num_beams=args.num_beams,
                                   max_new_tokens=args.max_new_tokens)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _print_error(err)
         return 2
     for path, text in zip(args.images, captions):
         print(f"{path}\t{text}")
@@ -222,7 +222,7 @@ def _captions_request(args: argparse.Namespace) -> int:
     try:
         count = write_caption_requests_for_run(options_from_args(args), args.output, model=args.model)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _print_error(err)
         return 2
     print(f"wrote {count} Gemini batch requests to {args.output}")
     return 0

@@ -7,15 +7,14 @@ Steps never import this module: the runner opens and closes runs, and workers ge
 from __future__ import annotations
 
 import os
-import re
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from vlv.config_tree import flatten
 from vlv.engine.manifest import MANIFEST_NAME, Manifest
+from vlv.secrets import redact, secret_values
 
-_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
 _PARAM_MAX = 6000
 
 
@@ -52,17 +51,6 @@ def check_tracking_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
         f"(infra/local/mlflow_server.sh start) or unset MLFLOW_TRACKING_URI to track in the store's SQLite file. "
         f"No step was run."
     )
-
-
-def secret_values() -> list[str]:
-    """Values of environment variables whose names look like credentials (never to be logged)."""
-    return [v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 6]
-
-
-def redact(text: str, secrets: Iterable[str] | None = None) -> str:
-    for value in secrets if secrets is not None else secret_values():
-        text = text.replace(value, "***")
-    return text
 
 
 class MlflowMetricLogger:

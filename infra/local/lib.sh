@@ -93,6 +93,19 @@ $log_file, then '$0 stop'"
     done
 }
 
+svc_status() {
+    # svc_status NAME CHECK_FUNCTION LABEL: whether NAME runs, whether CHECK_FUNCTION answers, then the
+    # caller's print_client_help PID (how to connect). Exit status 3 when not running, as LSB scripts do.
+    local name="$1" check="$2" label="$3" pid
+    if pid="$(svc_running_pid "$name")"; then
+        if "$check"; then echo "$label: answering"; else echo "$label: NOT answering (yet?)"; fi
+        print_client_help "$pid"
+    else
+        echo "not running (state dir $STATE_DIR)"
+        return 3
+    fi
+}
+
 svc_port_in_use() {
     # True if something on this machine listens on TCP port $1 (any address).
     if command -v ss >/dev/null; then

@@ -78,21 +78,10 @@ cmd_start() {
     print_client_help "$pid"
 }
 
-cmd_status() {
-    local pid
-    if pid="$(svc_running_pid "$NAME")"; then
-        if health_ok; then echo "health: ok"; else echo "health: NOT answering (yet?)"; fi
-        print_client_help "$pid"
-    else
-        echo "not running (state dir $STATE_DIR)"
-        return 3
-    fi
-}
-
 case "${1:-}" in
     start) cmd_start ;;
     stop) svc_stop "$NAME" "$STOP_GRACE_S" ;;
-    status) cmd_status ;;
+    status) svc_status "$NAME" health_ok "health" ;;
     *) echo "usage: $0 start|stop|status  (environment variables: see the header of this file)" >&2
        exit 2 ;;
 esac

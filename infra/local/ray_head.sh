@@ -126,21 +126,10 @@ cmd_start() {
     print_client_help "$pid"
 }
 
-cmd_status() {
-    local pid
-    if pid="$(svc_running_pid "$NAME")"; then
-        if job_api_ready; then echo "job API answering"; else echo "job API NOT answering (yet?)"; fi
-        print_client_help "$pid"
-    else
-        echo "not running (state dir $STATE_DIR)"
-        return 3
-    fi
-}
-
 case "${1:-}" in
     start) cmd_start ;;
     stop) svc_stop "$NAME" "$STOP_GRACE_S"; rm -f "$ENV_FILE" ;;
-    status) cmd_status ;;
+    status) svc_status "$NAME" job_api_ready "job API" ;;
     *) echo "usage: $0 start|stop|status  (environment variables: see the header of this file)" >&2
        exit 2 ;;
 esac

@@ -12,17 +12,11 @@ import datetime as dt
 from pathlib import Path
 from typing import Any, Callable
 
+from tests.models.conftest import CAPTIONS
 from vlv.engine.executor import StepRequest, execute_step
 from vlv.engine.manifest import Manifest, list_files
 from vlv.engine.step import Step, StepOutput
 from vlv.engine.store import RunStore
-
-CAPTIONS = [
-    "A red car is parked on a quiet street. The sky above it is blue.",
-    "Two dogs play in a green park. One dog is brown and the other is white.",
-    "A bowl of fruit sits on a wooden table. Apples and oranges fill the bowl.",
-    "A lighthouse stands on a rocky coast at sunset. Waves break on the rocks.",
-] * 8
 
 
 def publish_output(store: RunStore, step: str, key: str, build: Callable[[Path], None], *,

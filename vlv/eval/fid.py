@@ -176,7 +176,9 @@ class _StatsJob:
 
 def _stats_job(job: _StatsJob) -> FeatureStats:
     """One Ray task: load the Inception once, then stream this worker's images into statistics."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from vlv.logs import configure_logging
+
+    configure_logging()
     return feature_stats_for_images(job.images, InceptionFeatureExtractor(job.spec))
 
 

@@ -105,7 +105,9 @@ def run_generation_job(job: GenerationJob) -> GenerationResult:
     """Generate every label's images for the chunk, batch by batch, into per-label statistics."""
     import torch
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from vlv.logs import configure_logging
+
+    configure_logging()
     torch.set_num_threads(max(1, job.num_threads))
     started = time.monotonic()
     extractor = InceptionFeatureExtractor(job.inception)

@@ -104,7 +104,9 @@ def answer_job(job: AnswerJob) -> list[str]:
     """One Ray task: load the LLM once, answer this chunk of prompts."""
     import torch
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from vlv.logs import configure_logging
+
+    configure_logging()
     torch.set_num_threads(max(1, job.spec.num_threads))
     model, tokenizer = build_llm(job.spec)
     return generate_answers(model, tokenizer, job.prompts, max_new_tokens=job.spec.max_new_tokens,
