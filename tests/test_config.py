@@ -28,6 +28,15 @@ def test_set_overrides_are_parsed_to_the_field_type():
     assert cfg.prepare_metadata.column_map == {"URL": "url"}
 
 
+def test_set_a_list_of_sections_from_json():
+    cfg = load_config("tiny", overrides=parse_set_flags([
+        'caption_eval.vqa=[{"name": "vqav2", "max_questions": 3}, {"name": "okvqa"}]']))
+    assert [b.name for b in cfg.caption_eval.vqa] == ["vqav2", "okvqa"]
+    assert cfg.caption_eval.vqa[0].max_questions == 3
+    with pytest.raises(ValueError, match="unknown config key 'caption_eval.vqa.nmae'"):
+        load_config("tiny", overrides=parse_set_flags(['caption_eval.vqa=[{"nmae": "x"}]']))
+
+
 @pytest.mark.parametrize("item,message", [
     ("download.image_sise=3", "unknown config key 'download.image_sise'.*valid keys there: .*image_size"),
     ("nope.x=1", "unknown config key 'nope.x'.*valid keys there: .*download"),

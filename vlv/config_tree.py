@@ -177,7 +177,9 @@ def _parse_override(tp: Any, text: str, path: str) -> Any:
                 items = json.loads(stripped)
             except json.JSONDecodeError:
                 raise ValueError(f"config key '{path}' expects a list like [1, 2], got '{text}'") from None
-            return [_coerce(inner, item, path) for item in items]
+            checked = [_coerce(inner, item, path) for item in items]  # type errors surface here, by key
+            # overrides are merged into the plain-data tree and built once at the end: keep them plain
+            return [to_dict(item) if dataclasses.is_dataclass(item) else item for item in checked]
         return [_parse_override(inner, part.strip(), path) for part in stripped.split(",") if part.strip()]
     if tp is bool:
         lowered = text.strip().lower()
