@@ -1,4 +1,4 @@
-"""Credentials in the environment never reach MLflow, the store, artifacts or logs.
+"""Credentials in the environment never reach MLflow, the store, artifacts or logs; services stay on loopback.
 
 `tests/conftest.py` sets fake Gemini, Google, AWS and HF credentials before Ray starts, so the shared tiny run
 (and every Ray worker it starts) has them in its environment. After that run, every byte it wrote is scanned
@@ -101,3 +101,11 @@ def test_log_lines_and_tracebacks_are_redacted(tmp_path):
 @pytest.mark.parametrize("text", ["no secret here", "", "key=value"])
 def test_redact_leaves_ordinary_text_alone(text):
     assert redact(text) == text
+
+
+def test_embedded_ray_and_everything_this_process_starts_listen_on_loopback_only(ray_session):
+    from tests.infra.test_ray_job_submit import LOOPBACK, listening_addresses
+
+    addresses = listening_addresses(os.getpid())  # the test process, its embedded Ray and their children
+    assert addresses, "the embedded Ray listens somewhere"
+    assert {ip for ip, _ in addresses} <= LOOPBACK, addresses

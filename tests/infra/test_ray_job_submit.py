@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import full_run
+from tests.conftest import FAKE_SECRETS
 from vlv.job_env import RAY_JOB_ENV_VAR
 from vlv.pipeline import step_names
 
@@ -89,6 +90,24 @@ def local_services():
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
+def listening_addresses(pid: int) -> set[tuple[str, int]]:
+    """(ip, port) of every listening TCP socket of `pid` and all its descendants."""
+    import psutil
+
+    root = psutil.Process(pid)
+    found = set()
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            found |= {(c.laddr.ip, c.laddr.port) for c in process.net_connections(kind="inet")
+                      if c.status == psutil.CONN_LISTEN}
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
 def job_status(services: LocalServices, job_id: str) -> str:
     """The job's status from the job REST API (what `ray job status` reads), with the token Ray uses."""
     token = (Path.home() / ".ray" / "auth_token").read_text().strip()
@@ -110,6 +129,11 @@ def test_tiny_pipeline_as_a_ray_job(local_services, tmp_path, steps):
     selection = ["--steps", ",".join(steps)] if steps else []
     steps = steps or step_names()
     store = tmp_path / "store"  # absolute: the job's cwd is Ray's temporary copy of the repository
+
+    # Every socket either service listens on (dashboard, GCS, client server, agents, raylet, MLflow) is loopback.
+    for name in ("ray_head", "mlflow_server"):
+        addresses = listening_addresses(recorded_pid(services, name))
+        assert addresses and {ip for ip, _ in addresses} <= LOOPBACK, f"{name} listens beyond loopback: {addresses}"
 
     # Token auth is on: a client without RAY_AUTH_MODE=token is turned away, with it the job API answers.
     no_token_env = {k: v for k, v in services.env.items() if k != "RAY_AUTH_MODE"}
@@ -136,6 +160,8 @@ def test_tiny_pipeline_as_a_ray_job(local_services, tmp_path, steps):
         assert re.search(rf"step {step}\s+running", logs.stdout), step
         assert re.search(rf"step {step}\s+done in", logs.stdout), step
     assert "joining the Ray cluster" in logs.stdout
+    # The job ran with the fake credentials of tests/conftest.py in its environment: none reaches its log.
+    assert not [name for name, value in FAKE_SECRETS.items() if value in logs.stdout]
 
     # Outputs land in the store, not in the job's temporary working dir.
     published = {p.parts[-3]: p.parent for p in store.glob("steps/*/*/manifest.json")}
