@@ -1,12 +1,13 @@
 """Training throughput: ZeRO-2 on N Ray Train workers vs a plain single-process PyTorch loop, same task.
 
-    python benchmarks/bench_train_throughput.py [--workers 2] [--steps 12] [--global-batch 256]
+    python benchmarks/bench_train_throughput.py [--task stage1|toy] [--workers 2] [--steps 12] [--global-batch N]
 
 Both sides run the same `TrainTask` (model factory, batch stream, loss) with the same global batch, AdamW,
 gradient clipping and schedule; the only difference is distribution. Throughput = samples/s over the steps
 after `--warmup` (the Ray side measures on rank 0 between log points, the plain side with a wall clock).
-Swap `build_task()` for another TrainTask (e.g. the tiny stage-1 model) to measure it instead. On a CPU-only
-machine with two cores, two workers compete with everything else on it: read the ratio, not a verdict.
+`stage1` (default) is the tiny VLV stage-1 model (Florence queries -> frozen CLIP text -> frozen UNet/VAE) on
+synthetic webdataset shards, built by the training tests' helpers; `toy` is the toy regression task. On a
+CPU-only machine with two cores, two workers compete with everything else on it: read the ratio, not a verdict.
 """
 
 from __future__ import annotations
@@ -14,17 +15,25 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+DEFAULT_GLOBAL_BATCH = {"stage1": 8, "toy": 256}
 
-def build_task() -> Any:
-    from vlv.train.toy_task import ToyRegressionTask
 
-    return ToyRegressionTask(in_dim=256, hidden=1024, out_dim=256, depth=4)
+def build_task(name: str, scratch: Path) -> Any:
+    if name == "toy":
+        from vlv.train.toy_task import ToyRegressionTask
+
+        return ToyRegressionTask(in_dim=256, hidden=1024, out_dim=256, depth=4)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for the tests' helpers
+    from tests.train.tiny_tasks import tiny_stage1_task
+
+    return tiny_stage1_task(scratch / "stage1")
 
 
 @dataclass
@@ -69,11 +78,13 @@ def plain_pytorch_samples_per_s(task: Any, deepspeed_config: Any, *, steps: int,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--task", choices=sorted(DEFAULT_GLOBAL_BATCH), default="stage1")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--global-batch", type=int, default=256)
+    parser.add_argument("--global-batch", type=int, default=None, help="default: 8 for stage1, 256 for toy")
     args = parser.parse_args(argv)
+    args.global_batch = args.global_batch or DEFAULT_GLOBAL_BATCH[args.task]
     if args.global_batch % args.workers:
         parser.error("--global-batch must be a multiple of --workers")
 
@@ -86,22 +97,22 @@ def main(argv: list[str] | None = None) -> int:
     from vlv.train.loop import LoopConfig
     from vlv.train.ray_trainer import RayTrainConfig, run_training
 
-    task = build_task()
-    ds_config = DeepSpeedConfig(zero_stage=2, precision="fp32", global_batch=args.global_batch,
-                                micro_batch_per_worker=args.global_batch // args.workers, gradient_clipping=1.0,
-                                optimizer=AdamWConfig(lr=1e-3), schedule=LRScheduleConfig(total_steps=args.steps))
-    def measure_plain() -> dict[int, float]:
-        return {threads: plain_pytorch_samples_per_s(task, ds_config, steps=args.steps, warmup=args.warmup, seed=0,
-                                                     threads=threads)
-                for threads in sorted({1, args.workers})}
+    with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
+        task = build_task(args.task, Path(tmp))
+        ds_config = DeepSpeedConfig(zero_stage=2, precision="fp32", global_batch=args.global_batch,
+                                    micro_batch_per_worker=args.global_batch // args.workers, gradient_clipping=1.0,
+                                    optimizer=AdamWConfig(lr=1e-3), schedule=LRScheduleConfig(total_steps=args.steps))
 
-    plain_before = measure_plain()
+        def measure_plain() -> dict[int, float]:
+            return {threads: plain_pytorch_samples_per_s(task, ds_config, steps=args.steps, warmup=args.warmup,
+                                                         seed=0, threads=threads)
+                    for threads in sorted({1, args.workers})}
 
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(num_cpus=args.workers, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
+        plain_before = measure_plain()
+        started_ray = not ray.is_initialized()
+        if started_ray:
+            ray.init(num_cpus=args.workers, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        try:
             logger = FileMetricLogger(str(Path(tmp) / "metrics.jsonl"))
             run_training(
                 task=task, deepspeed=ds_config,
@@ -110,16 +121,19 @@ def main(argv: list[str] | None = None) -> int:
                 storage_path=str(Path(tmp) / "ray"), name="throughput", metric_logger=logger,
             )
             lines = [json.loads(line) for line in Path(logger.path).read_text().splitlines()]
-    finally:
-        if started_ray:
-            ray.shutdown()
-    plain_after = measure_plain()  # before and after, so load drift on a shared machine shows up
+        finally:
+            if started_ray:
+                ray.shutdown()
+        plain_after = measure_plain()  # before and after, so load drift on a shared machine shows up
+        model = task.build_model()
     series = [line["value"] for line in lines if line["name"] == "samples_per_s" and line["step"] > args.warmup]
     zero2 = statistics.median(series)
     best_plain = max(max(plain_before.values()), max(plain_after.values()))
 
-    params = sum(p.numel() for p in task.build_model().parameters())
-    print(f"\ntask: {type(task).__name__} ({params:,} parameters), global batch {args.global_batch}, "
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"\ntask: {type(task).__name__} ({params:,} parameters, {trainable:,} trainable), global batch "
+          f"{args.global_batch}, "
           f"{args.steps} steps ({args.warmup} warm-up)")
     for threads in plain_before:
         print(f"plain PyTorch, 1 process x {threads} thread(s): {plain_before[threads]:10.1f} samples/s before, "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from vlv.engine.executor import StepRequest, connect_ray, submit_step
 from vlv.engine.manifest import verify_files
 from vlv.engine.plan import PlannedStep, describe_plan, make_plan
 from vlv.engine.step import Step, StepOutput
-from vlv.engine.store import RunStore
+from vlv.engine.store import RunStore, StoreLockedError
 from vlv.job_env import check_job_paths
 from vlv.pipeline import pipeline_steps
 from vlv.tracking import PipelineTracking, check_tracking_reachable, default_tracking_uri
@@ -27,6 +28,8 @@ from vlv.tracking import PipelineTracking, check_tracking_reachable, default_tra
 log = logging.getLogger("vlv.run")
 
 DEFAULT_STORE = "./vlv_runs"
+# Upstream outputs up to this size get a full sha256 check before a step reads them (about 2 s a GB).
+CHECKSUM_INPUTS_MAX_BYTES = 2 << 30
 
 
 class StepFailed(RuntimeError):
@@ -93,10 +96,15 @@ def run_pipeline(options: RunOptions) -> PipelineOutcome:
     check_tracking_reachable(tracking_uri)
     artifact_root = str(store.local_root / "mlflow-artifacts") if store.is_local and \
         "MLFLOW_TRACKING_URI" not in os.environ else None
-    tracking = PipelineTracking(tracking_uri, config.experiment, artifact_root)
+    with store.mutex("mlflow-db"):  # two invocations on a new store would both create MLflow's tables
+        tracking = PipelineTracking(tracking_uri, config.experiment, artifact_root)
     on_cluster = connect_ray()
+    closed = tracking.close_runs_of_dead_drivers(socket.gethostname())
+    if closed:
+        log.info("marked %d MLflow run(s) of killed drivers (pid gone) KILLED", closed)
     parent_id = tracking.start_parent(
         tags={"vlv.pipeline": "full_run", "vlv.preset": config.preset, "vlv.config_hash": config.config_hash(),
+              "vlv.driver_host": socket.gethostname(), "vlv.driver_pid": str(os.getpid()),
               "vlv.git_commit": _git_commit(), "vlv.store": store.uri},
         params={"preset": config.preset, "store": store.uri, "steps": ",".join(options.only) or "all",
                 "from": options.from_step or "", "force": ",".join(options.force)},
@@ -121,12 +129,7 @@ def _do_step(step: Step, planned: PlannedStep, config: PipelineConfig, store: Ru
         return StepOutcome(planned.name, planned.key, "skipped", output_uri)
     run_id = tracking.start_child(planned.name, planned.key, output_uri, planned.section)
     if planned.action == "cached":
-        manifest = store.read_manifest(planned.name, planned.key)
-        assert manifest is not None, "planner said cached, so a manifest exists"
-        tracking.finish_child(run_id, "cached", manifest, _local_dir(store, output_uri),
-                              source_run_id=manifest.mlflow_run_id)
-        log.info("step %-16s cached (key %s)", planned.name, planned.key)
-        return StepOutcome(planned.name, planned.key, "cached", output_uri, dict(manifest.metrics), run_id)
+        return _cached(planned, store, tracking, run_id)
 
     section = getattr(config, planned.name)
     resources = step.resources(section)
@@ -135,26 +138,26 @@ def _do_step(step: Step, planned: PlannedStep, config: PipelineConfig, store: Ru
         up_manifest = store.read_manifest(up, up_key)
         assert up_manifest is not None, "upstream steps run first or are checked by the planner"
         inputs[up] = StepOutput(up, up_key, store.output_uri(up, up_key), up_manifest)
-        if store.is_local:
-            problems = verify_files(Path(inputs[up].uri), up_manifest, checksums=False)
-            if problems:
-                raise StepFailed(f"step '{planned.name}' cannot start: the output of '{up}' is damaged "
-                                 f"({'; '.join(problems[:3])}). Rerun it with --force {up}.")
-    request = StepRequest(
-        step=step, key=planned.key, preset=config.preset, section=section,
-        section_dict=planned.section, upstream_keys=planned.upstream_keys, inputs=inputs,
-        store_uri=store.uri, tracking_uri=tracking_uri, mlflow_run_id=run_id, on_cluster=on_cluster,
-    )
-    log.info("step %-16s running (key %s, %s CPU, %s GPU)", planned.name, planned.key, resources.num_cpus,
-             resources.num_gpus)
+        _check_input(planned.name, inputs[up], store, tracking, run_id)
     started = time.time()
     try:
-        with store.lock(planned.name, planned.key, owner=tracking.parent_run_id or "?"):
+        with store.lock(planned.name, planned.key, owner=tracking.parent_run_id or "?") as token:
+            if not planned.forced and store.is_published(planned.name, planned.key):
+                log.info("step %-16s published by another invocation while this one planned; cached", planned.name)
+                return _cached(planned, store, tracking, run_id)
+            request = StepRequest(
+                step=step, key=planned.key, preset=config.preset, section=section,
+                section_dict=planned.section, upstream_keys=planned.upstream_keys, inputs=inputs,
+                store_uri=store.uri, tracking_uri=tracking_uri, mlflow_run_id=run_id, on_cluster=on_cluster,
+                lock_token=token,
+            )
+            log.info("step %-16s running (key %s, %s CPU, %s GPU)", planned.name, planned.key, resources.num_cpus,
+                     resources.num_gpus)
             manifest = submit_step(request, resources.num_cpus, resources.num_gpus)
     except BaseException as err:  # noqa: BLE001 - record the failure in MLflow, then re-raise
         message = _error_message(err)
         tracking.finish_child(run_id, "failed", None, None, error=message)
-        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+        if isinstance(err, (KeyboardInterrupt, SystemExit, StoreLockedError)):
             raise
         raise StepFailed(
             f"step '{planned.name}' failed: {message}\nFinished steps stay cached: fix the cause and rerun the "
@@ -164,6 +167,37 @@ def _do_step(step: Step, planned: PlannedStep, config: PipelineConfig, store: Ru
     log.info("step %-16s done in %.1fs: %s", planned.name, time.time() - started,
              ", ".join(f"{k}={v:g}" for k, v in manifest.metrics.items()))
     return StepOutcome(planned.name, planned.key, "executed", output_uri, dict(manifest.metrics), run_id)
+
+
+def _cached(planned: PlannedStep, store: RunStore, tracking: PipelineTracking, run_id: str) -> StepOutcome:
+    output_uri = store.output_uri(planned.name, planned.key)
+    manifest = store.read_manifest(planned.name, planned.key)
+    assert manifest is not None, "only called for a published output"
+    tracking.finish_child(run_id, "cached", manifest, _local_dir(store, output_uri),
+                          source_run_id=manifest.mlflow_run_id)
+    log.info("step %-16s cached (key %s)", planned.name, planned.key)
+    return StepOutcome(planned.name, planned.key, "cached", output_uri, dict(manifest.metrics), run_id)
+
+
+def _check_input(step: str, given: StepOutput, store: RunStore, tracking: PipelineTracking, run_id: str) -> None:
+    """Refuse to start on a damaged upstream output, naming the file, the check that found it and the fix.
+
+    Sizes are always checked; checksums too when the input is at most CHECKSUM_INPUTS_MAX_BYTES (reading it
+    costs seconds), since only they catch a same-size corruption. Larger inputs: `vlv verify` checks them.
+    """
+    if not store.is_local:
+        return
+    checksums = given.manifest.total_bytes <= CHECKSUM_INPUTS_MAX_BYTES
+    problems = verify_files(Path(given.uri), given.manifest, checksums=checksums)
+    if not problems:
+        return
+    checks = "sizes and sha256 checksums" if checksums else \
+        "sizes only (too large to checksum before every step; `vlv verify` checks sha256)"
+    message = (f"step '{step}' cannot start: the output of '{given.step}' is damaged ({'; '.join(problems[:3])}"
+               f"{f'; and {len(problems) - 3} more' if len(problems) > 3 else ''}; checked: {checks}). Rerun it "
+               f"with --force {given.step} (same config flags).")
+    tracking.finish_child(run_id, "failed", None, None, error=message)
+    raise StepFailed(message)
 
 
 def _local_dir(store: RunStore, output_uri: str) -> Path | None:

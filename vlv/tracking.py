@@ -54,22 +54,43 @@ def check_tracking_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
 
 
 class MlflowMetricLogger:
-    """Logs metrics to one MLflow run. Picklable (two strings): it travels to Ray Train's rank 0."""
+    """Logs metrics to one MLflow run. Picklable (two strings): it travels to Ray Train's rank 0.
+
+    A metric series has no gaps and no duplicate steps even when training restarts: a worker that dies after
+    logging step k but before the next checkpoint is replaced by one that recomputes the steps after the
+    checkpoint (bit for bit, resume is deterministic) with a fresh copy of this logger. So on first use of a
+    metric name each copy reads the run's history of that name and skips any explicit step already there.
+    Calls without a step are logged every time (at MLflow's step 0), as before.
+    """
 
     def __init__(self, tracking_uri: str, run_id: str):
         self.tracking_uri = tracking_uri
         self.run_id = run_id
         self._client = None
+        self._logged_steps: dict[str, set[int]] = {}  # per metric name, steps already in the run
 
     def __getstate__(self) -> dict:
-        return {"tracking_uri": self.tracking_uri, "run_id": self.run_id, "_client": None}
+        return {"tracking_uri": self.tracking_uri, "run_id": self.run_id, "_client": None, "_logged_steps": {}}
 
     def log_metric(self, name: str, value: float, step: int | None = None) -> None:
+        client = self._connect()
+        if step is not None:
+            logged = self._logged_steps.get(name)
+            if logged is None:
+                logged = {int(m.step) for m in client.get_metric_history(self.run_id, name)}
+                self._logged_steps[name] = logged
+            if step in logged:
+                return
+        client.log_metric(self.run_id, name, float(value), timestamp=int(time.time() * 1000), step=step or 0)
+        if step is not None:
+            self._logged_steps[name].add(step)
+
+    def _connect(self):
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
             self._client = MlflowClient(self.tracking_uri)
-        self._client.log_metric(self.run_id, name, float(value), timestamp=int(time.time() * 1000), step=step or 0)
+        return self._client
 
 
 class PipelineTracking:
@@ -93,6 +114,26 @@ class PipelineTracking:
         self.parent_run_id = run.info.run_id
         self._log_params(self.parent_run_id, params)
         return self.parent_run_id
+
+    def close_runs_of_dead_drivers(self, host: str) -> int:
+        """A killed driver (SIGKILL, OOM) leaves its parent and step runs RUNNING for ever: mark those whose
+        driver ran on `host` (tags vlv.driver_host / vlv.driver_pid) and is gone KILLED, and their unfinished
+        step runs vlv.status=killed. Returns how many parent runs were closed."""
+        closed = 0
+        parents = self.client.search_runs([self.experiment_id], max_results=1000, filter_string=(
+            "attributes.status = 'RUNNING' and tags.`vlv.pipeline` = 'full_run' and "
+            f"tags.`vlv.driver_host` = '{host}'"))
+        for parent in parents:
+            if _pid_alive(int(parent.data.tags.get("vlv.driver_pid", "0"))):
+                continue
+            children = self.client.search_runs([self.experiment_id], max_results=1000, filter_string=(
+                f"attributes.status = 'RUNNING' and tags.`mlflow.parentRunId` = '{parent.info.run_id}'"))
+            for child in children:
+                self.client.set_tag(child.info.run_id, "vlv.status", "killed")
+                self.client.set_terminated(child.info.run_id, "KILLED")
+            self.client.set_terminated(parent.info.run_id, "KILLED")
+            closed += 1
+        return closed
 
     def end_parent(self, ok: bool) -> None:
         if self.parent_run_id:
@@ -139,6 +180,19 @@ class PipelineTracking:
         items = [Param(k, self._redact(str(v))[:_PARAM_MAX]) for k, v in sorted(flat.items())]
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start:start + 100])
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process of this host is running (a pid that was reused counts as alive: never closes wrongly)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def metric_history(tracking_uri: str, run_id: str, name: str) -> list[tuple[int, float]]:

@@ -26,6 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from vlv.paths import path_problem
+
 # The fixed vocabulary of quarantine reasons (code = position + 1; 0 means "kept").
 QUARANTINE_REASONS = (
     "malformed_json", "bad_encoding", "line_too_long", "missing_field", "bad_key", "error_row", "blocked",
@@ -41,7 +43,8 @@ ASCII_WHITESPACE = " \t\n\r\x0b\x0c"
 # finishReason values that mean the model refused (the rest of the non-STOP values are errors).
 BLOCK_FINISH_REASONS = ("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
                         "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION")
-_BAD_KEY_RE2 = r"[/\\\x00-\x1f\x7f]|\.\."
+# The vectorised twin of key_problem: separators, control characters (NUL included), any "..", the name ".".
+_BAD_KEY_RE2 = r"[/\\\x00-\x1f\x7f]|\.\.|^\.$"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # Rows that passed the per-row checks (before the kept-key and duplicate checks), one per source line.
@@ -94,13 +97,18 @@ def short(text: Any, limit: int = MAX_DETAIL_CHARS) -> str:
 
 
 def key_problem(key: str) -> str | None:
-    """Why a key cannot name a file under the output folder (None if it can)."""
+    """Why a key cannot name a file under the output folder (None if it can).
+
+    The path rules are the shared ones (`vlv.paths`); keys are stricter still: no '..' anywhere, no control
+    character, at most MAX_KEY_CHARS.
+    """
     if not key:
         return "empty key"
     if len(key) > MAX_KEY_CHARS:
         return f"key longer than {MAX_KEY_CHARS} characters"
-    if "/" in key or "\\" in key:
-        return f"key {short(key, 60)!r} contains a path separator"
+    problem = path_problem(key, single=True)
+    if problem:
+        return f"key {short(key, 60)!r} {problem}"
     if ".." in key:
         return f"key {short(key, 60)!r} contains '..'"
     if _CONTROL.search(key):

@@ -129,24 +129,48 @@ def _base_name(uri: str) -> str:
     return name
 
 
+# Byte-order marks of the encodings that cannot be read as UTF-8 at all (4-byte ones first: UTF-32-LE's
+# starts with UTF-16-LE's). With its BOM, iconv finds the byte order itself.
+_WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+              (b"\xfe\xff", "UTF-16"))
+
+
+def check_utf8_family(uri: str, head: bytes) -> None:
+    """Refuse a UTF-16/UTF-32 text file: every line of it would be quarantined, so say what to do instead.
+
+    JSON and CSV text never holds a raw NUL byte, while UTF-16/32 text of ASCII is half NULs: that tells them
+    apart without a BOM. Single-byte encodings (cp1252, latin-1) are not refused: their non-UTF-8 lines are
+    quarantined one by one as bad_encoding and their ASCII lines kept.
+    """
+    encoding = next((name for bom, name in _WIDE_BOMS if head.startswith(bom)), None)
+    start = head[:4096]
+    if encoding is None and b"\x00" in start:  # no BOM: width from the share of NULs, order from the first byte
+        encoding = ("UTF-16" if start.count(b"\x00") < len(start) * 0.6 else "UTF-32") + \
+            ("BE" if start[:1] == b"\x00" else "LE")
+    if encoding:
+        raise ValueError(f"{uri} is {encoding} text, and caption files are read as UTF-8: convert it first, e.g. "
+                         f"iconv -f {encoding} -t UTF-8 {uri} > converted.jsonl")
+
+
 def detect_format(uri: str, options: IngestOptions) -> str:
     """By extension (.parquet, .csv/.tsv), else by the first line of the file that parses as JSON."""
+    name = _base_name(uri)
+    if options.format == "parquet" or (options.format == "auto" and name.endswith(".parquet")):
+        return "parquet"
+    with fsspec.open(uri, "rb", compression="infer") as handle:
+        head = handle.read(_DETECT_BYTES if options.format == "auto" else 4096)
+    check_utf8_family(uri, head)
     if options.format != "auto":
         return options.format
-    name = _base_name(uri)
-    if name.endswith(".parquet"):
-        return "parquet"
     if name.endswith((".csv", ".tsv")):
         return "csv"
-    with fsspec.open(uri, "rb", compression="infer") as handle:
-        head = handle.read(_DETECT_BYTES)
     head = head.removeprefix(b"\xef\xbb\xbf")
     if head.lstrip()[:1] == b"[":
         raise ValueError(f"{uri} is one JSON array, not JSON Lines: write one object a line "
                          "(e.g. `jq -c '.[]' file.json > file.jsonl`)")
     for raw in head.split(b"\n")[:1000]:
-        try:
-            record = json.loads(raw)
+        try:  # decoded leniently: this only sniffs the structure; a line that is not UTF-8 is quarantined later
+            record = json.loads(raw.decode("utf-8", "replace"))
         except ValueError:
             continue
         found = detect_record_format(record, options.key_field, options.caption_field)

@@ -21,6 +21,8 @@ from typing import Any, Iterator
 import fsspec
 import pyarrow.parquet as pq
 
+from vlv.paths import child_uri
+
 log = logging.getLogger("vlv.captions")
 
 # The VLV paper (arXiv 2507.07104) says its ~6M captions were written by Gemini 2.0 Flash but does not
@@ -82,7 +84,8 @@ def write_caption_requests(kept_uri: str, shards_uri: str, output_path: str, *, 
             for shard in sorted(by_shard):
                 wanted = by_shard[shard]
                 found = set()
-                for key, image, mime in iter_shard_images(f"{shards_uri.rstrip('/')}/{shard}", wanted):
+                tar_uri = child_uri(shards_uri, shard, f"shard name in {kept_uri}", single=True)
+                for key, image, mime in iter_shard_images(tar_uri, wanted):
                     if key in found:
                         continue
                     found.add(key)

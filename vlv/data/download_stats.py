@@ -69,6 +69,8 @@ _REASON_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"X-Robots-Tag", "opt_out"),
     (r"timed? ?out", "timeout"),
     (r"Image decoding error", "decode_error"),
+    (r"image area too large|CV_IO_MAX_IMAGE_PIXELS", "image_too_large"),  # a decompression bomb, or just huge
+    (r"!buf\.empty\(\)", "empty_file"),  # OpenCV's assertion on a zero-byte body
     (r"Connection refused", "connection_refused"),
     (r"Connection reset", "connection_reset"),
     (r"Name or service not known|getaddrinfo|nodename nor servname", "dns_error"),
@@ -97,7 +99,7 @@ def read_shard_stats(path: Path) -> ShardStats:
     data = json.loads(path.read_text())
     return ShardStats(shard=path.name.removesuffix("_stats.json"), count=int(data["count"]),
                       successes=int(data["successes"]), failed_to_download=int(data["failed_to_download"]),
-                      failed_to_resize=int(data["failed_to_resize"]), end_time=float(data["end_time"]))
+                      failed_to_resize=int(data["failed_to_resize"]), end_time=float(data.get("end_time", 0.0)))
 
 
 def read_download_counts(shards_dir: Path) -> DownloadCounts:

@@ -6,12 +6,19 @@ img2dataset installs a SIGINT handler (signal.signal only works on the main thre
 so the caller's handler is put back afterwards. Off the main thread the call goes to a child process running
 this module (`python -m vlv.data.img2dataset_runner JOB.json`), which has the `__main__` guard that the
 spawn start method needs.
+
+img2dataset writes samples in the order its threads finish, stamps tar members with the wall clock and shard
+stats with start/end times, so two downloads of the same URLs differ byte for byte. `canonicalize_shards`
+rewrites each finished shard in key order without timestamps: the same URLs and responses then give
+bit-identical shards, whether the download ran in one go or was killed and resumed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -20,6 +27,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+# Larger images are refused from their header, before decoding (vlv.data.img2dataset_resizer): PIL's own
+# decompression-bomb threshold, about 13,400 x 13,400 pixels (537 MB decoded as RGB).
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+# Wall-clock fields of img2dataset's NNNNN_stats.json; the step's own duration is in its manifest and MLflow.
+WALL_CLOCK_STATS = ("start_time", "end_time", "duration")
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,7 @@ class Img2DatasetJob:
     distributor: Literal["multiprocessing", "ray"]
     save_additional_columns: tuple[str, ...]
     respect_opt_out: bool = True
+    max_image_area: int = DEFAULT_MAX_IMAGE_PIXELS
     url_col: str = "URL"
     caption_col: str = "TEXT"
 
@@ -61,12 +75,20 @@ def run_img2dataset(job: Img2DatasetJob, in_subprocess: bool | None = None) -> N
     if in_subprocess:
         _run_in_child(job)
         return
+    import importlib
+
     from img2dataset import download
 
+    from vlv.data.img2dataset_resizer import GuardedResizer
+
+    img2dataset_main = importlib.import_module("img2dataset.main")  # the module (`img2dataset.main` is a function)
+    resizer_class = img2dataset_main.Resizer
+    img2dataset_main.Resizer = GuardedResizer  # bomb and 16-bit guards: see vlv.data.img2dataset_resizer
     previous_handler = signal.getsignal(signal.SIGINT)
     try:
         download(**job.download_kwargs())
     finally:
+        img2dataset_main.Resizer = resizer_class
         signal.signal(signal.SIGINT, previous_handler)
 
 
@@ -81,6 +103,63 @@ def _run_in_child(job: Img2DatasetJob) -> None:
     if completed.returncode != 0:
         raise RuntimeError(f"img2dataset exited with status {completed.returncode} (see its output above); "
                            f"finished shards in {job.output_folder} are kept and a rerun continues them")
+
+
+def canonicalize_shards(output_folder: Path) -> int:
+    """Rewrite every finished shard (its stats file exists) reproducibly; returns how many were rewritten.
+
+    Per shard: the tar with members sorted by (key, name), mtime 0 and no owner; the parquet sorted by key; the
+    stats without wall-clock fields, written last, which marks the shard canonical (an already canonical
+    shard is skipped, so a resumed download rewrites only its new shards). Each file is replaced atomically,
+    so a kill in the middle leaves a shard that the next call finishes. Costs one extra read and write of
+    each shard, small next to downloading it.
+    """
+    import pyarrow.parquet as pq
+
+    rewritten = 0
+    for stats_path in sorted(output_folder.glob("*_stats.json")):
+        stats = json.loads(stats_path.read_text())
+        if not any(name in stats for name in WALL_CLOCK_STATS):
+            continue
+        shard = stats_path.name.removesuffix("_stats.json")
+        tar_path = output_folder / f"{shard}.tar"
+        if tar_path.exists():
+            _canonical_tar(tar_path)
+        parquet_path = output_folder / f"{shard}.parquet"
+        if parquet_path.exists():
+            table = pq.read_table(parquet_path)
+            if "key" in table.column_names:
+                table = table.sort_by("key")
+            _replace(parquet_path, lambda tmp, table=table: pq.write_table(table, tmp))
+        for name in WALL_CLOCK_STATS:
+            stats.pop(name, None)
+        _replace(stats_path, lambda tmp, stats=stats: tmp.write_text(json.dumps(stats, indent=4, sort_keys=True)))
+        rewritten += 1
+    return rewritten
+
+
+def _canonical_tar(path: Path) -> None:
+    import tarfile
+
+    with tarfile.open(path) as source:
+        members = [(m.name, source.extractfile(m).read()) for m in source.getmembers() if m.isfile()]
+    # webdataset groups a sample's members by the key before the first dot: sorting keeps them together.
+    members.sort(key=lambda item: (item[0].split(".", 1)[0], item[0]))
+
+    def write(tmp: Path) -> None:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as target:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), 0o444, 0
+                target.addfile(info, io.BytesIO(data))
+
+    _replace(path, write)
+
+
+def _replace(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.canonical")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -173,6 +173,23 @@ def resolve_columns(file_columns: list[str], column_map: Mapping[str, str], requ
     return mapping
 
 
+def check_column_types(schema: pa.Schema, mapping: ColumnMapping, path: str) -> None:
+    """A list, struct or map column holds no URL, caption or number: the column (or the mapping) is wrong.
+
+    Scalar columns of any type are read row by row (unreadable values are dropped and counted); a nested one
+    would make Arrow's casts fail on the whole file, so it is refused up front with the fix.
+    """
+    for canonical, theirs in mapping.source.items():
+        column_type = schema.field(theirs).type
+        if pa.types.is_nested(column_type):
+            wanted = "text" if canonical in ("URL", "TEXT") else "numbers"
+            raise ValueError(
+                f"LAION metadata {path}: column '{theirs}' (read as {canonical}) holds {column_type}, not {wanted}; "
+                f"map {canonical} to the right column with "
+                f"--set prepare_metadata.column_map='{{\"{canonical}\": \"<your column>\"}}'"
+            )
+
+
 def iter_metadata_batches(input_uri: str, column_map: Mapping[str, str], required: tuple[str, ...],
                           batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.Table]:
     """Batches with canonical column names (only the columns found), one file and row group at a time."""
@@ -180,6 +197,7 @@ def iter_metadata_batches(input_uri: str, column_map: Mapping[str, str], require
     for path in files:
         parquet = open_parquet(fs, path)
         mapping = resolve_columns(parquet.schema_arrow.names, column_map, required, path)
+        check_column_types(parquet.schema_arrow, mapping, path)
         columns = list(dict.fromkeys(mapping.source.values()))
         for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
             yield pa.table([batch.column(theirs) for theirs in mapping.source.values()],

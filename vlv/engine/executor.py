@@ -44,6 +44,8 @@ class StepRequest:
     tracking_uri: str | None
     mlflow_run_id: str | None
     on_cluster: bool
+    # The driver's claim on this step key (RunStore.lock); checked just before publishing, None = unlocked.
+    lock_token: str | None = None
 
 
 def connect_ray() -> bool:
@@ -75,7 +77,9 @@ def submit_step(request: StepRequest, num_cpus: float, num_gpus: float) -> Manif
 
 
 def _step_task(request: StepRequest) -> Manifest:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    from vlv.logs import configure_logging
+
+    configure_logging(force=True)  # Ray worker processes: one format, credentials redacted
     return execute_step(request)
 
 
@@ -109,6 +113,7 @@ def execute_step(request: StepRequest) -> Manifest:
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         duration_s=round(time.time() - started, 3), mlflow_run_id=request.mlflow_run_id,
     )
+    store.check_lock(step.name, request.key, request.lock_token)
     store.publish(staging, manifest)
     ctx.log.info("published %s: %d files, %.1f MB in %.1fs", step.name, len(manifest.files),
                  manifest.total_bytes / 1e6, manifest.duration_s)
@@ -166,8 +171,12 @@ def worker_logger(name: str) -> logging.Logger:
 
     logger = logging.getLogger(name)
     if not logger.handlers:
+        from vlv.logs import LOG_FORMAT
+        from vlv.secrets import RedactingFilter
+
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.addFilter(RedactingFilter())
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False

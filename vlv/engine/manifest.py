@@ -75,7 +75,9 @@ def list_files(folder: Path) -> tuple[FileEntry, ...]:
 def verify_files(folder: Path, manifest: Manifest, checksums: bool = True) -> list[str]:
     """Problems found comparing a local output folder with its manifest (empty list = intact).
 
-    `checksums=False` checks presence and sizes only: cheap enough to run on every input before a step.
+    `checksums=False` checks presence and sizes only: cheap enough to run on every input before a step, and
+    it catches a truncated or missing file, but not a same-size corruption (a flipped bit): only checksums do.
+    Each problem names the file and the check that found it.
     """
     problems = []
     for entry in manifest.files:
@@ -83,7 +85,9 @@ def verify_files(folder: Path, manifest: Manifest, checksums: bool = True) -> li
         if not path.is_file():
             problems.append(f"{path}: missing")
         elif path.stat().st_size != entry.size:
-            problems.append(f"{path}: size {path.stat().st_size} != {entry.size} in manifest")
+            problems.append(f"{path}: size {path.stat().st_size} != {entry.size} in the manifest "
+                            f"(truncated or overwritten; found by the size check)")
         elif checksums and sha256_file(path) != entry.sha256:
-            problems.append(f"{path}: sha256 differs from manifest")
+            problems.append(f"{path}: same size but sha256 differs from the manifest (corrupted in place; found "
+                            f"by the checksum check)")
     return problems

@@ -26,6 +26,7 @@ class PlannedStep:
     action: Action
     reason: str
     section: dict[str, Any]
+    forced: bool = False  # by --force/--from: runs even if another invocation publishes it meanwhile
 
 
 def step_key(name: str, code_version: str, section: dict[str, Any], upstream_keys: dict[str, str]) -> str:
@@ -81,7 +82,8 @@ def make_plan(
             action, reason = "cached", "output already published for this key"
         else:
             action, reason = "run", "no published output for this key"
-        plan.append(PlannedStep(step.name, key, upstream_keys, action, reason, section))
+        plan.append(PlannedStep(step.name, key, upstream_keys, action, reason, section,
+                                forced=action == "run" and step.name in forced))
 
     by_name = {p.name: p for p in plan}
     for planned in plan:

@@ -3,7 +3,7 @@
 Layout (relative to the store root):
     steps/<step>/<key>/manifest.json   published output; the manifest is written last
     .staging/<step>/<key>/             work in progress (local stores); never read as a result
-    .locks/<step>-<key>.lock           one writer per step key
+    .locks/<step>-<key>.lock           one writer per step key (flock: released when its holder dies)
     scratch/<step>/<key>/              durable working space (training checkpoints), not published
     cache/                             shared caches (real-image FID statistics)
 
@@ -14,6 +14,7 @@ object store files are uploaded first and the manifest last: an output without a
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -28,10 +29,15 @@ from typing import Iterator
 import fsspec
 
 from vlv.engine.manifest import MANIFEST_NAME, Manifest
+from vlv.paths import check_relative
 
 
 class StoreLockedError(RuntimeError):
     """Another pipeline invocation is working on the same step key."""
+
+
+class LockLostError(RuntimeError):
+    """A step attempt outlived the run that claimed its key (e.g. its driver was killed) and was superseded."""
 
 
 class RunStore:
@@ -49,12 +55,14 @@ class RunStore:
     # -- locations -----------------------------------------------------------------------------------------
 
     def output_uri(self, step: str, key: str) -> str:
+        self._check(step, key)
         if self.is_local:
             return os.path.join(self.root, "steps", step, key)
         return f"{self.fs.unstrip_protocol(self.root)}/steps/{step}/{key}"
 
     def scratch_uri(self, step: str, key: str) -> str:
         """Durable working space of one step key (e.g. training checkpoints), never part of its output."""
+        self._check(step, key)
         if self.is_local:
             return os.path.join(self.root, "scratch", step, key)
         return f"{self.fs.unstrip_protocol(self.root)}/scratch/{step}/{key}"
@@ -65,6 +73,7 @@ class RunStore:
 
     def staging_dir(self, step: str, key: str) -> Path:
         """A local folder for a step attempt; stable per key so a resumable step can continue after a crash."""
+        self._check(step, key)
         if self.is_local:
             return Path(self.root) / ".staging" / step / key
         store_id = hashlib.sha256(self.uri.encode()).hexdigest()[:12]
@@ -80,6 +89,7 @@ class RunStore:
     # -- reading -------------------------------------------------------------------------------------------
 
     def read_manifest(self, step: str, key: str) -> Manifest | None:
+        self._check(step, key)
         path = self._path(step, key, MANIFEST_NAME)
         try:
             with self.fs.open(path, "r") as handle:
@@ -91,6 +101,7 @@ class RunStore:
         return self.read_manifest(step, key) is not None
 
     def published_keys(self, step: str) -> list[str]:
+        self._check(step)
         folder = self._join("steps", step)
         if not self.fs.exists(folder):
             return []
@@ -117,7 +128,9 @@ class RunStore:
             final_path.parent.mkdir(parents=True, exist_ok=True)
             trash = None
             if final_path.exists():
-                trash = final_path.with_name(f".{key}.replaced-{uuid.uuid4().hex[:8]}")
+                # Out of steps/ (same filesystem): a crash right here leaves no stray folder among the outputs.
+                trash = Path(self.root) / ".staging" / ".replaced" / f"{step}-{key}-{uuid.uuid4().hex[:8]}"
+                trash.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(final_path, trash)
             os.rename(staging, final_path)
             if trash is not None:
@@ -135,49 +148,110 @@ class RunStore:
 
     def unpublish(self, step: str, key: str) -> None:
         """Remove a published output (e.g. one found corrupt), so the next run makes it again."""
+        self._check(step, key)
         path = self._join("steps", step, key)
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
 
     @contextlib.contextmanager
-    def lock(self, step: str, key: str, owner: str) -> Iterator[None]:
-        """Exclusive claim on a step key; a stale lock (its process gone, same host) is taken over."""
+    def lock(self, step: str, key: str, owner: str) -> Iterator[str | None]:
+        """Exclusive claim on a step key; yields a token that `check_lock` compares before publishing.
+
+        The claim is an advisory `flock` on `.locks/<step>-<key>.lock`, so the kernel drops it the moment its
+        holder dies, even by SIGKILL: a crashed run's lock file is taken over without any pid guessing. The
+        file holds who has it (run, pid, host, token) for the refusal message and for `check_lock`.
+        """
+        self._check(step, key)
         if not self.is_local:
-            yield  # object stores have no atomic create; a cluster runs one driver per pipeline
+            yield None  # object stores have no atomic create; a cluster runs one driver per pipeline
             return
-        lock_dir = Path(self.root) / ".locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        path = lock_dir / f"{step}-{key}.lock"
-        record = {"owner": owner, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                holder = _read_lock(path)
-                if holder and _lock_is_stale(holder):
-                    path.unlink(missing_ok=True)
-                    continue
-                who = f"run {holder.get('owner')} (pid {holder.get('pid')} on {holder.get('host')})" if holder \
-                    else "another run"
-                raise StoreLockedError(
-                    f"step '{step}' (key {key}) is being produced by {who} in store {self.uri}; wait for it "
-                    f"to finish, or if that process is gone remove {path}"
-                ) from None
-            with os.fdopen(fd, "w") as handle:
-                json.dump(record, handle)
-            break
+        path = self._lock_path(step, key)
+        token = uuid.uuid4().hex
+        fd = _acquire_flock(path, blocking=False)
+        if fd is None:
+            holder = _read_lock(path)
+            raise StoreLockedError(
+                f"step '{step}' (key {key}) is being produced by {_describe_holder(holder)} in store {self.uri}; "
+                f"wait for it to finish and rerun (the step will then be cached), or stop that run first"
+            )
+        record = {"owner": owner, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+                  "token": token}
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(record).encode())
+        try:
+            yield token
+        finally:
+            path.unlink(missing_ok=True)  # while still holding it: a waiter re-checks the inode (_acquire_flock)
+            os.close(fd)
+
+    def check_lock(self, step: str, key: str, token: str | None) -> None:
+        """Raise LockLostError unless the lock of this step key still carries `token`.
+
+        Called by a step attempt just before it publishes: an attempt orphaned by a killed driver, whose key a
+        newer run has since claimed, must not replace that run's work.
+        """
+        self._check(step, key)
+        if token is None or not self.is_local:
+            return
+        holder = _read_lock(self._lock_path(step, key))
+        if not holder or holder.get("token") != token:
+            raise LockLostError(
+                f"step '{step}' (key {key}): this attempt no longer holds the step's lock (now: "
+                f"{_describe_holder(holder)}); its output is not published"
+            )
+
+    @contextlib.contextmanager
+    def mutex(self, name: str) -> Iterator[None]:
+        """A short blocking critical section shared by every invocation on this store (e.g. MLflow DB setup)."""
+        if not self.is_local:
+            yield
+            return
+        fd = _acquire_flock(Path(self.root) / ".locks" / f"{name}.mutex", blocking=True)
+        assert fd is not None, "a blocking flock returns only when held"
         try:
             yield
         finally:
-            path.unlink(missing_ok=True)
+            os.close(fd)  # the file stays: unlinking would let a waiter lock an orphaned inode
+
+    def _lock_path(self, step: str, key: str) -> Path:
+        return Path(self.root) / ".locks" / f"{step}-{key}.lock"
 
     # -- helpers -------------------------------------------------------------------------------------------
+
+    def _check(self, step: str, key: str | None = None) -> None:
+        """Step names and keys become folder names: refuse any that would leave the store (vlv.paths)."""
+        check_relative(step, self.uri, "step name", single=True)
+        if key is not None:
+            check_relative(key, self.uri, f"key of step {step}", single=True)
 
     def _join(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
 
     def _path(self, step: str, key: str, name: str) -> str:
         return self._join("steps", step, key, name)
+
+
+def _acquire_flock(path: Path, blocking: bool) -> int | None:
+    """An open fd holding an exclusive flock on `path`, or None if another process holds it (non-blocking).
+
+    The holder unlinks the file when done; a process that opened the old file before that would lock an
+    inode nobody else can see, so after locking we check the path still names our inode, else retry.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
 
 
 def _read_lock(path: Path) -> dict | None:
@@ -187,13 +261,7 @@ def _read_lock(path: Path) -> dict | None:
         return None
 
 
-def _lock_is_stale(holder: dict) -> bool:
-    if holder.get("host") != socket.gethostname():
-        return False
-    try:
-        os.kill(int(holder.get("pid", -1)), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError):
-        return False
-    return False
+def _describe_holder(holder: dict | None) -> str:
+    if not holder:
+        return "another run"
+    return f"run {holder.get('owner')} (pid {holder.get('pid')} on {holder.get('host')})"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlv.eval.json_files import read_json, require_field, top_level_list
+from vlv.paths import check_relative, safe_child
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class CocoCaptionSet:
     captions: dict[int, tuple[str, ...]]  # image_id -> reference captions, file order
 
     def image_paths(self, images_dir: str | Path) -> list[Path]:
-        return [Path(images_dir) / image.file_name for image in self.images]
+        return [safe_child(images_dir, image.file_name, "COCO file_name") for image in self.images]
 
 
 def load_coco_captions(path: str | Path, *, images_dir: str | Path | None = None) -> CocoCaptionSet:
@@ -37,7 +38,8 @@ def load_coco_captions(path: str | Path, *, images_dir: str | Path | None = None
     for i, entry in enumerate(top_level_list(data, "images", path, "COCO captions")):
         where = f"{path}: images[{i}]"
         image_id = require_field(entry, "id", int, where)
-        file_name = require_field(entry, "file_name", str, where)
+        file_name = check_relative(require_field(entry, "file_name", str, where), images_dir or "the images folder",
+                                   f"{where}: file_name")
         width, height = entry.get("width"), entry.get("height")
         for name, value in (("width", width), ("height", height)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
@@ -63,7 +65,7 @@ def load_coco_captions(path: str | Path, *, images_dir: str | Path | None = None
     if uncaptioned:
         raise ValueError(f"{path}: {len(uncaptioned)} images have no caption (e.g. image ids {uncaptioned[:5]})")
     if images_dir is not None:
-        missing = [image.file_name for image in images if not (Path(images_dir) / image.file_name).is_file()]
+        missing = [image.file_name for image in images if not safe_child(images_dir, image.file_name).is_file()]
         if missing:
             raise ValueError(f"{len(missing)} images of {path} are missing from {images_dir} "
                              f"(e.g. {missing[:3]}); pass the folder that holds them")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from vlv.eval.json_files import read_json, require_field, top_level_list
 from vlv.eval.vqa_data import VqaDataset, load_vqa_dataset
+from vlv.paths import check_relative, safe_child
 
 EVAL_SETS_FILE = "eval_sets.json"
 _FORMAT = "vlv-eval-sets-v1"
@@ -131,7 +132,9 @@ def read_image_index(path: str | Path) -> dict[int, str]:
     index: dict[int, str] = {}
     for i, entry in enumerate(top_level_list(read_json(path, "COCO image index"), "images", path, "COCO")):
         where = f"{path}: images[{i}]"
-        index[require_field(entry, "id", int, where)] = require_field(entry, "file_name", str, where)
+        file_name = require_field(entry, "file_name", str, where)
+        index[require_field(entry, "id", int, where)] = check_relative(file_name, "the images folder",
+                                                                        f"{where}: file_name")
     return index
 
 
@@ -143,9 +146,10 @@ def image_files(split: VqaSplit, image_ids: list[int]) -> dict[int, Path]:
         if unknown:
             raise ValueError(f"image ids {unknown[:5]} ({len(unknown)}) of {split.questions_json} are not in the "
                              f"image index {split.image_index_json}")
-        files = {i: Path(split.images_dir) / index[i] for i in image_ids}
+        files = {i: safe_child(split.images_dir, index[i], "image file_name") for i in image_ids}
     else:
-        files = {i: Path(split.images_dir) / split.image_file_pattern.format(image_id=i) for i in image_ids}
+        files = {i: safe_child(split.images_dir, split.image_file_pattern.format(image_id=i), "image_file_pattern")
+                 for i in image_ids}
     missing = [str(path) for path in files.values() if not path.is_file()]
     if missing:
         raise ValueError(f"{len(missing)} images of {split.questions_json} are missing (e.g. {missing[:3]}); "

@@ -7,6 +7,7 @@ with seeded random weights, built from the `tiny_*` architecture files in `vlv/m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from vlv.models.arch_configs import DIFFUSION_ARCHS, FLORENCE_ARCHS, LLM_ARCHS
@@ -63,6 +64,8 @@ class Stage1ModelConfig:
         if not self.sd_weights:
             raise ValueError(f"{prefix}.sd_weights is not set: put the Stable Diffusion 2.1 base folder there "
                              f"(with unet/, vae/, text_encoder/; or stabilityai/stable-diffusion-2-1-base online)")
+        check_local_weights(f"{prefix}.florence_weights", self.florence_weights)
+        check_local_weights(f"{prefix}.sd_weights", self.sd_weights)
 
     @classmethod
     def paper(cls, florence_weights: str = "", sd_weights: str = "") -> Stage1ModelConfig:
@@ -106,6 +109,8 @@ class CaptionerConfig:
         if self.init == "pretrained" and not self.llm_weights:
             raise ValueError(f"{prefix}.llm_weights is not set: put the Qwen2.5 base checkpoint matching llm_arch="
                              f"{self.llm_arch!r} there (local dir, or e.g. Qwen/Qwen2.5-3B when online)")
+        if self.init == "pretrained":
+            check_local_weights(f"{prefix}.llm_weights", self.llm_weights)
 
     @classmethod
     def paper(cls, llm_weights: str = "", llm_arch: str = "qwen2.5_3b") -> CaptionerConfig:
@@ -116,6 +121,14 @@ class CaptionerConfig:
     def tiny(cls, seed: int = 0) -> CaptionerConfig:
         return cls(init="random", seed=seed, llm_arch="tiny_qwen2", max_caption_tokens=64, tokenizer_vocab_size=512,
                    num_beams=4, max_new_tokens=32)
+
+
+def check_local_weights(setting: str, value: str) -> None:
+    """A weights value that names a local path must exist before any step runs (a hub id, org/name, is
+    resolved when the model loads)."""
+    if value.startswith(("/", ".", "~")) and not Path(value).expanduser().exists():
+        raise ValueError(f"{setting}={value!r} does not exist: download the checkpoint there, or point "
+                         f"{setting} at the folder that holds it")
 
 
 def _check_choice(field: str, value: str, allowed: tuple[str, ...], owner: str = "Stage1ModelConfig") -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from vlv.engine.step import Resources, Step, StepContext, StepResult
 from vlv.eval.eval_sets import EVAL_SETS_FILE, EvalSets, VqaBenchmark, VqaSplit
+from vlv.paths import safe_child
 
 TINY_DIR = "tiny_sets"
 _NAME = re.compile(r"^[a-z0-9_]+$")
@@ -200,7 +201,7 @@ class CaptionEvalStep(Step[CaptionEvalConfig]):
         sets = sets.resolved(ctx.output_dir)
         coco = load_coco_captions(sets.captions_json, images_dir=sets.images_dir)
         images = coco.images[:sets.max_images] if sets.max_images else coco.images
-        coco_files = [Path(sets.images_dir) / image.file_name for image in images]
+        coco_files = [safe_child(sets.images_dir, image.file_name, "COCO file_name") for image in images]
         vqa_rows: list[tuple[str, str, int, Path]] = []  # benchmark, split, image_id, file
         for bench in sets.vqa:
             for split_name, split in (("eval", bench.eval), ("exemplars", bench.exemplars)):

@@ -16,10 +16,16 @@ import fsspec
 import pyarrow.parquet as pq
 
 from vlv.data.download_stats import DownloadCounts, DownloadProgress, read_download_counts
-from vlv.data.img2dataset_runner import Img2DatasetJob, run_img2dataset
+from vlv.data.img2dataset_runner import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    Img2DatasetJob,
+    canonicalize_shards,
+    run_img2dataset,
+)
 from vlv.data.laion import CANONICAL_COLUMNS
 from vlv.data.loopback_site import serve_folder
 from vlv.engine.step import Resources, Step, StepContext, StepOutput, StepResult
+from vlv.paths import check_relative
 
 SITE_INFO = "loopback_site.json"
 PARTS_FOLDER = "_metadata_parts"
@@ -31,6 +37,9 @@ class DownloadConfig:
     resize_mode: Literal["center_crop", "border", "keep_ratio", "no"] = "center_crop"
     encode_format: Literal["jpg", "png", "webp"] = "jpg"
     encode_quality: int = 95
+    # Images whose header declares more pixels fail with "image area too large" before being decoded
+    # (decompression bombs: a few KB of PNG can declare 10^10 pixels).
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     samples_per_shard: int = 10000
     processes_count: int = 2
     thread_count: int = 16
@@ -56,6 +65,8 @@ class DownloadConfig:
             raise ValueError("download.processes_count and download.thread_count must be > 0")
         if not 0 <= self.encode_quality <= 100:
             raise ValueError(f"download.encode_quality must be in 0..100, got {self.encode_quality}")
+        if self.max_image_pixels <= 0:
+            raise ValueError(f"download.max_image_pixels must be > 0, got {self.max_image_pixels}")
         if self.metadata_part_rows <= 0:
             raise ValueError(f"download.metadata_part_rows must be > 0, got {self.metadata_part_rows}")
         if self.progress_interval_s <= 0:
@@ -102,6 +113,8 @@ class DownloadStep(Step[DownloadConfig]):
 
         counts = read_download_counts(shards_dir)
         _check_complete(counts, total_shards, total_rows, shards_dir)
+        ctx.log.info("download: %d shards rewritten in key order without timestamps (reproducible bytes)",
+                     canonicalize_shards(shards_dir))
         shutil.rmtree(parts_dir, ignore_errors=True)  # a copy of the input; kept only for a crashed attempt
         _write_counts_csv(counts, ctx.output_dir / "download_counts.csv")
         for (status, reason), count in sorted(counts.by_status_reason.items(), key=lambda item: -item[1])[:10]:
@@ -157,7 +170,7 @@ def img2dataset_job(cfg: DownloadConfig, metadata_uri: str, output_folder: str,
         number_sample_per_shard=cfg.samples_per_shard, processes_count=cfg.processes_count,
         thread_count=cfg.thread_count, timeout=cfg.timeout_s, retries=cfg.retries, distributor=distributor,
         save_additional_columns=tuple(c for c in CANONICAL_COLUMNS if c in columns and c not in ("URL", "TEXT")),
-        respect_opt_out=cfg.respect_opt_out,
+        respect_opt_out=cfg.respect_opt_out, max_image_area=cfg.max_image_pixels,
     )
 
 
@@ -174,7 +187,8 @@ def _serving(upstream: StepOutput, site: dict | None, ctx: StepContext) -> Itera
     if site is None:
         yield
         return
-    folder_name = site.get("folder", "loopback_site")
+    folder_name = check_relative(site.get("folder", "loopback_site"), upstream.uri, f"{SITE_INFO} folder",
+                                 single=True)
     with contextlib.ExitStack() as stack:
         try:
             folder = upstream.local_dir / folder_name

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vlv.engine.step import Resources, Step, StepContext, StepResult
+from vlv.paths import safe_child
 
 NOT_COMPARABLE = ("NOT COMPARABLE: seeded random Inception weights (tiny preset); these numbers mean nothing and "
                   "compare with no published FID")
@@ -185,7 +186,8 @@ def evaluation_images(caption_eval_dir: Path, max_images: int) -> list[Any]:
     sets = read_eval_sets(caption_eval_dir)
     table = pq.read_table(caption_eval_dir / "captions.parquet", columns=["image_id", "file_name", "caption"])
     rows = table.to_pylist()[:max_images or None]
-    return [EvalImage(int(r["image_id"]), str(Path(sets.images_dir) / r["file_name"]), str(r["caption"]))
+    return [EvalImage(int(r["image_id"]), str(safe_child(sets.images_dir, r["file_name"], "COCO file_name")),
+                      str(r["caption"]))
             for r in rows]
 
 

@@ -107,9 +107,12 @@ class IngestCaptionsStep(Step[IngestCaptionsConfig]):
         progress(stats, sources[-1])
         if stats.captions_ok == 0:
             top = ", ".join(f"{r}={n}" for r, n in stats.quarantined.most_common(3)) or "no rows at all"
+            top_reason = next(iter(stats.quarantined.most_common(1)), ("", 0))[0]
+            encoding = " The files are not UTF-8: convert them (e.g. iconv -f cp1252 -t UTF-8)." \
+                if top_reason == "bad_encoding" else ""
             raise ValueError(f"no caption passed validation ({stats.rows_read} rows read; {top}). Check "
                              "ingest_captions.source, format, key_field and caption_field, and that the captions are "
-                             "for this run's kept images")
+                             f"for this run's kept images.{encoding}")
         write_summary(ctx.output_dir / "quarantine_summary.csv", stats.quarantined)
         plot_caption_lengths(ctx.output_dir / "captions.parquet", ctx.output_dir / "caption_length_histogram.png")
         metrics = {"captions_ok": stats.captions_ok, "captions_quarantined": stats.captions_quarantined,

@@ -12,11 +12,11 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from vlv.engine.step import Resources, Step, StepContext, StepOutput, StepResult
 from vlv.eval.report_html import Cell, bar_chart_png, esc, line_plot_png, page, png_img, table
+from vlv.paths import safe_child
 
 # SPEC section 4 (paper, arXiv 2507.07104 v2).
 PAPER_CAPTION_FID_CFG2 = {"VLV (paper)": 6.64, "GPT-4o": 6.20, "Gemini 2.0 Flash": 5.87, "Qwen2.5-VL-7B": 6.98,
@@ -208,7 +208,7 @@ def captions_section(inputs: dict[str, StepOutput], count: int) -> str:
     sets = read_eval_sets(folder)
     rows = []
     for row in pq.read_table(folder / "captions.parquet").slice(0, count).to_pylist():
-        path = Path(sets.images_dir) / row["file_name"]
+        path = safe_child(sets.images_dir, row["file_name"], "COCO file_name")
         thumb = Cell(raw=png_img(array_png(image_as_array(str(path), 96)), row["file_name"], "thumb")) \
             if path.is_file() else Cell("(image missing)")
         rows.append([thumb, row["caption"] or "(empty)", row["references"][0] if row["references"] else ""])

@@ -25,6 +25,8 @@ from typing import Iterator
 
 import numpy as np
 
+from vlv.paths import child_uri
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
 
@@ -170,7 +172,7 @@ class WebDatasetImageStream:
         """(key, encoded image bytes) for members whose key is wanted, in tar order, streaming."""
         import fsspec
 
-        url = f"{self.shards_uri.rstrip('/')}/{shard}"
+        url = child_uri(self.shards_uri, shard, f"shard name in {self.samples_uri}", single=True)
         try:
             handle = fsspec.open(url, "rb").open()
         except FileNotFoundError:

@@ -123,7 +123,9 @@ def train_worker(config: dict[str, Any]) -> None:
     spec: WorkerSpec = config["spec"]
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{rank} %(name)s: %(message)s")
+    from vlv.logs import configure_logging
+
+    configure_logging(f"%(asctime)s rank{rank} %(name)s: %(message)s")
 
     torch.manual_seed(spec.loop.seed)
     model = spec.task.build_model()
@@ -185,8 +187,15 @@ def load_checkpoint(engine: Any, checkpoint: Any, *, world_size: int) -> TrainPr
                 f"{world_size}; ZeRO optimizer shards cannot be re-split, so rerun with "
                 f"num_workers={saved['world_size']} or start a new run name"
             )
-        path, _ = engine.load_checkpoint(folder, tag=saved["tag"], load_optimizer_states=True,
-                                         load_lr_scheduler_states=True)
+        try:
+            path, _ = engine.load_checkpoint(folder, tag=saved["tag"], load_optimizer_states=True,
+                                             load_lr_scheduler_states=True)
+        except Exception as err:  # noqa: BLE001 - a damaged file surfaces as any of torch's load errors
+            raise RuntimeError(
+                f"the checkpoint {saved['tag']} in {folder} cannot be loaded ({type(err).__name__}: {err}); it is "
+                f"damaged. Delete the run's checkpoint folder (the step's scratch dir) or rerun the step with "
+                f"--force to train from scratch"
+            ) from err
         if path is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint with tag {saved['tag']} in {folder}")
     log.info("resumed from step %d (%d samples seen)", saved["step"], saved["samples_seen"])

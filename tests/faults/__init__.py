@@ -1,0 +1,1 @@
+"""Driver kills, concurrent invocations and corrupt outputs (the "Faults" part of the reliability issue)."""

@@ -1,0 +1,1 @@
+"""Fault-injection helpers shared by tests/faults and benchmarks/soak.py."""
