@@ -109,3 +109,33 @@ def test_a_listed_key_absent_from_its_tar_is_reported(shards, tmp_path: Path):
                                    config=ImageStreamConfig(image_size=32, shuffle_buffer=0))
     with pytest.raises(ValueError, match=r"shard 00000.tar holds 4 of the 5 samples"):
         list(itertools.islice(stream.samples(rank=0, world_size=1), 40))
+
+
+def test_a_damaged_training_checkpoint_is_a_clear_error_naming_its_folder(tmp_path):
+    """Resume reads `progress.json` and the DeepSpeed files: a truncated file gives the folder and the fix."""
+    import json
+
+    import ray.train
+    import torch
+
+    from vlv.train.loop import PROGRESS_FILE, load_checkpoint
+
+    class TorchLoadingEngine:  # the part of a DeepSpeed engine resume uses: it torch.loads the model states
+        def load_checkpoint(self, folder, tag, **_):
+            return torch.load(Path(folder) / tag / "mp_rank_00_model_states.pt", weights_only=False), {}
+
+    folder = tmp_path / "checkpoint_step_00000003"
+    (folder / "step_00000003").mkdir(parents=True)
+    states = folder / "step_00000003" / "mp_rank_00_model_states.pt"
+    torch.save({"module": {"w": torch.ones(1000)}}, states)
+    (folder / PROGRESS_FILE).write_text(json.dumps({"step": 3, "samples_seen": 96, "tag": "step_00000003",
+                                                    "world_size": 2}))
+    checkpoint = ray.train.Checkpoint.from_directory(str(folder))
+    assert load_checkpoint(TorchLoadingEngine(), checkpoint, world_size=2).resumed_from_step == 3
+
+    states.write_bytes(states.read_bytes()[:200])  # truncated
+    with pytest.raises(RuntimeError, match=f"checkpoint in {folder} cannot be loaded.*--force"):
+        load_checkpoint(TorchLoadingEngine(), checkpoint, world_size=2)
+    (folder / PROGRESS_FILE).write_text('{"step": 3, "tag"')  # cut-off JSON
+    with pytest.raises(RuntimeError, match=f"checkpoint in {folder} cannot be loaded \\(progress.json"):
+        load_checkpoint(TorchLoadingEngine(), checkpoint, world_size=2)

@@ -180,7 +180,10 @@ def load_checkpoint(engine: Any, checkpoint: Any, *, world_size: int) -> TrainPr
     if checkpoint is None:
         return TrainProgress()
     with checkpoint.as_directory() as folder:
-        saved = json.loads((Path(folder) / PROGRESS_FILE).read_text())
+        try:
+            saved = json.loads((Path(folder) / PROGRESS_FILE).read_text())
+        except (OSError, ValueError) as err:
+            raise damaged_checkpoint(folder, PROGRESS_FILE, err) from err
         if saved["world_size"] != world_size:
             raise ValueError(
                 f"the checkpoint in {folder} was written by {saved['world_size']} workers but this run has "
@@ -191,15 +194,20 @@ def load_checkpoint(engine: Any, checkpoint: Any, *, world_size: int) -> TrainPr
             path, _ = engine.load_checkpoint(folder, tag=saved["tag"], load_optimizer_states=True,
                                              load_lr_scheduler_states=True)
         except Exception as err:  # noqa: BLE001 - a damaged file surfaces as any of torch's load errors
-            raise RuntimeError(
-                f"the checkpoint {saved['tag']} in {folder} cannot be loaded ({type(err).__name__}: {err}); it is "
-                f"damaged. Delete the run's checkpoint folder (the step's scratch dir) or rerun the step with "
-                f"--force to train from scratch"
-            ) from err
+            raise damaged_checkpoint(folder, saved["tag"], err) from err
         if path is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint with tag {saved['tag']} in {folder}")
     log.info("resumed from step %d (%d samples seen)", saved["step"], saved["samples_seen"])
     return TrainProgress(step=saved["step"], samples_seen=saved["samples_seen"], resumed_from_step=saved["step"])
+
+
+def damaged_checkpoint(folder: str, part: str, err: BaseException) -> RuntimeError:
+    """The error for a checkpoint that cannot be read back: where it is and the two ways out."""
+    return RuntimeError(
+        f"the training checkpoint in {folder} cannot be loaded ({part}: {type(err).__name__}: {err}); it is "
+        f"damaged. Delete that checkpoint folder to resume from the one before it, or rerun the step with "
+        f"--force <step> to train from scratch"
+    )
 
 
 def train_step(engine: Any, task: Any, batches: Iterator[Any], *, seed: int, rank: int,
