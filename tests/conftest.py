@@ -46,10 +46,14 @@ def tiny_store(ray_session, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny_run")
     handler = logging.FileHandler(root / "driver.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.addHandler(handler)
+    root_logger.setLevel(logging.INFO)  # pytest's own handlers are already there, so basicConfig sets nothing
     try:
         assert full_run.main(["--preset", "tiny", "--store", str(root / "store")]) == 0
     finally:
-        logging.getLogger().removeHandler(handler)
+        root_logger.removeHandler(handler)
+        root_logger.setLevel(level)
         handler.close()
     return root / "store"

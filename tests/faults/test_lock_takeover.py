@@ -42,6 +42,8 @@ def test_lock_of_a_killed_holder_is_taken_over_and_its_token_is_void(tmp_path):
     child.wait()
     lock_file = tmp_path / ".locks" / "alpha-k.lock"
     assert json.loads(lock_file.read_text())["owner"] == "doomed"  # SIGKILL left the file behind ...
+    with pytest.raises(LockLostError, match=r"run doomed .* is gone; this orphaned attempt's output is not"):
+        store.check_lock("alpha", "k", dead_token)  # ... its token, but nobody holds the flock: no publish
     with store.lock("alpha", "k", owner="second") as token:  # ... but not the flock: taken over at once
         assert json.loads(lock_file.read_text())["owner"] == "second"
         store.check_lock("alpha", "k", token)

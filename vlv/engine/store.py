@@ -193,11 +193,17 @@ class RunStore:
         self._check(step, key)
         if token is None or not self.is_local:
             return
-        holder = _read_lock(self._lock_path(step, key))
+        path = self._lock_path(step, key)
+        holder = _read_lock(path)
         if not holder or holder.get("token") != token:
             raise LockLostError(
                 f"step '{step}' (key {key}): this attempt no longer holds the step's lock (now: "
                 f"{_describe_holder(holder)}); its output is not published"
+            )
+        if not _flock_is_held(path):  # the record is ours, but the kernel dropped the claim: its run died
+            raise LockLostError(
+                f"step '{step}' (key {key}): the run that claimed this step ({_describe_holder(holder)}) is gone; "
+                f"this orphaned attempt's output is not published (rerun the pipeline to produce it)"
             )
 
     @contextlib.contextmanager
@@ -252,6 +258,21 @@ def _acquire_flock(path: Path, blocking: bool) -> int | None:
         if same:
             return fd
         os.close(fd)
+
+
+def _flock_is_held(path: Path) -> bool:
+    """True while some process holds the flock on `path`; probing takes and at once drops it otherwise."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _read_lock(path: Path) -> dict | None:
