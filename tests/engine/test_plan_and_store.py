@@ -10,7 +10,7 @@ import pytest
 
 from tests.engine.toy_steps import ToyConfig, ToySection, toy_steps
 from vlv.engine.manifest import Manifest, list_files, verify_files
-from vlv.engine.plan import downstream_of, make_plan, step_key
+from vlv.engine.plan import downstream_of, make_plan, step_key, upstream_of
 from vlv.engine.store import RunStore, StoreLockedError
 
 
@@ -50,6 +50,7 @@ def test_plan_actions_for_flags(tmp_path):
     assert [p.action for p in make_plan(toy_steps(), ToyConfig(), store, only=["gamma"])] == \
         ["skip", "skip", "cached"]
     assert downstream_of(toy_steps(), "alpha") == ["alpha", "beta", "gamma"]
+    assert upstream_of(toy_steps(), "gamma") == ["alpha", "beta"] and upstream_of(toy_steps(), "alpha") == []
 
 
 def test_steps_flag_with_missing_input_names_the_producer(tmp_path):

@@ -46,6 +46,15 @@ def downstream_of(steps: Sequence[Step], name: str) -> list[str]:
     return [s.name for s in steps if s.name in found]
 
 
+def upstream_of(steps: Sequence[Step], name: str) -> list[str]:
+    """Every step `name` depends on, directly or not, in pipeline order (`name` itself excluded)."""
+    found = {name}
+    for step in reversed(steps):
+        if step.name in found:
+            found.update(step.upstream)
+    return [s.name for s in steps if s.name in found and s.name != name]
+
+
 def make_plan(
     steps: Sequence[Step],
     config: Any,

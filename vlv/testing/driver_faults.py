@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import psutil
 
 from vlv.engine.manifest import MANIFEST_NAME, Manifest, verify_files
+from vlv.engine.store import RunStore
 
 REPO = Path(__file__).resolve().parents[2]
 FULL_RUN = REPO / "pipelines" / "full_run.py"
@@ -132,7 +133,7 @@ def lock_holder(store: Path, step: str) -> dict | None:
 
 def published(store: Path, step: str) -> list[Path]:
     """Output folders of `step` with a manifest (i.e. published)."""
-    return sorted(p.parent for p in (store / "steps" / step).glob(f"*/{MANIFEST_NAME}"))
+    return [store / "steps" / step / key for key in RunStore(str(store)).published_keys(step)]
 
 
 def step_started(driver: Driver, step: str) -> bool:
@@ -176,14 +177,10 @@ MID_STEP: dict[str, Callable[[Driver], bool]] = {
 
 def ancestors(step: str) -> tuple[str, ...]:
     """Every step `step` depends on, directly or not, in pipeline order."""
+    from vlv.engine.plan import upstream_of
     from vlv.pipeline import pipeline_steps
 
-    steps = pipeline_steps()
-    needed = {step}
-    for candidate in reversed(steps):
-        if candidate.name in needed:
-            needed.update(candidate.upstream)
-    return tuple(s.name for s in steps if s.name in needed and s.name != step)
+    return tuple(upstream_of(pipeline_steps(), step))
 
 
 def wait_for(driver: Driver, condition: Callable[[], bool], timeout_s: float, poll_s: float = 0.05) -> bool:
