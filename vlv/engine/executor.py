@@ -172,12 +172,12 @@ def worker_logger(name: str) -> logging.Logger:
     logger = logging.getLogger(name)
     if not logger.handlers:
         from vlv.logs import LOG_FORMAT
-        from vlv.secrets import RedactingFilter
+        from vlv.secrets import install_log_redaction
 
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        handler.addFilter(RedactingFilter())
         logger.addHandler(handler)
+        install_log_redaction(logger)
         logger.setLevel(logging.INFO)
         logger.propagate = False
     return logger
