@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from vlv.runtime_env import apply_runtime_defaults
+from vlv.testing.object_store import S3Server, free_port
 
 apply_runtime_defaults()
 os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -25,6 +26,13 @@ FAKE_SECRETS = {
     "HF_TOKEN": "hf_fakeTokenNeverLoggedAnywhere0123456789",
 }
 os.environ.update(FAKE_SECRETS)
+
+# The S3-compatible test server's endpoint, set before Ray starts so every worker talks to it too (the server
+# itself starts on first use: fixture `s3_server`). botocore, hence s3fs and boto3, reads AWS_ENDPOINT_URL.
+S3_PORT = free_port()
+os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{S3_PORT}"
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.pop("AWS_ENDPOINT_URL_S3", None)
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +65,21 @@ def tiny_store(ray_session, tmp_path_factory) -> Path:
         root_logger.setLevel(level)
         handler.close()
     return root / "store"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 server on 127.0.0.1 for the session (the endpoint every process already has in its env)."""
+    with S3Server(port=S3_PORT, log_path=tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request) -> str:
+    """A fresh, empty bucket for one test; returns its name."""
+    import re
+    import uuid
+
+    name = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:48].strip("-") + f"-{uuid.uuid4().hex[:8]}"
+    s3_server.create_bucket(name)
+    return name

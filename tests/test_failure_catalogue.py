@@ -608,7 +608,84 @@ def security_url_traversal(env: Env) -> None:
 
 # -- the table ---------------------------------------------------------------------------------------------------
 
-LAION, IMAGES, CAPTIONS, CONFIG, SECURITY = "LAION metadata", "Images", "Captions", "Config", "Security"
+LAION, IMAGES, CAPTIONS, CONFIG, STORE, SECURITY = ("LAION metadata", "Images", "Captions", "Config", "Object store",
+                                                 "Security")
+def _store_error(store_uri: str, endpoint: str) -> str:
+    """The one-line error `full_run.py` prints for a store, with AWS_ENDPOINT_URL pointing at `endpoint`."""
+    import contextlib
+    import os
+
+    from pipelines import full_run
+
+    previous = os.environ.get("AWS_ENDPOINT_URL")
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            assert full_run.main(["--preset", "tiny", "--store", store_uri, "--dry-run"]) == 2
+    finally:
+        os.environ["AWS_ENDPOINT_URL"] = previous or ""
+    lines = [line for line in err.getvalue().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err.getvalue()
+    return lines[0]
+
+
+def store_endpoint_unreachable(env: Env) -> None:
+    from vlv.testing.object_store import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    line = _store_error("s3://any-bucket/runs", endpoint)
+    assert "does not answer" in line and endpoint in line and "AWS_ENDPOINT_URL" in line, line
+
+
+def store_bucket_missing(env: Env) -> None:
+    server = env.fixture("s3_server")
+    line = _store_error("s3://no-such-bucket/runs", server.endpoint)
+    assert "the bucket does not exist" in line and "create it first" in line, line
+
+
+def store_credentials_refused(env: Env) -> None:
+    from vlv.testing.object_store import S3Server
+
+    with S3Server(check_credentials=True) as strict:
+        line = _store_error("s3://any-bucket/runs", strict.endpoint)
+    assert "refused the credentials" in line and "AWS_ACCESS_KEY_ID" in line, line
+    assert "AWS_SECRET_ACCESS_KEY" in line and "fake/aws+Secret" not in line  # the name, never the value
+
+
+def store_manifest_files_missing(env: Env) -> None:
+    from vlv.engine.storage import filesystem
+
+    bucket = env.fixture("s3_bucket")
+    store = RunStore(f"s3://{bucket}/runs")
+    attempt = store.begin_attempt("prepare_metadata", "k", resume=False)
+    (attempt.local_dir / "metadata.parquet").write_bytes(b"PAR1 not really")
+    (attempt.local_dir / "funnel.csv").write_text("stage,count\n")
+    store.commit(attempt, _manifest_of(store, attempt))
+    output = store.output("prepare_metadata", "k")
+    fs, path = filesystem(output.path("funnel.csv"))
+    fs.rm_file(path)  # e.g. a lifecycle rule or a person deleted it
+    from vlv.engine.manifest import verify_files
+
+    problems = verify_files(output.uri, output.manifest)
+    assert problems == [f"{output.path('funnel.csv')}: missing"], problems
+    from vlv.run import StepFailed, _check_input
+
+    class _Tracking:  # the pre-step input check records the failure on the step's MLflow run
+        def finish_child(self, *args, **kwargs) -> None:
+            pass
+
+    with pytest.raises(StepFailed, match=r"output of 'prepare_metadata' is damaged .*funnel.csv: missing.*"
+                                         r"--force prepare_metadata"):
+        _check_input("download", output, _Tracking(), "run-id")
+
+
+def _manifest_of(store: RunStore, attempt) -> object:
+    from vlv.engine.manifest import Manifest
+
+    return Manifest(attempt.step, attempt.key, "1", {}, {}, store.attempt_files(attempt), {})
+
+
 CASES: tuple[Case, ...] = (
     Case(LAION, "missing_column",
          "a parquet without a column the filter needs (pwatermark)",
@@ -734,6 +811,20 @@ CASES: tuple[Case, ...] = (
     Case(SECURITY, "site_folder",
          "a `loopback_site.json` folder of `../..`",
          "the download step refuses it", security_site_folder),
+    Case(STORE, "endpoint_unreachable",
+         "an `s3://` store whose endpoint (`AWS_ENDPOINT_URL`) does not answer",
+         "one line: the object store does not answer, fix `AWS_ENDPOINT_URL`; nothing runs",
+         store_endpoint_unreachable),
+    Case(STORE, "bucket_missing",
+         "an `s3://` store in a bucket that does not exist",
+         "one line: the bucket does not exist, create it first", store_bucket_missing),
+    Case(STORE, "credentials_refused",
+         "credentials the object store refuses",
+         "one line naming the variables to set (never their values)", store_credentials_refused),
+    Case(STORE, "manifest_files_missing",
+         "a committed output on an object store whose file was deleted",
+         "`vlv verify` and the pre-step input check name the missing file (then `--force <step>`)",
+         store_manifest_files_missing),
     Case(SECURITY, "url_traversal",
          "a URL with `%2e%2e/` towards a file outside the served folder",
          "`failed_to_download` (HTTP 404): URLs never become file paths", security_url_traversal),

@@ -51,13 +51,14 @@ def options_from_args(args: argparse.Namespace, only: Sequence[str] = ()):
 def run_from_args(args: argparse.Namespace, only: Sequence[str] = ()) -> int:
     """Shared body of `pipelines/full_run.py` and `vlv run STEP`: returns the process exit code."""
     from vlv.engine.plan import describe_plan
+    from vlv.engine.storage import StoreAccessError
     from vlv.engine.store import StoreLockedError
     from vlv.run import StepFailed, format_outcome, run_pipeline
 
     try:
         options = options_from_args(args, only)
         outcome = run_pipeline(options)
-    except (ValueError, StoreLockedError) as err:
+    except (ValueError, StoreLockedError, StoreAccessError) as err:
         _print_error(err)
         return 2
     except StepFailed as err:

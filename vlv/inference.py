@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vlv.config_tree import build
+from vlv.engine.storage import is_remote, read_bytes
 from vlv.models.config import CaptionerConfig, Stage1ModelConfig
 
 STAGE1_CONFIG = "stage1_model.json"
@@ -125,6 +126,8 @@ def image_as_array(item: Any, size: int) -> np.ndarray:
     from vlv.train.data import decode_image
 
     if isinstance(item, (str, Path)):
+        if is_remote(str(item)):  # an image in the store (e.g. the tiny eval sets), read on any node
+            return decode_image(read_bytes(str(item)), size, str(item))
         path = Path(item)
         if not path.is_file():
             raise ValueError(f"image file {path} does not exist")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from vlv.config import PipelineConfig
+from vlv.engine.cluster import StepDemand, current_cluster, fit_problems, missing_paths_on_nodes
 from vlv.engine.executor import StepRequest, connect_ray, submit_step
 from vlv.engine.manifest import verify_files
 from vlv.engine.plan import PlannedStep, describe_plan, make_plan
@@ -75,6 +76,7 @@ class PipelineOutcome:
 
 def plan_run(options: RunOptions) -> tuple[RunStore, list[PlannedStep]]:
     store = RunStore(options.store_uri)
+    store.check_access()
     plan = make_plan(options.pipeline(), options.config, store, only=options.only, from_step=options.from_step,
                      force=options.force)
     return store, plan
@@ -88,9 +90,9 @@ def run_pipeline(options: RunOptions) -> PipelineOutcome:
         return PipelineOutcome(plan, [], None, store.uri, None)
     log.info("plan for preset %s, store %s:\n%s", config.preset, store.uri, describe_plan(plan))
     steps = {step.name: step for step in options.pipeline()}
-    for planned in plan:
-        if planned.action == "run":
-            steps[planned.name].preflight(getattr(config, planned.name))
+    to_run = [p for p in plan if p.action == "run"]
+    for planned in to_run:
+        steps[planned.name].preflight(getattr(config, planned.name))
 
     tracking_uri = default_tracking_uri(store.local_root if store.is_local else None)
     check_tracking_reachable(tracking_uri)
@@ -99,6 +101,7 @@ def run_pipeline(options: RunOptions) -> PipelineOutcome:
     with store.mutex("mlflow-db"):  # two invocations on a new store would both create MLflow's tables
         tracking = PipelineTracking(tracking_uri, config.experiment, artifact_root)
     on_cluster = connect_ray()
+    check_against_cluster([steps[p.name] for p in to_run], config, on_cluster=on_cluster)
     closed = tracking.close_runs_of_dead_drivers(socket.gethostname())
     if closed:
         log.info("marked %d MLflow run(s) of killed drivers (pid gone) KILLED", closed)
@@ -135,10 +138,10 @@ def _do_step(step: Step, planned: PlannedStep, config: PipelineConfig, store: Ru
     resources = step.resources(section)
     inputs = {}
     for up, up_key in planned.upstream_keys.items():
-        up_manifest = store.read_manifest(up, up_key)
-        assert up_manifest is not None, "upstream steps run first or are checked by the planner"
-        inputs[up] = StepOutput(up, up_key, store.output_uri(up, up_key), up_manifest)
-        _check_input(planned.name, inputs[up], store, tracking, run_id)
+        given = store.output(up, up_key)
+        assert given is not None, "upstream steps run first or are checked by the planner"
+        inputs[up] = given
+        _check_input(planned.name, given, tracking, run_id)
     started = time.time()
     try:
         with store.lock(planned.name, planned.key, owner=tracking.parent_run_id or "?") as token:
@@ -153,7 +156,7 @@ def _do_step(step: Step, planned: PlannedStep, config: PipelineConfig, store: Ru
             )
             log.info("step %-16s running (key %s, %s CPU, %s GPU)", planned.name, planned.key, resources.num_cpus,
                      resources.num_gpus)
-            manifest = submit_step(request, resources.num_cpus, resources.num_gpus)
+            manifest = submit_step(request, resources)
     except BaseException as err:  # noqa: BLE001 - record the failure in MLflow, then re-raise
         message = _error_message(err)
         tracking.finish_child(run_id, "failed", None, None, error=message)
@@ -163,32 +166,31 @@ def _do_step(step: Step, planned: PlannedStep, config: PipelineConfig, store: Ru
             f"step '{planned.name}' failed: {message}\nFinished steps stay cached: fix the cause and rerun the "
             f"same command to resume from '{planned.name}'."
         ) from err
-    tracking.finish_child(run_id, "executed", manifest, _local_dir(store, output_uri))
+    output = store.output(planned.name, planned.key)
+    tracking.finish_child(run_id, "executed", manifest, output)
     log.info("step %-16s done in %.1fs: %s", planned.name, time.time() - started,
              ", ".join(f"{k}={v:g}" for k, v in manifest.metrics.items()))
-    return StepOutcome(planned.name, planned.key, "executed", output_uri, dict(manifest.metrics), run_id)
+    return StepOutcome(planned.name, planned.key, "executed", output.uri if output else output_uri,
+                       dict(manifest.metrics), run_id)
 
 
 def _cached(planned: PlannedStep, store: RunStore, tracking: PipelineTracking, run_id: str) -> StepOutcome:
-    output_uri = store.output_uri(planned.name, planned.key)
-    manifest = store.read_manifest(planned.name, planned.key)
-    assert manifest is not None, "only called for a published output"
-    tracking.finish_child(run_id, "cached", manifest, _local_dir(store, output_uri),
-                          source_run_id=manifest.mlflow_run_id)
+    output = store.output(planned.name, planned.key)
+    assert output is not None, "only called for a published output"
+    manifest = output.manifest
+    tracking.finish_child(run_id, "cached", manifest, output, source_run_id=manifest.mlflow_run_id)
     log.info("step %-16s cached (key %s)", planned.name, planned.key)
-    return StepOutcome(planned.name, planned.key, "cached", output_uri, dict(manifest.metrics), run_id)
+    return StepOutcome(planned.name, planned.key, "cached", output.uri, dict(manifest.metrics), run_id)
 
 
-def _check_input(step: str, given: StepOutput, store: RunStore, tracking: PipelineTracking, run_id: str) -> None:
+def _check_input(step: str, given: StepOutput, tracking: PipelineTracking, run_id: str) -> None:
     """Refuse to start on a damaged upstream output, naming the file, the check that found it and the fix.
 
     Sizes are always checked; checksums too when the input is at most CHECKSUM_INPUTS_MAX_BYTES (reading it
     costs seconds), since only they catch a same-size corruption. Larger inputs: `vlv verify` checks them.
     """
-    if not store.is_local:
-        return
     checksums = given.manifest.total_bytes <= CHECKSUM_INPUTS_MAX_BYTES
-    problems = verify_files(Path(given.uri), given.manifest, checksums=checksums)
+    problems = verify_files(given.uri, given.manifest, checksums=checksums)
     if not problems:
         return
     checks = "sizes and sha256 checksums" if checksums else \
@@ -198,10 +200,6 @@ def _check_input(step: str, given: StepOutput, store: RunStore, tracking: Pipeli
                f"with --force {given.step} (same config flags).")
     tracking.finish_child(run_id, "failed", None, None, error=message)
     raise StepFailed(message)
-
-
-def _local_dir(store: RunStore, output_uri: str) -> Path | None:
-    return Path(output_uri) if store.is_local else None
 
 
 def _error_message(err: BaseException) -> str:
@@ -256,14 +254,23 @@ def selected(names: Sequence[str]) -> tuple[str, ...]:
 
 
 def verify_outputs(options: RunOptions) -> list[tuple[str, str, list[str]]]:
-    """For `vlv verify`: full checksum check of every published output of this config."""
+    """For `vlv verify`: full checksum check of every published output of this config (any store)."""
     store, plan = plan_run(options)
-    if not store.is_local:
-        raise ValueError(f"vlv verify reads files directly and needs a local store, not {store.uri}")
     report = []
     for planned in plan:
-        manifest = store.read_manifest(planned.name, planned.key)
-        if manifest is not None:
-            folder = Path(store.output_uri(planned.name, planned.key))
-            report.append((planned.name, planned.key, verify_files(folder, manifest)))
+        output = store.output(planned.name, planned.key)
+        if output is not None:
+            report.append((planned.name, planned.key, verify_files(output.uri, output.manifest)))
     return report
+
+
+def check_against_cluster(steps: Sequence[Step], config: PipelineConfig, *, on_cluster: bool) -> None:
+    """Before any step runs: every declared worker fits some node, every weight path exists where it loads."""
+    demands = [StepDemand(step.name, step.resources(getattr(config, step.name)),
+                          tuple(step.worker_pools(getattr(config, step.name)))) for step in steps]
+    problems = fit_problems(demands, current_cluster())
+    paths = {setting: value for step in steps
+             for setting, value in step.weight_paths(getattr(config, step.name)).items()}
+    problems += missing_paths_on_nodes(paths, on_cluster=on_cluster)
+    if problems:
+        raise ValueError("preflight against the Ray cluster failed, no step was run:\n  " + "\n  ".join(problems))

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from vlv.config_tree import flatten
 from vlv.engine.manifest import MANIFEST_NAME, Manifest
+from vlv.engine.step_output import StepOutput
 from vlv.secrets import redact, secret_values
 
 _PARAM_MAX = 6000
@@ -146,7 +147,7 @@ class PipelineTracking:
         self._log_params(run.info.run_id, section)
         return run.info.run_id
 
-    def finish_child(self, run_id: str, status: str, manifest: Manifest | None, output_dir: Path | None,
+    def finish_child(self, run_id: str, status: str, manifest: Manifest | None, output: StepOutput | None,
                      source_run_id: str | None = None, error: str | None = None) -> None:
         self.client.set_tag(run_id, "vlv.status", status)
         if source_run_id:
@@ -157,12 +158,13 @@ class PipelineTracking:
             for name, value in manifest.metrics.items():
                 self.client.log_metric(run_id, name, float(value))
             self.client.log_text(run_id, manifest.to_json(), MANIFEST_NAME)
-            if output_dir is not None:
+            if output is not None:
                 for rel in manifest.artifacts:
-                    path = output_dir / rel
-                    if path.is_file():
-                        parent = str(Path(rel).parent)
-                        self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
+                    if not output.has(rel):
+                        continue
+                    path = output.local_path(rel)  # in place on a local store, fetched once from an object store
+                    parent = str(Path(rel).parent)
+                    self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
         self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
 
     # ------------------------------------------------------------------------------------------------------

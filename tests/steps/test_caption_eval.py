@@ -92,7 +92,7 @@ def test_actor_turns_an_unreadable_file_into_an_error_row(stage2_output, caption
     good = sorted(Path(read_eval_sets(caption_eval_output.local_dir).images_dir).glob("*.png"))[0]
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
-    actor = CaptioningActor(checkpoint_dir=str(stage2_output.local_dir), num_beams=0, max_new_tokens=0,
+    actor = CaptioningActor(checkpoint=stage2_output, num_beams=0, max_new_tokens=0,
                             device="cpu", num_threads=1)
     out = actor({"path": np.array([str(broken), str(good)], dtype=object)})
     assert out["error"][0].startswith("ValueError") and out["caption"][0] == ""

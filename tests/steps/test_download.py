@@ -26,7 +26,7 @@ from vlv.data.download_stats import read_download_counts
 from vlv.data.img2dataset_runner import Img2DatasetJob, run_img2dataset
 from vlv.data.loopback_site import serve_folder
 from vlv.engine.executor import StepRequest, execute_step, submit_step
-from vlv.engine.step import StepOutput
+from vlv.engine.step import Resources, StepOutput
 from vlv.engine.store import RunStore
 from vlv.steps.download import DownloadConfig, DownloadStep, img2dataset_job, split_metadata
 from vlv.steps.prepare_metadata import PrepareMetadataConfig, PrepareMetadataStep
@@ -141,7 +141,7 @@ def test_rerun_inside_a_ray_task_keeps_a_crashed_attempts_finished_shards(ray_se
 
     whole = dataclasses.replace(DOWNLOAD, metadata_part_rows=1_000_000)
     request = _request(DownloadStep(), "dl-resume", whole, store, {"prepare_metadata": upstream})
-    manifest = submit_step(request, num_cpus=1, num_gpus=0)
+    manifest = submit_step(request, Resources(num_cpus=1))
     out = Path(RunStore(str(store)).output_uri("download", "dl-resume"))
     kept = json.loads((out / "shards" / "00000_stats.json").read_text())
     assert kept["marker"] == "from the crashed attempt"  # not downloaded again
@@ -177,7 +177,7 @@ def test_long_metadata_is_fed_in_parts_of_whole_shards(prepared, tmp_path, part_
     _, upstream = prepared
     config = dataclasses.replace(DOWNLOAD, metadata_part_rows=part_rows)
     ctx = SimpleNamespace(log=logging.getLogger("test"))
-    url_list = split_metadata(upstream.path("metadata.parquet"), 11, config, tmp_path / "parts", ctx)
+    url_list = split_metadata(upstream, 11, config, tmp_path / "parts", ctx)
     if expected is None:
         assert url_list == upstream.path("metadata.parquet") and not (tmp_path / "parts").exists()
         return

@@ -31,7 +31,7 @@ def test_identity_generation_has_fid_zero_and_real_stats_are_cached_by_content(r
     paths = sorted(str(p) for p in sets.captions.images_dir.glob("*.png"))
     others = sorted(str(p) for p in sets.exemplar_captions.images_dir.glob("*.png"))
     cache = tmp_path / "cache"
-    real = real_image_stats(paths, SPEC, cache_dir=cache, num_workers=2)
+    real = real_image_stats(paths, SPEC, cache_uri=str(cache), num_workers=2)
     assert not real.cached and real.stats.n == len(paths) == 8
     assert (cache / "fid_real_stats" / f"{real.key}.npz").is_file()
 
@@ -44,7 +44,7 @@ def test_identity_generation_has_fid_zero_and_real_stats_are_cached_by_content(r
     np.testing.assert_allclose(identity.sum_outer, real.stats.sum_outer, rtol=1e-6, atol=1e-6)
     assert generated.sample_ids == [0, 1] and generated.samples["identity"][0].shape[2] == 3
 
-    other = real_image_stats(others, SPEC, cache_dir=cache, num_workers=1)
+    other = real_image_stats(others, SPEC, cache_uri=str(cache), num_workers=1)
     fids = fids_against(real.stats, {"identity": identity, "other_images": other.stats})
     assert abs(fids["identity"]) < 1e-3
     assert fids["other_images"] > 1.0  # a different image set is far away: the test can fail
@@ -52,7 +52,7 @@ def test_identity_generation_has_fid_zero_and_real_stats_are_cached_by_content(r
     moved = tmp_path / "moved"
     moved.mkdir()
     copies = [str(shutil.copy(p, moved)) for p in reversed(paths)]
-    again = real_image_stats(copies, SPEC, cache_dir=cache, num_workers=2)
+    again = real_image_stats(copies, SPEC, cache_uri=str(cache), num_workers=2)
     assert again.cached and again.key == real.key
     np.testing.assert_array_equal(again.stats.sum_outer, real.stats.sum_outer)
     assert real_stats_key(paths, InceptionSpec(random_init_seed=1)) != real.key

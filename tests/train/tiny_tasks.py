@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.train.shard_helpers import write_shards
+from vlv.engine.step_output import output_of_folder
 from vlv.models.config import CaptionerConfig, Stage1ModelConfig
 from vlv.train.data import ImageStreamConfig, WebDatasetImageStream
 from vlv.train.stage_tasks import Stage1Task, Stage2Task
@@ -44,6 +45,7 @@ def tiny_stage2_task(root: Path) -> Stage2Task:
     stage1_dir.mkdir(parents=True, exist_ok=True)
     write_stage1_folder(stage1_dir)
     model = CaptionerConfig.tiny()
-    prepare_tokenizer(TrainStage2Config(model=model), str(shards / "captions.parquet"), tokenizer_dir)
-    return Stage2Task(model=model, stage1_dir=str(stage1_dir), tokenizer_dir=str(tokenizer_dir),
-                      stream=_stream(shards, "captions.parquet", with_captions=True))
+    prepare_tokenizer(TrainStage2Config(model=model), output_of_folder("ingest_captions", "tiny", shards),
+                      tokenizer_dir)
+    return Stage2Task(model=model, stage1=output_of_folder("train_stage1", "tiny", stage1_dir),
+                      tokenizer_uri=str(tokenizer_dir), stream=_stream(shards, "captions.parquet", with_captions=True))

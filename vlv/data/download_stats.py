@@ -15,8 +15,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
+
+from vlv.engine.storage import filesystem
 
 SUCCESS = "success"
 
@@ -91,28 +94,48 @@ def short_reason(message: str | None) -> str:
     return cleaned[:40].rstrip("_") or "unknown"
 
 
-def finished_shard_names(shards_dir: Path) -> list[str]:
-    return sorted(p.name.removesuffix("_stats.json") for p in shards_dir.glob("*_stats.json"))
+def _stats_files(shards_uri: str | Path) -> tuple[Any, list[str]]:
+    """(filesystem, sorted paths of the finished shards' `NNNNN_stats.json`) of a local or remote shards folder."""
+    fs, root = filesystem(str(shards_uri))
+    fs.invalidate_cache(root)
+    try:
+        names = fs.ls(root, detail=False)
+    except FileNotFoundError:
+        return fs, []
+    return fs, sorted(n for n in names if n.endswith("_stats.json"))
 
 
-def read_shard_stats(path: Path) -> ShardStats:
-    data = json.loads(path.read_text())
-    return ShardStats(shard=path.name.removesuffix("_stats.json"), count=int(data["count"]),
+def _shard_name(stats_path: str) -> str:
+    return stats_path.rstrip("/").rsplit("/", 1)[-1].removesuffix("_stats.json")
+
+
+def finished_shard_names(shards_uri: str | Path) -> list[str]:
+    return [_shard_name(p) for p in _stats_files(shards_uri)[1]]
+
+
+def read_shard_stats(fs: Any, path: str) -> ShardStats:
+    with fs.open(path, "rb") as handle:
+        data = json.loads(handle.read())
+    return ShardStats(shard=_shard_name(path), count=int(data["count"]),
                       successes=int(data["successes"]), failed_to_download=int(data["failed_to_download"]),
                       failed_to_resize=int(data["failed_to_resize"]), end_time=float(data.get("end_time", 0.0)))
 
 
-def read_download_counts(shards_dir: Path) -> DownloadCounts:
+def read_download_counts(shards_uri: str | Path) -> DownloadCounts:
+    """Counts of a shards folder (local path or store URI): per shard stats, per sample status and reason."""
     counts = DownloadCounts()
-    for stats_path in sorted(shards_dir.glob("*_stats.json")):
-        stats = read_shard_stats(stats_path)
+    fs, stats_paths = _stats_files(shards_uri)
+    for stats_path in stats_paths:
+        stats = read_shard_stats(fs, stats_path)
         counts.shards.append(stats)
-        parquet_path = stats_path.with_name(f"{stats.shard}.parquet")
-        if parquet_path.exists():
-            table = pq.read_table(parquet_path, columns=["status", "error_message"])
+        parquet_path = stats_path.removesuffix("_stats.json") + ".parquet"
+        if fs.exists(parquet_path):
+            with fs.open(parquet_path, "rb") as handle:
+                table = pq.read_table(handle, columns=["status", "error_message"])
             pairs = zip(table.column("status").to_pylist(), table.column("error_message").to_pylist())
         else:  # no per-sample file: the stats' own status dictionary, without download/resize split
-            status_dict = json.loads(stats_path.read_text())["status_dict"]
+            with fs.open(stats_path, "rb") as handle:
+                status_dict = json.loads(handle.read())["status_dict"]
             pairs = ((SUCCESS if message == SUCCESS else "failed", message)
                      for message, n in status_dict.items() for _ in range(int(n)))
         for status, message in pairs:
@@ -126,12 +149,12 @@ def read_download_counts(shards_dir: Path) -> DownloadCounts:
 class DownloadProgress:
     """A thread that logs shards finished, images ok/failed and the rate every `interval_s` seconds."""
 
-    def __init__(self, shards_dir: Path, total_shards: int, total_rows: int, interval_s: float,
+    def __init__(self, shards_uri: str | Path, total_shards: int, total_rows: int, interval_s: float,
                  logger: logging.Logger):
-        self.shards_dir, self.total_shards, self.total_rows = shards_dir, total_shards, total_rows
+        self.shards_uri, self.total_shards, self.total_rows = str(shards_uri), total_shards, total_rows
         self.interval_s, self.log = interval_s, logger
         self._seen: dict[str, ShardStats] = {}
-        self._already_done = set(finished_shard_names(shards_dir)) if shards_dir.exists() else set()
+        self._already_done = set(finished_shard_names(self.shards_uri))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="download-progress", daemon=True)
         self._started = time.time()
@@ -153,11 +176,12 @@ class DownloadProgress:
             self.report()
 
     def report(self) -> None:
-        for path in self.shards_dir.glob("*_stats.json"):
-            name = path.name.removesuffix("_stats.json")
+        fs, stats_paths = _stats_files(self.shards_uri)
+        for path in stats_paths:
+            name = _shard_name(path)
             if name not in self._seen:
                 try:
-                    self._seen[name] = read_shard_stats(path)
+                    self._seen[name] = read_shard_stats(fs, path)
                 except (OSError, ValueError, KeyError):
                     continue  # being written; next time
         new = [s for name, s in self._seen.items() if name not in self._already_done]

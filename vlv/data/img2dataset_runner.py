@@ -105,61 +105,71 @@ def _run_in_child(job: Img2DatasetJob) -> None:
                            f"finished shards in {job.output_folder} are kept and a rerun continues them")
 
 
-def canonicalize_shards(output_folder: Path) -> int:
+def canonicalize_shards(shards_uri: str | Path) -> int:
     """Rewrite every finished shard (its stats file exists) reproducibly; returns how many were rewritten.
 
     Per shard: the tar with members sorted by (key, name), mtime 0 and no owner; the parquet sorted by key; the
     stats without wall-clock fields, written last, which marks the shard canonical (an already canonical
-    shard is skipped, so a resumed download rewrites only its new shards). Each file is replaced atomically,
-    so a kill in the middle leaves a shard that the next call finishes. Costs one extra read and write of
-    each shard, small next to downloading it.
+    shard is skipped, so a resumed download rewrites only its new shards). Each file is replaced atomically
+    (a rename locally, one whole-object PUT on an object store), so a kill in the middle leaves a shard that
+    the next call finishes. Costs one extra read and write of each shard, small next to downloading it.
     """
     import pyarrow.parquet as pq
 
+    from vlv.engine.storage import filesystem
+
+    fs, root = filesystem(str(shards_uri))
+    root = root.rstrip("/")
+    fs.invalidate_cache(root)
     rewritten = 0
-    for stats_path in sorted(output_folder.glob("*_stats.json")):
-        stats = json.loads(stats_path.read_text())
+    for stats_path in sorted(fs.glob(f"{root}/*_stats.json")):
+        stats = json.loads(fs.cat_file(stats_path))
         if not any(name in stats for name in WALL_CLOCK_STATS):
             continue
-        shard = stats_path.name.removesuffix("_stats.json")
-        tar_path = output_folder / f"{shard}.tar"
-        if tar_path.exists():
-            _canonical_tar(tar_path)
-        parquet_path = output_folder / f"{shard}.parquet"
-        if parquet_path.exists():
-            table = pq.read_table(parquet_path)
+        shard = stats_path.rsplit("/", 1)[-1].removesuffix("_stats.json")
+        tar_path = f"{root}/{shard}.tar"
+        if fs.exists(tar_path):
+            _replace(fs, tar_path, _canonical_tar(fs.cat_file(tar_path)))
+        parquet_path = f"{root}/{shard}.parquet"
+        if fs.exists(parquet_path):
+            with fs.open(parquet_path, "rb") as handle:
+                table = pq.read_table(handle)
             if "key" in table.column_names:
                 table = table.sort_by("key")
-            _replace(parquet_path, lambda tmp, table=table: pq.write_table(table, tmp))
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer)
+            _replace(fs, parquet_path, buffer.getvalue())
         for name in WALL_CLOCK_STATS:
             stats.pop(name, None)
-        _replace(stats_path, lambda tmp, stats=stats: tmp.write_text(json.dumps(stats, indent=4, sort_keys=True)))
+        _replace(fs, stats_path, json.dumps(stats, indent=4, sort_keys=True).encode())
         rewritten += 1
     return rewritten
 
 
-def _canonical_tar(path: Path) -> None:
+def _canonical_tar(data: bytes) -> bytes:
     import tarfile
 
-    with tarfile.open(path) as source:
+    with tarfile.open(fileobj=io.BytesIO(data)) as source:
         members = [(m.name, source.extractfile(m).read()) for m in source.getmembers() if m.isfile()]
     # webdataset groups a sample's members by the key before the first dot: sorting keeps them together.
     members.sort(key=lambda item: (item[0].split(".", 1)[0], item[0]))
-
-    def write(tmp: Path) -> None:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as target:
-            for name, data in members:
-                info = tarfile.TarInfo(name)
-                info.size, info.mode, info.mtime = len(data), 0o444, 0
-                target.addfile(info, io.BytesIO(data))
-
-    _replace(path, write)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as target:
+        for name, content in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(content), 0o444, 0
+            target.addfile(info, io.BytesIO(content))
+    return out.getvalue()
 
 
-def _replace(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.canonical")
-    write(tmp)
-    os.replace(tmp, path)
+def _replace(fs, path: str, data: bytes) -> None:
+    """Replace a file as one step: write-and-rename locally; an object PUT is already all-or-nothing."""
+    if "file" in fs.protocol or "local" in fs.protocol:
+        tmp = Path(path).with_name(f".{Path(path).name}.canonical")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,9 +19,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence, TypeVar
 
-from vlv.engine.manifest import Manifest, list_files
-from vlv.engine.step import Step, StepContext, StepOutput
-from vlv.engine.store import RunStore
+from vlv.engine.manifest import FileEntry, Manifest
+from vlv.engine.step import MetricLogger, Resources, Step, StepContext, StepOutput
+from vlv.engine.storage import filesystem
+from vlv.engine.store import Attempt, RunStore
 
 log = logging.getLogger("vlv.executor")
 
@@ -66,12 +67,17 @@ def connect_ray() -> bool:
     return False
 
 
-def submit_step(request: StepRequest, num_cpus: float, num_gpus: float) -> Manifest:
-    """Run the step as a Ray task on a worker with the declared resources; block until published."""
+def submit_step(request: StepRequest, resources: Resources) -> Manifest:
+    """Run the step as a Ray task with the declared resources; block until published.
+
+    A task lost with its node or worker process is rerun by Ray (`resources.max_retries`); the rerun begins a
+    new attempt or, for a resumable step, continues the unfinished one in the store.
+    """
     import ray
 
     task = ray.remote(_step_task).options(
-        num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0, name=f"vlv:{request.step.name}"
+        num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_retries=resources.max_retries,
+        retry_exceptions=False, name=f"vlv:{request.step.name}",
     )
     return ray.get(task.remote(request))
 
@@ -87,37 +93,69 @@ def execute_step(request: StepRequest) -> Manifest:
     """Stage, run and publish one step; the output is visible only if `run` returned normally."""
     step = request.step
     store = RunStore(request.store_uri)
-    staging = store.prepare_staging(step.name, request.key, keep_existing=step.resumable)
-    metrics_logger: Any = _NullMetrics()
+    attempt = store.begin_attempt(step.name, request.key, resume=step.resumable)
+    metrics_logger: MetricLogger = _NullMetrics()
     if request.tracking_uri and request.mlflow_run_id:
         from vlv.tracking import MlflowMetricLogger
 
         metrics_logger = MlflowMetricLogger(request.tracking_uri, request.mlflow_run_id)
     ctx = StepContext(
         step=step.name, key=request.key, preset=request.preset, config=request.section,
-        inputs=request.inputs, output_dir=staging, metrics=metrics_logger, on_cluster=request.on_cluster,
-        log=logging.getLogger(f"vlv.steps.{step.name}"),
-        scratch_uri=store.scratch_uri(step.name, request.key), cache_dir=store.cache_dir,
+        inputs=request.inputs, output_dir=attempt.local_dir, metrics=metrics_logger, on_cluster=request.on_cluster,
+        log=logging.getLogger(f"vlv.steps.{step.name}"), output_uri=attempt.data_uri,
+        scratch_uri=store.scratch_uri(step.name, request.key), cache_uri=store.cache_uri,
         tracking_uri=request.tracking_uri,
     )
     started = time.time()
-    ctx.log.info("running step %s (key %s) into %s", step.name, request.key, staging)
+    ctx.log.info("running step %s (key %s, attempt %s) into %s", step.name, request.key, attempt.attempt_id,
+                 attempt.data_uri)
     result = step.run(ctx)
     for rel in result.artifacts:
-        if not (staging / rel).is_file():
+        if not (attempt.local_dir / rel).is_file():
             raise RuntimeError(f"step {step.name} declared artifact {rel} but did not write it")
+    files = store.attempt_files(attempt)
+    check_declared_outputs(step, files, attempt)
     manifest = Manifest(
         step=step.name, key=request.key, code_version=step.code_version, config=request.section_dict,
-        upstream=request.upstream_keys, files=list_files(staging),
+        upstream=request.upstream_keys, files=files,
         metrics={k: float(v) for k, v in result.metrics.items()}, artifacts=tuple(result.artifacts),
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         duration_s=round(time.time() - started, 3), mlflow_run_id=request.mlflow_run_id,
     )
     store.check_lock(step.name, request.key, request.lock_token)
-    store.publish(staging, manifest)
+    store.commit(attempt, manifest)
     ctx.log.info("published %s: %d files, %.1f MB in %.1fs", step.name, len(manifest.files),
                  manifest.total_bytes / 1e6, manifest.duration_s)
     return manifest
+
+
+def check_declared_outputs(step: Step, files: Sequence[FileEntry], attempt: Attempt) -> None:
+    """Every file the step declares is there, and every declared table has its declared columns and types."""
+    names = {entry.path for entry in files}
+    for declared in step.outputs:
+        folder = str(declared)
+        present = any(n.startswith(folder + "/") for n in names) if declared.is_folder else folder in names
+        if not present and not declared.required:
+            continue
+        if not present:
+            raise RuntimeError(f"step {step.name} declares the output {declared.path} ({declared.description}) "
+                               f"but did not write it")
+        if declared.schema is None:
+            continue
+        import pyarrow.parquet as pq
+
+        local = attempt.local_dir / folder
+        if local.is_file():
+            schema = pq.read_schema(local)
+        else:
+            fs, path = filesystem(f"{attempt.data_uri}/{folder}")
+            with fs.open(path, "rb") as handle:
+                schema = pq.read_schema(handle)
+        missing = [f"{f.name}: {f.type}" for f in declared.schema if schema.get_field_index(f.name) < 0
+                   or not schema.field(f.name).type.equals(f.type)]
+        if missing:
+            raise RuntimeError(f"step {step.name} wrote {folder} without the declared column(s) {missing}; it has "
+                               f"{[f'{f.name}: {f.type}' for f in schema]}")
 
 
 class _NullMetrics:

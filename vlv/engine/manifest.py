@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from vlv.engine.storage import filesystem
 
 MANIFEST_NAME = "manifest.json"
 _CHUNK = 4 << 20
@@ -37,6 +39,9 @@ class Manifest:
     duration_s: float = 0.0
     mlflow_run_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Where the files are, relative to the step key's folder: "" (a local store: the folder itself) or
+    # "attempts/<id>" (an object store: one committed attempt).
+    data_path: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -46,6 +51,11 @@ class Manifest:
         data = json.loads(text)
         data["files"] = tuple(FileEntry(**f) for f in data["files"])
         data["artifacts"] = tuple(data.get("artifacts", ()))
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"manifest of step {data.get('step')!r} has unknown fields {unknown}: it was written by "
+                             f"a newer version of this project")
         return cls(**data)
 
     @property
@@ -72,22 +82,43 @@ def list_files(folder: Path) -> tuple[FileEntry, ...]:
     return tuple(entries)
 
 
-def verify_files(folder: Path, manifest: Manifest, checksums: bool = True) -> list[str]:
-    """Problems found comparing a local output folder with its manifest (empty list = intact).
+def sha256_stream(handle: Any) -> str:
+    digest = hashlib.sha256()
+    while chunk := handle.read(_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_files(folder: str | Path, manifest: Manifest, checksums: bool = True) -> list[str]:
+    """Problems found comparing an output folder (local path or store URI) with its manifest (empty = intact).
 
     `checksums=False` checks presence and sizes only: cheap enough to run on every input before a step, and
     it catches a truncated or missing file, but not a same-size corruption (a flipped bit): only checksums do.
-    Each problem names the file and the check that found it.
+    On an object store the sizes come from one listing and checksums stream each file. Each problem names the
+    file and the check that found it.
     """
+    fs, root = filesystem(str(folder))
+    root = root.rstrip("/")
+    try:
+        listed = {info["name"].rstrip("/"): int(info.get("size") or 0)
+                  for info in fs.find(root, detail=True).values() if info.get("type") != "directory"}
+    except FileNotFoundError:
+        listed = {}
+    strip = fs._strip_protocol  # listing names come back without the protocol
     problems = []
     for entry in manifest.files:
-        path = folder / entry.path
-        if not path.is_file():
-            problems.append(f"{path}: missing")
-        elif path.stat().st_size != entry.size:
-            problems.append(f"{path}: size {path.stat().st_size} != {entry.size} in the manifest "
+        path = f"{root}/{entry.path}"
+        shown = f"{str(folder).rstrip('/')}/{entry.path}"
+        size = listed.get(strip(path))
+        if size is None:
+            problems.append(f"{shown}: missing")
+        elif size != entry.size:
+            problems.append(f"{shown}: size {size} != {entry.size} in the manifest "
                             f"(truncated or overwritten; found by the size check)")
-        elif checksums and sha256_file(path) != entry.sha256:
-            problems.append(f"{path}: same size but sha256 differs from the manifest (corrupted in place; found "
-                            f"by the checksum check)")
+        elif checksums:
+            with fs.open(path, "rb") as handle:
+                digest = sha256_stream(handle)
+            if digest != entry.sha256:
+                problems.append(f"{shown}: same size but sha256 differs from the manifest (corrupted in place; "
+                                f"found by the checksum check)")
     return problems

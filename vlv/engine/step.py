@@ -10,40 +10,48 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Literal, Protocol, TypeVar
 
-from vlv.engine.manifest import Manifest
+from vlv.engine.step_output import OutputFile, StepOutput
+
+__all__ = ["MetricLogger", "OutputFile", "Resources", "Step", "StepContext", "StepOutput", "StepResult",
+           "WorkerPool"]
 
 SectionT = TypeVar("SectionT")
 
 
 @dataclass(frozen=True)
 class Resources:
-    """What the Ray task that runs a step asks for (fractions allowed, as in Ray)."""
+    """What the Ray task that runs a step asks for (fractions allowed, as in Ray).
+
+    `max_retries`: how often Ray reruns the task after a system failure (its node or worker process died);
+    the rerun continues from what the attempt left in the store. An exception raised by the step is never
+    retried: it is a bug or bad input, and running it again would fail the same way.
+    """
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    max_retries: int = 2
 
 
 @dataclass(frozen=True)
-class StepOutput:
-    """A published step output: where it lives and what its manifest says."""
+class WorkerPool:
+    """A group of Ray workers a step starts besides its own task (its actors, its tasks, its training workers).
 
-    step: str
-    key: str
-    uri: str
-    manifest: Manifest
+    Declared so the plan, the cost estimate and the cluster preflight read the same facts the step uses.
+    `gang`: every worker must be placed at once (Ray Train's placement group), not one after another.
+    """
 
-    def path(self, relative: str) -> str:
-        """URI (or local path) of one file inside this output."""
-        return f"{self.uri.rstrip('/')}/{relative}"
+    name: str
+    kind: Literal["actors", "tasks", "train_workers"]
+    count: int
+    cpus: float
+    gpus: float = 0.0
+    gang: bool = False
 
-    @property
-    def local_dir(self) -> Path:
-        """The output as a local folder; only valid for a local store (the default)."""
-        if "://" in self.uri and not self.uri.startswith("file://"):
-            raise ValueError(f"output of '{self.step}' lives at {self.uri}, not on the local disk")
-        return Path(self.uri.removeprefix("file://"))
+    def describe(self) -> str:
+        gpus = f", {self.gpus:g} GPU" if self.gpus else ""
+        return f"{self.count} x {self.name} ({self.cpus:g} CPU{gpus} each)"
 
 
 class MetricLogger(Protocol):
@@ -59,14 +67,19 @@ class StepContext(Generic[SectionT]):
     preset: str
     config: SectionT
     inputs: dict[str, StepOutput]
+    # A local folder for the output's files: they are published with it (uploaded, on an object store).
     output_dir: Path
     metrics: MetricLogger
     on_cluster: bool = False
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("vlv"))
+    # Where this attempt's files live in the store. Large or resumable files may be written here directly
+    # (e.g. img2dataset shards): they survive a crash and are published with the rest. Same as output_dir on a
+    # local store.
+    output_uri: str = ""
     # Durable per-key folder/URI outside the published output (training checkpoints): survives a crash.
     scratch_uri: str = ""
-    # A folder shared across keys in a local store (e.g. cached real-image FID statistics); None if remote.
-    cache_dir: Path | None = None
+    # A folder (local path or URI) shared across keys in the store: cached real-image FID statistics, answers.
+    cache_uri: str = ""
     # Where MLflow lives, for steps that read earlier runs' metric histories through vlv.tracking (report).
     tracking_uri: str | None = None
 
@@ -95,8 +108,23 @@ class Step(Generic[SectionT]):
     resumable: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
+    # The files this step publishes; readers name them through these declarations (see StepOutput).
+    outputs: ClassVar[tuple[OutputFile, ...]] = ()
+
     def resources(self, config: SectionT) -> Resources:
         return Resources()
+
+    def worker_pools(self, config: SectionT) -> tuple[WorkerPool, ...]:
+        """The Ray workers the step starts besides its own task (none by default)."""
+        return ()
+
+    def weight_paths(self, config: SectionT) -> dict[str, str]:
+        """Setting name -> the weights file/folder (local path or store URI) the step's workers load.
+
+        The engine checks each where it will be loaded (every node of a cluster) before any step runs; a hub
+        id (org/name) is left to the loader. Empty values are skipped (`preflight` says which must be set).
+        """
+        return {}
 
     def preflight(self, config: SectionT) -> None:
         """Raise ValueError before any work starts if this step cannot run (missing input, missing weights)."""

@@ -24,10 +24,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from vlv.engine.storage import filesystem, read_bytes
 from vlv.eval.fid import FeatureStats, distributed_feature_stats, fid_from_stats, split_evenly
 from vlv.eval.inception import InceptionFeatureExtractor, InceptionSpec
 from vlv.eval.text_to_image import TextToImageSpec
@@ -47,7 +48,7 @@ class EvalImage:
 
 @dataclass(frozen=True)
 class ReconstructionGenerator:
-    stage1_dir: str  # train_stage1's output folder
+    stage1: Any  # train_stage1's published output (a StepOutput): each task fetches it where it runs
     num_steps: int
     guidance_scale: float
 
@@ -147,7 +148,7 @@ def _build_generate(generator: Generator, device: str):
 
         from vlv.inference import image_as_array, load_stage1
 
-        model = load_stage1(generator.stage1_dir).to(device)
+        model = load_stage1(generator.stage1.local_folder()).to(device)
         size = model.embedder.image_size
 
         def reconstruct(batch, label, seed):
@@ -167,9 +168,11 @@ def _build_generate(generator: Generator, device: str):
 
 
 def _read_rgb(path: str) -> np.ndarray:
+    import io
+
     from PIL import Image
 
-    with Image.open(path) as opened:
+    with Image.open(io.BytesIO(read_bytes(path))) as opened:  # a local file or a store URI
         return np.asarray(opened.convert("RGB"), dtype=np.uint8)
 
 
@@ -238,17 +241,13 @@ def inception_identity(spec: InceptionSpec) -> str:
 def real_stats_key(paths: Sequence[str | Path], spec: InceptionSpec) -> str:
     """Content hashes of the files (any order, any location) + the Inception's identity."""
     with ThreadPoolExecutor(max_workers=8) as pool:
-        digests = sorted(pool.map(_file_sha256, [Path(p) for p in paths]))
+        digests = sorted(pool.map(_file_sha256, [str(p) for p in paths]))
     payload = json.dumps({"format": _CACHE_FORMAT, "inception": inception_identity(spec), "images": digests})
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
+def _file_sha256(path: str) -> str:
+    return hashlib.sha256(read_bytes(path)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -258,24 +257,37 @@ class RealStats:
     cached: bool  # True when read from the cache instead of computed
 
 
-def real_image_stats(paths: Sequence[str | Path], spec: InceptionSpec, *, cache_dir: Path | None, num_workers: int,
+def real_image_stats(paths: Sequence[str | Path], spec: InceptionSpec, *, cache_uri: str | None, num_workers: int,
                      num_cpus_per_worker: float = 1.0, num_gpus_per_worker: float = 0.0) -> RealStats:
-    """Statistics of the original image files, from `cache_dir/fid_real_stats/<key>.npz` when present."""
+    """Statistics of the original image files, from `<cache_uri>/fid_real_stats/<key>.npz` when present.
+
+    The cache lives in the store (a local folder or an object store), shared by every run on it.
+    """
+    import io
+
     started = time.monotonic()
     key = real_stats_key(paths, spec)
     log.info("hashed %d real images in %.1fs: statistics key %s", len(paths), time.monotonic() - started, key)
-    cached_file = cache_dir / "fid_real_stats" / f"{key}.npz" if cache_dir is not None else None
-    if cached_file is not None and cached_file.is_file():
-        stats = FeatureStats.load_npz(cached_file)
-        if stats.n == len(paths):
-            log.info("real-image FID statistics from the cache (%s, %d images)", cached_file, stats.n)
-            return RealStats(stats, key, cached=True)
-        log.warning("ignoring cached FID statistics %s: %d images, expected %d", cached_file, stats.n, len(paths))
+    cached = f"{cache_uri.rstrip('/')}/fid_real_stats/{key}.npz" if cache_uri else None
+    if cached is not None:
+        fs, path = filesystem(cached)
+        if fs.exists(path):
+            stats = FeatureStats.load_npz(io.BytesIO(fs.cat_file(path)))
+            if stats.n == len(paths):
+                log.info("real-image FID statistics from the cache (%s, %d images)", cached, stats.n)
+                return RealStats(stats, key, cached=True)
+            log.warning("ignoring cached FID statistics %s: %d images, expected %d", cached, stats.n, len(paths))
     stats = distributed_feature_stats([str(p) for p in paths], spec, num_workers=num_workers,
                                       num_cpus_per_worker=num_cpus_per_worker, num_gpus_per_worker=num_gpus_per_worker)
-    if cached_file is not None:
-        cached_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached_file.with_name(f".{key}.{os.getpid()}.npz")  # np.savez keeps a name ending in .npz
-        stats.save_npz(partial)
-        os.replace(partial, cached_file)  # atomic: a concurrent reader sees the whole file or none
+    if cached is not None:
+        buffer = io.BytesIO()
+        stats.save_npz(buffer)
+        fs, path = filesystem(cached)
+        if fs.protocol in ("file", "local") or "file" in fs.protocol:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            partial = Path(path).with_name(f".{key}.{os.getpid()}.npz")
+            partial.write_bytes(buffer.getvalue())
+            os.replace(partial, path)  # atomic: a concurrent reader sees the whole file or none
+        else:
+            fs.pipe_file(path, buffer.getvalue())  # one PUT: all or nothing
     return RealStats(stats, key, cached=False)

@@ -19,6 +19,7 @@ numbers are not comparable with anything (`InceptionFeatureExtractor.comparable`
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import time
@@ -31,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from vlv.engine.storage import local_weights, read_bytes
 
 log = logging.getLogger("vlv.eval.inception")
 
@@ -76,7 +79,7 @@ def resolve_inception_weights(weights: str, *, config_field: str) -> Path:
     Cheap: steps call it from `preflight` so a missing file fails before any work.
     """
     if weights:
-        candidate = Path(weights).expanduser()
+        candidate = Path(local_weights(weights)).expanduser()  # a store URI is fetched to this node once
         if candidate.is_dir():
             candidate = candidate / FID_WEIGHTS_FILE
         where = f"{weights!r}"
@@ -187,7 +190,7 @@ def image_to_tensor(image: ImageInput) -> torch.Tensor:
     """(3, H, W) float32 in [0, 1] as pytorch-fid reads an image: PIL `convert("RGB")` then `ToTensor`."""
     if isinstance(image, (str, os.PathLike)):
         try:
-            with Image.open(image) as opened:
+            with Image.open(io.BytesIO(read_bytes(image))) as opened:  # a local file or a store URI
                 pil = opened.convert("RGB")
         except (OSError, ValueError) as exc:
             raise ValueError(f"cannot read image {os.fspath(image)}: {exc}") from exc

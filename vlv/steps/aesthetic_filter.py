@@ -19,7 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from vlv.engine.step import Resources, Step, StepContext, StepResult
+import pyarrow as pa
+
+from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepResult, WorkerPool
+from vlv.engine.storage import arrow_filesystem, checked_on_this_machine
+from vlv.steps.download import SHARDS
 
 log = logging.getLogger("vlv.steps.aesthetic_filter")
 
@@ -200,15 +204,42 @@ class ScoreOutcome:
     undecodable: int
 
 
+SCORES_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string()), ("url", pa.string()),
+                           ("caption", pa.string()), ("score", pa.float32()), ("embedding", pa.list_(pa.float32()))])
+KEPT_SCHEMA = pa.schema([f for f in SCORES_SCHEMA if f.name != "embedding"])
+UNDECODABLE_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string()), ("reason", pa.string())])
+SCORES = OutputFile("scores.parquet", "every decodable image with its CLIP embedding and score, by (shard, key)",
+                    SCORES_SCHEMA)
+KEPT = OutputFile("kept.parquet", "the images at or above the threshold (no embeddings), by (shard, key)",
+                  KEPT_SCHEMA)
+UNDECODABLE = OutputFile("undecodable.parquet", "samples whose image could not be decoded, with the reason",
+                         UNDECODABLE_SCHEMA)
+
+
 class AestheticFilterStep(Step[AestheticFilterConfig]):
     name = "aesthetic_filter"
     upstream = ("download",)
     code_version = "1"
     description = "Score images with CLIP + LAION aesthetic MLP, keep the best"
+    outputs = (SCORES, KEPT, UNDECODABLE, OutputFile("score_histogram.png", "score histogram with the threshold"),
+               OutputFile("score_summary.csv", "counts, percentiles and the threshold"))
 
     def resources(self, config: AestheticFilterConfig) -> Resources:
         # The actor pool asks Ray for its own CPUs/GPUs; this task only drives Ray Data and writes parquet.
         return Resources(num_cpus=0.5)
+
+    def worker_pools(self, config: AestheticFilterConfig) -> tuple[WorkerPool, ...]:
+        return (WorkerPool("aesthetic scoring actor", "actors", config.num_actors, config.cpus_per_actor,
+                           config.gpus_per_actor),
+                WorkerPool("webdataset read task", "tasks", 1, _IO_TASK_CPUS))
+
+    def weight_paths(self, config: AestheticFilterConfig) -> dict[str, str]:
+        if config.model != "pretrained":
+            return {}
+        paths = {"aesthetic_filter.predictor_weights": config.predictor_weights}
+        if config.clip_model.startswith("local-dir:"):
+            paths["aesthetic_filter.clip_model"] = config.clip_model.removeprefix("local-dir:")
+        return paths
 
     def preflight(self, config: AestheticFilterConfig) -> None:
         if config.model != "pretrained":
@@ -217,11 +248,14 @@ class AestheticFilterStep(Step[AestheticFilterConfig]):
         from vlv.models.clip_embedder import resolve_clip_weights
 
         published = PUBLISHED_WEIGHTS[config.predictor]
-        if not config.predictor_weights or not Path(config.predictor_weights).is_file():
+        local = checked_on_this_machine(config.predictor_weights)
+        if not config.predictor_weights or (local and not Path(config.predictor_weights).is_file()):
             given = f"'{config.predictor_weights}' does not exist" if config.predictor_weights else "is not set"
             raise ValueError(f"aesthetic_filter.predictor_weights {given}: the {config.predictor} predictor "
                              f"needs its published file {published.file_name} ({published.url}); download it "
                              "and pass --set aesthetic_filter.predictor_weights=/path/to/" + published.file_name)
+        if not local:
+            return  # a store URI, or a path on the cluster's nodes: the engine checks it where it loads
         try:
             load_predictor(config.predictor, config.predictor_weights)
             resolve_clip_weights(config.clip_model, config.clip_pretrained, config.clip_cache_dir)
@@ -232,7 +266,7 @@ class AestheticFilterStep(Step[AestheticFilterConfig]):
         cfg = ctx.config
         if cfg.model == "tiny-random":
             ctx.log.warning(_TINY_WARNING)
-        shard_paths, filesystem = _list_shards(ctx.input("download").path("shards"))
+        shard_paths, filesystem = _list_shards(ctx.input("download").path(SHARDS))
         ctx.log.info("scoring the images of %d shards with %d actor(s) x %.2g CPU / %.2g GPU, batch %d",
                      len(shard_paths), cfg.num_actors, cfg.cpus_per_actor, cfg.gpus_per_actor, cfg.batch_size)
         scored = _score_dataset(shard_paths, filesystem, cfg)
@@ -268,8 +302,7 @@ def _list_shards(shards_uri: str) -> tuple[list[str], Any]:
     """The sorted `*.tar` files of the download output, on any pyarrow filesystem (local, s3://, gs://)."""
     import pyarrow.fs as pafs
 
-    filesystem, root = pafs.FileSystem.from_uri(shards_uri if "://" in shards_uri
-                                                else str(Path(shards_uri).resolve()))
+    filesystem, root = arrow_filesystem(shards_uri)
     info = filesystem.get_file_info(root)
     if info.type != pafs.FileType.Directory:
         raise ValueError(f"aesthetic_filter: the download output has no shards folder at {shards_uri}; "
@@ -299,19 +332,6 @@ def _score_dataset(shard_paths: list[str], filesystem: Any, cfg: AestheticFilter
         batch_size=cfg.batch_size)
 
 
-def _scores_schema() -> Any:
-    import pyarrow as pa
-
-    return pa.schema([("key", pa.string()), ("shard", pa.string()), ("url", pa.string()),
-                      ("caption", pa.string()), ("score", pa.float32()), ("embedding", pa.list_(pa.float32()))])
-
-
-def _undecodable_schema() -> Any:
-    import pyarrow as pa
-
-    return pa.schema([("key", pa.string()), ("shard", pa.string()), ("reason", pa.string())])
-
-
 def _write_scores(scored: Any, output_dir: Path, num_shards: int, run_log: logging.Logger) -> ScoreOutcome:
     """Stream the pool's output into scores.parquet and undecodable.parquet, sorted by (shard, key).
 
@@ -327,8 +347,8 @@ def _write_scores(scored: Any, output_dir: Path, num_shards: int, run_log: loggi
     pending: list[Any] = []
     counts = {"scored": 0, "undecodable": 0}
     started = last_log = time.monotonic()
-    with _parquet_writer(output_dir / "scores.parquet", _scores_schema()) as good, \
-            _parquet_writer(output_dir / "undecodable.parquet", _undecodable_schema()) as bad:
+    with _parquet_writer(output_dir / "scores.parquet", SCORES_SCHEMA) as good, \
+            _parquet_writer(output_dir / "undecodable.parquet", UNDECODABLE_SCHEMA) as bad:
 
         def flush() -> None:
             if not pending:
@@ -387,9 +407,9 @@ def _split_decodable(table: Any) -> tuple[Any, Any]:
 
     ok = table.filter(pc.is_null(table["error"]))
     failed = table.filter(pc.is_valid(table["error"]))
-    ok = pa.table({n: ok[n] for n in _scores_schema().names}, schema=_scores_schema())
+    ok = pa.table({n: ok[n] for n in SCORES_SCHEMA.names}, schema=SCORES_SCHEMA)
     failed = pa.table({"key": failed["key"], "shard": failed["shard"], "reason": failed["error"]},
-                      schema=_undecodable_schema())
+                      schema=UNDECODABLE_SCHEMA)
     return ok, failed
 
 
@@ -407,7 +427,7 @@ def _write_kept(scores_path: Path, kept_path: Path, threshold: float) -> int:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    schema = pa.schema([f for f in _scores_schema() if f.name != "embedding"])
+    schema = KEPT_SCHEMA
     kept = 0
     with _parquet_writer(kept_path, schema) as writer:
         for batch in pq.ParquetFile(scores_path).iter_batches(batch_size=_ROWS_PER_ROW_GROUP,

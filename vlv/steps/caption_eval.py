@@ -20,13 +20,22 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from vlv.engine.step import Resources, Step, StepContext, StepResult
+import pyarrow as pa
+
+from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepOutput, StepResult, WorkerPool
+from vlv.engine.storage import checked_on_this_machine, filesystem
 from vlv.eval.eval_sets import EVAL_SETS_FILE, EvalSets, VqaBenchmark, VqaSplit
 from vlv.paths import safe_child
 
 TINY_DIR = "tiny_sets"
+CAPTIONS = OutputFile("captions.parquet", "the caption set's generated captions, in file order",
+                      pa.schema([("image_id", pa.int64()), ("file_name", pa.string()), ("caption", pa.string()),
+                                 ("references", pa.list_(pa.string()))]))
+VQA_CAPTIONS = OutputFile("vqa_captions.parquet", "captions of the VQA images, evaluation and exemplar splits",
+                          pa.schema([("benchmark", pa.string()), ("split", pa.string()), ("image_id", pa.int64()),
+                                     ("caption", pa.string())]))
 _NAME = re.compile(r"^[a-z0-9_]+$")
 _PROGRESS_EVERY_S = 30.0
 
@@ -118,13 +127,15 @@ class CaptioningActor:
     A file that cannot be read becomes an `error` row, so the driver can name every bad file at once.
     """
 
-    def __init__(self, *, checkpoint_dir: str, num_beams: int, max_new_tokens: int, device: str, num_threads: int):
+    def __init__(self, *, checkpoint: StepOutput, num_beams: int, max_new_tokens: int, device: str,
+                 num_threads: int):
         import torch
 
         from vlv.inference import load_captioner, read_captioner_config
 
         torch.set_num_threads(max(1, num_threads))
         self._log = _worker_logger()
+        checkpoint_dir = checkpoint.local_folder()  # fetched once on this actor's node from an object store
         cfg = read_captioner_config(checkpoint_dir)
         self.num_beams = num_beams or cfg.num_beams
         self.max_new_tokens = max_new_tokens or cfg.max_new_tokens
@@ -175,8 +186,16 @@ class CaptionEvalStep(Step[CaptionEvalConfig]):
     code_version = "1"
     description = "Caption the evaluation images (COCO caption set, VQA splits) with the trained captioner"
 
+    outputs = (CAPTIONS, VQA_CAPTIONS, OutputFile(EVAL_SETS_FILE, "the resolved evaluation sets eval_fid and "
+                                                           "eval_vqa read"),
+               OutputFile("sample_captions.csv", "a few generated captions beside a reference caption"))
+
     def resources(self, config: CaptionEvalConfig) -> Resources:
         return Resources(num_cpus=0)  # the actor pool asks for its own CPUs/GPUs
+
+    def worker_pools(self, config: CaptionEvalConfig) -> tuple[WorkerPool, ...]:
+        return (WorkerPool("captioning actor", "actors", config.num_actors, config.cpus_per_actor,
+                           config.gpus_per_actor),)
 
     def preflight(self, config: CaptionEvalConfig) -> None:
         missing = config.missing_paths()
@@ -185,8 +204,11 @@ class CaptionEvalStep(Step[CaptionEvalConfig]):
                              "at COCO val2014 (captions_val2014.json + images) and the VQAv2 / OK-VQA question, "
                              "annotation and image files, or set caption_eval.tiny_sets=true for the tiny sets")
         for name, value in _given_paths(config):
-            if not Path(value).exists():
+            if checked_on_this_machine(value) and not Path(value).exists():
                 raise ValueError(f"caption_eval: {name}={value!r} does not exist")
+
+    def weight_paths(self, config: CaptionEvalConfig) -> dict[str, str]:
+        return dict(_given_paths(config))  # the evaluation files: every actor's node must see them
 
     def run(self, ctx: StepContext[CaptionEvalConfig]) -> StepResult:
         import pyarrow as pa
@@ -210,7 +232,9 @@ class CaptionEvalStep(Step[CaptionEvalConfig]):
         unique = sorted({str(p) for p in coco_files} | {str(row[3]) for row in vqa_rows})
         ctx.log.info("captioning %d distinct images (%d in the caption set, %d VQA rows over %d benchmarks)",
                      len(unique), len(coco_files), len(vqa_rows), len(sets.vqa))
-        captions = caption_files(unique, ctx.input("train_stage2").local_dir, cfg, ctx.log)
+        where = share_written_images(ctx)
+        by_worker_path = caption_files([where(p) for p in unique], ctx.input("train_stage2"), cfg, ctx.log)
+        captions = {p: by_worker_path[where(p)] for p in unique}
 
         coco_table = pa.table({
             "image_id": pa.array([image.image_id for image in images], pa.int64()),
@@ -219,13 +243,13 @@ class CaptionEvalStep(Step[CaptionEvalConfig]):
             "references": pa.array([list(coco.captions[image.image_id]) for image in images],
                                    pa.list_(pa.string())),
         })
-        pq.write_table(coco_table, ctx.output_dir / "captions.parquet")
+        pq.write_table(coco_table, ctx.output_dir / str(CAPTIONS))
         pq.write_table(pa.table({
             "benchmark": pa.array([r[0] for r in vqa_rows], pa.string()),
             "split": pa.array([r[1] for r in vqa_rows], pa.string()),
             "image_id": pa.array([r[2] for r in vqa_rows], pa.int64()),
             "caption": pa.array([captions[str(r[3])] for r in vqa_rows], pa.string()),
-        }), ctx.output_dir / "vqa_captions.parquet")
+        }), ctx.output_dir / str(VQA_CAPTIONS))
         write_sample_captions(ctx.output_dir / "sample_captions.csv", coco_table.slice(0, cfg.sample_rows))
         words = [len(text.split()) for text in captions.values()]
         metrics = {"images_captioned": float(len(captions)), "caption_set_images": float(len(images)),
@@ -271,7 +295,28 @@ def resolve_eval_sets(cfg: CaptionEvalConfig, output_dir: Path) -> EvalSets:
                     vqa=tuple(benchmarks), tiny=tiny is not None)
 
 
-def caption_files(paths: list[str], checkpoint_dir: Path, cfg: CaptionEvalConfig, log: Any) -> dict[str, str]:
+def share_written_images(ctx: StepContext[CaptionEvalConfig]) -> Callable[[str], str]:
+    """How actors on any node reach the images: files this step wrote (the tiny sets) by their place in the store.
+
+    On an object store the tiny sets are uploaded into this attempt's place at once (the commit re-uploads the
+    same bytes); a file given by the config keeps its path, which must exist on every node (or be a URI).
+    """
+    local_root = ctx.output_dir.resolve()
+    tiny = ctx.output_dir / TINY_DIR
+    if tiny.is_dir() and ctx.output_uri != str(ctx.output_dir):
+        fs, root = filesystem(f"{ctx.output_uri}/{TINY_DIR}")
+        fs.put(str(tiny), root, recursive=True)
+
+    def where(path: str) -> str:
+        resolved = Path(path).resolve()
+        if not resolved.is_relative_to(local_root):
+            return path
+        return f"{ctx.output_uri.rstrip('/')}/{resolved.relative_to(local_root).as_posix()}"
+
+    return where
+
+
+def caption_files(paths: list[str], checkpoint: StepOutput, cfg: CaptionEvalConfig, log: Any) -> dict[str, str]:
     """`{path: caption}` for every file, from an actor pool; ValueError naming every unreadable file."""
     import ray.data
 
@@ -282,7 +327,7 @@ def caption_files(paths: list[str], checkpoint_dir: Path, cfg: CaptionEvalConfig
                                   override_num_blocks=max(1, min(len(paths) // cfg.batch_size, 64)))
     captioned = map_batches_with_actors(
         dataset, CaptioningActor,
-        constructor_kwargs={"checkpoint_dir": str(checkpoint_dir), "num_beams": cfg.num_beams,
+        constructor_kwargs={"checkpoint": checkpoint, "num_beams": cfg.num_beams,
                             "max_new_tokens": cfg.max_new_tokens, "device": "cuda" if cfg.gpus_per_actor else "cpu",
                             "num_threads": int(cfg.cpus_per_actor)},
         num_actors=cfg.num_actors, num_cpus_per_actor=cfg.cpus_per_actor, num_gpus_per_actor=cfg.gpus_per_actor,

@@ -7,12 +7,10 @@ import csv
 import json
 import math
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
-import fsspec
 import pyarrow.parquet as pq
 
 from vlv.data.download_stats import DownloadCounts, DownloadProgress, read_download_counts
@@ -24,11 +22,14 @@ from vlv.data.img2dataset_runner import (
 )
 from vlv.data.laion import CANONICAL_COLUMNS
 from vlv.data.loopback_site import serve_folder
-from vlv.engine.step import Resources, Step, StepContext, StepOutput, StepResult
+from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepOutput, StepResult
+from vlv.engine.storage import filesystem
 from vlv.paths import check_relative
+from vlv.steps.prepare_metadata import METADATA, SITE_INFO
 
-SITE_INFO = "loopback_site.json"
 PARTS_FOLDER = "_metadata_parts"
+SHARDS = OutputFile("shards/", "webdataset tars (NNNNN.tar) with per-shard parquet and NNNNN_stats.json")
+DOWNLOAD_COUNTS = OutputFile("download_counts.csv", "samples by status and error reason")
 
 
 @dataclass
@@ -80,6 +81,7 @@ class DownloadStep(Step[DownloadConfig]):
     # A crashed attempt's staging folder is kept: img2dataset's incremental mode skips its finished shards.
     resumable = True
     description = "img2dataset into webdataset shards"
+    outputs = (SHARDS, DOWNLOAD_COUNTS)
 
     def resources(self, config: DownloadConfig) -> Resources:
         return Resources(num_cpus=config.num_cpus)
@@ -87,34 +89,33 @@ class DownloadStep(Step[DownloadConfig]):
     def run(self, ctx: StepContext[DownloadConfig]) -> StepResult:
         cfg = ctx.config
         upstream = ctx.input("prepare_metadata")
-        metadata_uri = upstream.path("metadata.parquet")
-        fs, metadata_path = fsspec.core.url_to_fs(metadata_uri)
-        with fs.open(metadata_path, "rb") as handle:
-            parquet = pq.ParquetFile(handle)
+        with upstream.parquet_file(METADATA) as parquet:
             total_rows, columns = parquet.metadata.num_rows, parquet.schema_arrow.names
         site = _site_info(upstream)
         distributor = cfg.distributor
         if distributor == "auto":
             distributor = "ray" if ctx.on_cluster and site is None else "multiprocessing"
-        if distributor == "ray":  # img2dataset's Ray tasks write into this node's staging folder
-            ctx.log.info("download: the ray distributor needs %s on a filesystem every node shares",
-                         ctx.output_dir)
-        shards_dir = ctx.output_dir / "shards"
+        if distributor == "ray" and site is not None:
+            raise ValueError("download.distributor=ray cannot reach the tiny preset's loopback photo site: it is "
+                             "served on 127.0.0.1 of the node running this step only. Use download.distributor="
+                             "auto or multiprocessing")
+        # Shards go straight to this attempt's place in the store: a rerun (on any node) continues them.
+        shards_uri = f"{ctx.output_uri}/shards"
         parts_dir = ctx.output_dir / PARTS_FOLDER
-        url_list = split_metadata(metadata_uri, total_rows, cfg, parts_dir, ctx)
-        job = img2dataset_job(cfg, url_list, str(shards_dir), distributor, columns)
+        url_list = split_metadata(upstream, total_rows, cfg, parts_dir, ctx)
+        job = img2dataset_job(cfg, url_list, shards_uri, distributor, columns)
         total_shards = math.ceil(total_rows / cfg.samples_per_shard)
         ctx.log.info("download: %d URLs into %d shards of %d with the %s distributor (%d processes x %d threads)",
                      total_rows, total_shards, cfg.samples_per_shard, distributor, cfg.processes_count,
                      cfg.thread_count)
         with _serving(upstream, site, ctx), \
-                DownloadProgress(shards_dir, total_shards, total_rows, cfg.progress_interval_s, ctx.log):
+                DownloadProgress(shards_uri, total_shards, total_rows, cfg.progress_interval_s, ctx.log):
             run_img2dataset(job)
 
-        counts = read_download_counts(shards_dir)
-        _check_complete(counts, total_shards, total_rows, shards_dir)
+        counts = read_download_counts(shards_uri)
+        _check_complete(counts, total_shards, total_rows, shards_uri)
         ctx.log.info("download: %d shards rewritten in key order without timestamps (reproducible bytes)",
-                     canonicalize_shards(shards_dir))
+                     canonicalize_shards(shards_uri))
         shutil.rmtree(parts_dir, ignore_errors=True)  # a copy of the input; kept only for a crashed attempt
         _write_counts_csv(counts, ctx.output_dir / "download_counts.csv")
         for (status, reason), count in sorted(counts.by_status_reason.items(), key=lambda item: -item[1])[:10]:
@@ -126,7 +127,7 @@ class DownloadStep(Step[DownloadConfig]):
         return StepResult(metrics=metrics, artifacts=["download_counts.csv"])
 
 
-def split_metadata(metadata_uri: str, total_rows: int, cfg: DownloadConfig, parts_dir: Path,
+def split_metadata(upstream: StepOutput, total_rows: int, cfg: DownloadConfig, parts_dir: Path,
                    ctx: StepContext) -> str:
     """The input for img2dataset: the metadata file itself, or (when long) a folder of parts of whole shards.
 
@@ -135,14 +136,12 @@ def split_metadata(metadata_uri: str, total_rows: int, cfg: DownloadConfig, part
     (which rewrites the parts identically) skips the same finished shards.
     """
     if total_rows <= cfg.metadata_part_rows:
-        return metadata_uri
+        return upstream.path(METADATA)
     rows_per_part = max(1, cfg.metadata_part_rows // cfg.samples_per_shard) * cfg.samples_per_shard
     shutil.rmtree(parts_dir, ignore_errors=True)
     parts_dir.mkdir(parents=True)
-    fs, path = fsspec.core.url_to_fs(metadata_uri)
     part, rows_in_part, writer = 0, 0, None
-    with fs.open(path, "rb") as handle:
-        parquet = pq.ParquetFile(handle)
+    with upstream.parquet_file(METADATA) as parquet:
         for batch in parquet.iter_batches(batch_size=min(rows_per_part, 65_536)):
             while batch.num_rows:
                 if writer is None:
@@ -175,10 +174,7 @@ def img2dataset_job(cfg: DownloadConfig, metadata_uri: str, output_folder: str,
 
 
 def _site_info(upstream: StepOutput) -> dict | None:
-    if not any(entry.path == SITE_INFO for entry in upstream.manifest.files):
-        return None
-    with fsspec.open(upstream.path(SITE_INFO), "r") as handle:
-        return json.load(handle)
+    return json.loads(upstream.read_text(SITE_INFO)) if upstream.has(SITE_INFO) else None
 
 
 @contextlib.contextmanager
@@ -189,29 +185,23 @@ def _serving(upstream: StepOutput, site: dict | None, ctx: StepContext) -> Itera
         return
     folder_name = check_relative(site.get("folder", "loopback_site"), upstream.uri, f"{SITE_INFO} folder",
                                  single=True)
-    with contextlib.ExitStack() as stack:
-        try:
-            folder = upstream.local_dir / folder_name
-        except ValueError:  # the store is remote: fetch the (small) site first
-            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vlv-site-"))) / folder_name
-            fs, remote = fsspec.core.url_to_fs(upstream.path(folder_name))
-            fs.get(remote, str(folder), recursive=True)
-        server = stack.enter_context(serve_folder(folder, site["host"], int(site["port"])))
+    folder = upstream.local_folder(folder_name)  # in place on a local store, fetched once from an object store
+    with serve_folder(folder, site["host"], int(site["port"])) as server:
         ctx.log.info("download: serving the tiny photo site %s at http://%s:%d/", folder, server.host, server.port)
         yield
 
 
-def _check_complete(counts: DownloadCounts, total_shards: int, total_rows: int, shards_dir: Path) -> None:
+def _check_complete(counts: DownloadCounts, total_shards: int, total_rows: int, shards_uri: str) -> None:
     """img2dataset logs a shard that failed twice and returns normally: an incomplete output must not publish."""
     if len(counts.shards) < total_shards or counts.samples < total_rows:
         raise RuntimeError(
             f"download: only {len(counts.shards)} of {total_shards} shards ({counts.samples} of {total_rows} "
-            f"URLs) finished; see img2dataset's output above. The finished shards stay in {shards_dir} and a "
+            f"URLs) finished; see img2dataset's output above. The finished shards stay in {shards_uri} and a "
             f"rerun of the same command continues from them"
         )
-    leftover = shards_dir / "_tmp"
-    if leftover.exists():
-        shutil.rmtree(leftover, ignore_errors=True)
+    fs, root = filesystem(f"{shards_uri}/_tmp")  # img2dataset's own work folder: not part of the output
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
 
 
 def _write_counts_csv(counts: DownloadCounts, path: Path) -> None:

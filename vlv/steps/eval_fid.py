@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from vlv.engine.step import Resources, Step, StepContext, StepResult
+from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepOutput, StepResult, WorkerPool
+from vlv.engine.storage import checked_on_this_machine
 from vlv.paths import safe_child
+from vlv.steps.caption_eval import CAPTIONS
 
 NOT_COMPARABLE = ("NOT COMPARABLE: seeded random Inception weights (tiny preset); these numbers mean nothing and "
                   "compare with no published FID")
@@ -100,21 +102,36 @@ class EvalFidStep(Step[EvalFidConfig]):
     upstream = ("train_stage1", "caption_eval")
     code_version = "1"
     description = "Reconstruction FID and caption FID (per CFG value) against the original images"
+    outputs = (OutputFile("fid.csv", "every FID with its generator, guidance scale, steps and image count"),)
 
     def resources(self, config: EvalFidConfig) -> Resources:
         return Resources(num_cpus=0)  # generation and feature tasks ask for their own CPUs/GPUs
 
+    def worker_pools(self, config: EvalFidConfig) -> tuple[WorkerPool, ...]:
+        return (WorkerPool("generation + Inception task", "tasks", config.num_workers, config.cpus_per_worker,
+                           config.gpus_per_worker),)
+
+    def weight_paths(self, config: EvalFidConfig) -> dict[str, str]:
+        paths = {}
+        if config.inception_random_seed is None and config.inception_weights:
+            paths["eval_fid.inception_weights"] = config.inception_weights
+        if config.t2i_model != "tiny":
+            paths["eval_fid.t2i_weights"] = config.t2i_weights
+        return paths
+
     def preflight(self, config: EvalFidConfig) -> None:
         from vlv.eval.inception import resolve_inception_weights
 
-        if config.inception_random_seed is None:
+        if config.inception_random_seed is None and (not config.inception_weights
+                                                     or checked_on_this_machine(config.inception_weights)):
             resolve_inception_weights(config.inception_weights, config_field="eval_fid.inception_weights")
         if config.t2i_model != "tiny":
             if not config.t2i_weights:
                 raise ValueError(f"eval_fid.t2i_weights is not set: caption FID with t2i_model={config.t2i_model} "
                                  "needs the pipeline's local folder or hub id (e.g. "
                                  "stabilityai/stable-diffusion-2-1-base, stabilityai/stable-diffusion-3.5-medium)")
-            if config.t2i_weights.startswith(("/", ".", "~")) and not Path(config.t2i_weights).expanduser().exists():
+            if checked_on_this_machine(config.t2i_weights) and config.t2i_weights.startswith(("/", ".", "~")) \
+                    and not Path(config.t2i_weights).expanduser().exists():
                 raise ValueError(f"eval_fid.t2i_weights={config.t2i_weights!r} does not exist")
 
     def run(self, ctx: StepContext[EvalFidConfig]) -> StepResult:
@@ -129,19 +146,19 @@ class EvalFidStep(Step[EvalFidConfig]):
 
         cfg = ctx.config
         spec = cfg.inception_spec()
-        images = evaluation_images(ctx.input("caption_eval").local_dir, cfg.max_images)
+        images = evaluation_images(ctx.input("caption_eval"), cfg.max_images)
         if len(images) < 2:
             raise ValueError(f"eval_fid needs at least 2 images for a covariance, caption_eval has {len(images)}")
         if not spec.comparable:
             ctx.log.warning(NOT_COMPARABLE)
         workers = dict(num_workers=cfg.num_workers, num_cpus_per_worker=cfg.cpus_per_worker,
                        num_gpus_per_worker=cfg.gpus_per_worker)
-        real = real_image_stats([image.path for image in images], spec, cache_dir=ctx.cache_dir, **workers)
+        real = real_image_stats([image.path for image in images], spec, cache_uri=ctx.cache_uri, **workers)
         ctx.log.info("real-image statistics of %d images (%s, key %s)", real.stats.n,
                      "from cache" if real.cached else "computed", real.key)
         generators: list[Any] = [CaptionGenerator(cfg.text_to_image_spec(), tuple(cfg.cfg_scales))]
         if cfg.reconstruction:
-            generators.insert(0, ReconstructionGenerator(str(ctx.input("train_stage1").local_dir),
+            generators.insert(0, ReconstructionGenerator(ctx.input("train_stage1"),
                                                          cfg.recon_num_steps, cfg.recon_guidance_scale))
         generated = generated_feature_stats(generators, images, spec, batch_size=cfg.generation_batch_size,
                                             seed=cfg.seed, keep_samples=cfg.grid_images, **workers)
@@ -176,17 +193,26 @@ class EvalFidStep(Step[EvalFidConfig]):
         return StepResult(metrics=metrics, artifacts=artifacts)
 
 
-def evaluation_images(caption_eval_dir: Path, max_images: int) -> list[Any]:
-    """caption_eval's caption set as `EvalImage`s (file path + the generated caption), in file order."""
-    import pyarrow.parquet as pq
+def evaluation_images(caption_eval: StepOutput, max_images: int) -> list[Any]:
+    """caption_eval's caption set as `EvalImage`s (image path or URI + the generated caption), in file order.
 
+    Images inside caption_eval's output (the tiny sets) are named by their place in the store, so the
+    generation tasks read them on whichever node they run; images given by the config keep their paths.
+    """
     from vlv.eval.eval_sets import read_eval_sets
     from vlv.eval.fid_generation import EvalImage
 
-    sets = read_eval_sets(caption_eval_dir)
-    table = pq.read_table(caption_eval_dir / "captions.parquet", columns=["image_id", "file_name", "caption"])
+    local = caption_eval.local_folder().resolve()
+    sets = read_eval_sets(local)
+    table = caption_eval.read_table(CAPTIONS, columns=["image_id", "file_name", "caption"])
     rows = table.to_pylist()[:max_images or None]
-    return [EvalImage(int(r["image_id"]), str(safe_child(sets.images_dir, r["file_name"], "COCO file_name")),
+
+    def reachable(path: Path) -> str:
+        resolved = path.resolve()
+        return caption_eval.path(resolved.relative_to(local).as_posix()) if resolved.is_relative_to(local) \
+            else str(path)
+
+    return [EvalImage(int(r["image_id"]), reachable(safe_child(sets.images_dir, r["file_name"], "COCO file_name")),
                       str(r["caption"]))
             for r in rows]
 

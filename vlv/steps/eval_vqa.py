@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from vlv.engine.step import Resources, Step, StepContext, StepResult
+from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepResult, WorkerPool
+from vlv.engine.storage import checked_on_this_machine
 
 TINY_WARNING = "tiny-random LLM over random-model captions: these VQA accuracies mean nothing"
 
@@ -77,9 +78,19 @@ class EvalVqaStep(Step[EvalVqaConfig]):
     upstream = ("caption_eval",)
     code_version = "1"
     description = "VQAv2 / OK-VQA accuracy of a text-only LLM answering from the captions (0- and k-shot)"
+    outputs = (OutputFile("vqa_scores.csv", "accuracy per benchmark, shot count and answer type"),
+               OutputFile("vqa_results.parquet", "every prompt's answer and score"),
+               OutputFile("vqa_results.csv", "a sample of answers for MLflow"))
 
     def resources(self, config: EvalVqaConfig) -> Resources:
         return Resources(num_cpus=0)  # the answer tasks ask for their own CPUs/GPUs
+
+    def worker_pools(self, config: EvalVqaConfig) -> tuple[WorkerPool, ...]:
+        return (WorkerPool("LLM answer task", "tasks", config.num_workers, config.cpus_per_worker,
+                           config.gpus_per_worker),)
+
+    def weight_paths(self, config: EvalVqaConfig) -> dict[str, str]:
+        return {"eval_vqa.llm_path": config.llm_path} if config.llm == "pretrained" else {}
 
     def preflight(self, config: EvalVqaConfig) -> None:
         if config.llm != "pretrained":
@@ -87,7 +98,7 @@ class EvalVqaStep(Step[EvalVqaConfig]):
         if not config.llm_path:
             raise ValueError("eval_vqa.llm_path is not set: put a local transformers causal LM folder there "
                              "(the text-only LLM that answers from captions), or use eval_vqa.llm=tiny-random")
-        if not (Path(config.llm_path) / "config.json").is_file():
+        if checked_on_this_machine(config.llm_path) and not (Path(config.llm_path) / "config.json").is_file():
             raise ValueError(f"eval_vqa.llm_path={config.llm_path!r} is not a transformers model folder "
                              "(no config.json)")
 
@@ -100,7 +111,7 @@ class EvalVqaStep(Step[EvalVqaConfig]):
         from vlv.eval.vqa_llm import distributed_answers
 
         cfg = ctx.config
-        upstream = ctx.input("caption_eval").local_dir
+        upstream = ctx.input("caption_eval").local_folder()  # small files, fetched once from an object store
         sets = read_eval_sets(upstream)
         names = cfg.benchmarks or [b.name for b in sets.vqa]
         if not names:

@@ -13,14 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlv.engine.step import Resources, Step, StepContext, StepResult
+from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepOutput, StepResult
+from vlv.steps.aesthetic_filter import KEPT
 
 KEPT_COLUMNS = ("key", "shard", "url", "caption", "score")
 TINY_FILE = "tiny_gemini_output.jsonl"
+CAPTIONS_SCHEMA = pa.schema([("key", pa.string()), ("caption", pa.string()), ("caption_chars", pa.int32()),
+                             ("shard", pa.string())])  # the columns stage 2 reads (more ride along)
+CAPTIONS = OutputFile("captions.parquet", "accepted captions joined to the kept images (key, caption, "
+                      "caption_chars, finish_reason, prompt_tokens, output_tokens, shard, url, score)", CAPTIONS_SCHEMA)
+QUARANTINE = OutputFile("quarantine.parquet", "rejected caption rows: source, line_number, key, reason, detail")
 
 
 @dataclass
@@ -53,6 +58,8 @@ class IngestCaptionsStep(Step[IngestCaptionsConfig]):
     upstream = ("aesthetic_filter",)
     code_version = "1"
     description = "Caption files -> caption table joined to kept images, plus quarantine"
+    outputs = (CAPTIONS, QUARANTINE, OutputFile("caption_length_histogram.png", "caption lengths"),
+               OutputFile("quarantine_summary.csv", "quarantined rows per reason"))
 
     def resources(self, config: IngestCaptionsConfig) -> Resources:
         return Resources(num_cpus=float(config.num_threads))
@@ -74,7 +81,7 @@ class IngestCaptionsStep(Step[IngestCaptionsConfig]):
         from vlv.data.caption_keys import KeptKeys
 
         cfg = ctx.config
-        kept_table = read_kept(ctx.input("aesthetic_filter").path("kept.parquet"))
+        kept_table = read_kept(ctx.input("aesthetic_filter"))
         ctx.log.info("%d kept images from aesthetic_filter", kept_table.num_rows)
         names: dict[str, str] = {}
         if cfg.generate_tiny:
@@ -124,13 +131,12 @@ class IngestCaptionsStep(Step[IngestCaptionsConfig]):
         return StepResult(metrics=metrics, artifacts=["caption_length_histogram.png", "quarantine_summary.csv"])
 
 
-def read_kept(uri: str) -> pa.Table:
-    """kept.parquet of aesthetic_filter (local path or URI), with the columns this step relies on."""
-    with fsspec.open(uri, "rb") as handle:
-        table = pq.read_table(handle)
+def read_kept(upstream: StepOutput) -> pa.Table:
+    """kept.parquet of aesthetic_filter (read through the store), with the columns this step relies on."""
+    table = upstream.read_table(KEPT)
     missing = [c for c in KEPT_COLUMNS if c not in table.column_names]
     if missing:
-        raise ValueError(f"{uri} lacks column(s) {', '.join(missing)}; rerun aesthetic_filter "
+        raise ValueError(f"{upstream.path(KEPT)} lacks column(s) {', '.join(missing)}; rerun aesthetic_filter "
                          "(vlv run aesthetic_filter --force aesthetic_filter)")
     table = table.select(list(KEPT_COLUMNS))
     return table.set_column(4, "score", table.column("score").cast(pa.float32()))

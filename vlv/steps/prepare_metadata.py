@@ -14,9 +14,14 @@ import pyarrow.parquet as pq
 
 from vlv.data.laion import CANONICAL_COLUMNS, DEFAULT_BATCH_ROWS, Funnel, MetadataFilter, prepare_laion_metadata
 from vlv.data.loopback_site import LoopbackSite, TinySiteSpec, build_loopback_site, probe_urls, serve_folder
-from vlv.engine.step import Step, StepContext, StepResult
+from vlv.engine.step import OutputFile, Step, StepContext, StepResult
 
 SITE_FOLDER = "loopback_site"
+METADATA = OutputFile("metadata.parquet", "the filtered, de-duplicated LAION rows img2dataset downloads "
+                      "(URL, TEXT, WIDTH, HEIGHT and the other LAION columns present)")
+FUNNEL = OutputFile("funnel.csv", "rows kept and dropped per filter stage")
+SITE_INFO = OutputFile("loopback_site.json", "tiny source: where the photo site is served", required=False)
+SITE = OutputFile(f"{SITE_FOLDER}/", "tiny source: the photos the metadata URLs point at", required=False)
 
 
 @dataclass
@@ -66,6 +71,7 @@ class PrepareMetadataStep(Step[PrepareMetadataConfig]):
     upstream = ()
     code_version = "1"
     description = "Filter LAION metadata (or build the tiny loopback set) for img2dataset"
+    outputs = (METADATA, FUNNEL, SITE_INFO, SITE)
 
     def preflight(self, config: PrepareMetadataConfig) -> None:
         if config.source != "laion":
@@ -92,12 +98,12 @@ class PrepareMetadataStep(Step[PrepareMetadataConfig]):
             pq.write_table(site.rows, input_uri)
             ctx.log.info("prepare_metadata: built the tiny photo site: %d photos, %d rows (broken ones included)",
                          len(site.good_urls), site.rows.num_rows)
-        metadata_path = ctx.output_dir / "metadata.parquet"
+        metadata_path = ctx.output_dir / str(METADATA)
         funnel = prepare_laion_metadata(input_uri, str(metadata_path), rule, cfg.column_map, cfg.batch_rows,
                                         logger=ctx.log)
         if site is not None:
             _check_site_answers(site, metadata_path, ctx)
-            (ctx.output_dir / "loopback_site.json").write_text(json.dumps(site.info(), indent=2))
+            (ctx.output_dir / str(SITE_INFO)).write_text(json.dumps(site.info(), indent=2))
         _write_funnel_csv(funnel, ctx.output_dir / "funnel.csv")
         ctx.log.info("prepare_metadata funnel: %s", ", ".join(f"{stage}={n}" for stage, n in funnel.rows()))
         metrics = {"rows_read": funnel.rows_read, "rows_kept": funnel.rows_kept}

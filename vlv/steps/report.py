@@ -174,10 +174,10 @@ def curves_section(inputs: dict[str, StepOutput], tracking_uri: str | None, metr
 
 
 def _png_of(inputs: dict[str, StepOutput], step: str, name: str) -> bytes | None:
-    if step not in inputs:
+    if step not in inputs or not inputs[step].has(name):
         return None
-    path = inputs[step].local_dir / name
-    return path.read_bytes() if path.is_file() else None
+    with inputs[step].open(name) as handle:
+        return handle.read()
 
 
 def grids_section(inputs: dict[str, StepOutput]) -> str:
@@ -204,7 +204,7 @@ def captions_section(inputs: dict[str, StepOutput], count: int) -> str:
     from vlv.eval.report_html import array_png
     from vlv.inference import image_as_array
 
-    folder = inputs["caption_eval"].local_dir
+    folder = inputs["caption_eval"].local_folder()  # fetched once from an object store (small files)
     sets = read_eval_sets(folder)
     rows = []
     for row in pq.read_table(folder / "captions.parquet").slice(0, count).to_pylist():

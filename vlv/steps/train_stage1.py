@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlv.engine.step import Resources, Step, StepContext, StepResult
+from vlv.engine.step import Resources, Step, StepContext, StepResult, WorkerPool
 from vlv.models.config import Stage1ModelConfig
+from vlv.steps.aesthetic_filter import KEPT
+from vlv.steps.download import SHARDS
 from vlv.train.deepspeed_config import DeepSpeedConfig, build_deepspeed_config, stage1_official
 from vlv.train.loop import EXPORT_FILE, LoopConfig
 from vlv.train.ray_trainer import RayTrainConfig
@@ -49,6 +51,9 @@ class TrainStage1Step(Step[TrainStage1Config]):
     def resources(self, config: TrainStage1Config) -> Resources:
         return Resources(num_cpus=0)  # the Ray Train workers ask for their own CPUs/GPUs
 
+    def worker_pools(self, config: TrainStage1Config) -> tuple[WorkerPool, ...]:
+        return (train_worker_pool(config.ray_train),)
+
     def preflight(self, config: TrainStage1Config) -> None:
         config.model.check_weights("train_stage1.model")
         build_deepspeed_config(config.deepspeed, num_workers=config.ray_train.num_workers,
@@ -62,8 +67,8 @@ class TrainStage1Step(Step[TrainStage1Config]):
 
         cfg = ctx.config
         stream = WebDatasetImageStream(
-            shards_uri=ctx.input("download").path("shards"),
-            samples_uri=ctx.input("aesthetic_filter").path("kept.parquet"),
+            shards_uri=ctx.input("download").path(SHARDS),
+            samples_uri=ctx.input("aesthetic_filter").path(KEPT),
             config=ImageStreamConfig(image_size=cfg.model.image_size, shuffle_buffer=cfg.shuffle_buffer,
                                      seed=cfg.loop.seed),
         )
@@ -95,6 +100,12 @@ def schedule_over_loop(deepspeed: DeepSpeedConfig, loop: LoopConfig) -> DeepSpee
     """The decay runs over the loop's steps, so `--set ...loop.total_steps=N` needs no second override."""
     return dataclasses.replace(deepspeed, schedule=dataclasses.replace(deepspeed.schedule,
                                                                        total_steps=loop.total_steps))
+
+
+def train_worker_pool(ray_train: RayTrainConfig) -> WorkerPool:
+    """The Ray Train worker group, placed all at once (a placement group of `num_workers` bundles)."""
+    return WorkerPool("Ray Train worker", "train_workers", ray_train.num_workers, ray_train.cpus_per_worker,
+                      ray_train.gpus_per_worker if ray_train.use_gpu else 0.0, gang=True)
 
 
 def training_metrics(outcome: Any) -> dict[str, float]:

@@ -10,13 +10,18 @@ generated captions beside the reference captions.
 from __future__ import annotations
 
 import csv
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlv.engine.step import Resources, Step, StepContext, StepResult
+from vlv.engine.step import Resources, Step, StepContext, StepOutput, StepResult, WorkerPool
+from vlv.engine.storage import filesystem
+from vlv.inference import TOKENIZER_DIR, read_stage1_config
 from vlv.models.config import CaptionerConfig
-from vlv.steps.train_stage1 import schedule_over_loop, training_metrics
+from vlv.steps.download import SHARDS
+from vlv.steps.ingest_captions import CAPTIONS
+from vlv.steps.train_stage1 import schedule_over_loop, train_worker_pool, training_metrics
 from vlv.train.deepspeed_config import DeepSpeedConfig, build_deepspeed_config, stage2_paper
 from vlv.train.loop import EXPORT_FILE, LoopConfig
 from vlv.train.ray_trainer import RayTrainConfig
@@ -49,6 +54,9 @@ class TrainStage2Step(Step[TrainStage2Config]):
     def resources(self, config: TrainStage2Config) -> Resources:
         return Resources(num_cpus=0)  # the Ray Train workers ask for their own CPUs/GPUs
 
+    def worker_pools(self, config: TrainStage2Config) -> tuple[WorkerPool, ...]:
+        return (train_worker_pool(config.ray_train),)
+
     def preflight(self, config: TrainStage2Config) -> None:
         config.model.check_weights("train_stage2.model")
         build_deepspeed_config(config.deepspeed, num_workers=config.ray_train.num_workers,
@@ -61,18 +69,19 @@ class TrainStage2Step(Step[TrainStage2Config]):
         from vlv.train.stage_tasks import Stage2Task
 
         cfg = ctx.config
-        stage1_dir = str(ctx.input("train_stage1").local_dir)
-        captions_uri = ctx.input("ingest_captions").path("captions.parquet")
-        tokenizer_dir = Path(ctx.scratch_uri) / "tokenizer"
-        tokenizer = prepare_tokenizer(cfg, captions_uri, tokenizer_dir)
-        ctx.log.info("LLM tokenizer: %d ids (%s)", len(tokenizer), tokenizer_dir)
+        stage1 = ctx.input("train_stage1")
+        stage1_dir = stage1.local_folder()  # small: config + trainable tensors, fetched once on this node
+        captions = ctx.input("ingest_captions")
+        tokenizer_dir = ctx.output_dir / TOKENIZER_DIR
+        tokenizer = prepare_tokenizer(cfg, captions, tokenizer_dir)
+        tokenizer_uri = share_folder(tokenizer_dir, f"{ctx.scratch_uri}/tokenizer")
+        ctx.log.info("LLM tokenizer: %d ids (shared with the workers at %s)", len(tokenizer), tokenizer_uri)
         stream = WebDatasetImageStream(
-            shards_uri=ctx.input("download").path("shards"), samples_uri=captions_uri, with_captions=True,
-            config=ImageStreamConfig(image_size=_image_size(stage1_dir), shuffle_buffer=cfg.shuffle_buffer,
-                                     seed=cfg.loop.seed),
+            shards_uri=ctx.input("download").path(SHARDS), samples_uri=captions.path(CAPTIONS), with_captions=True,
+            config=ImageStreamConfig(image_size=read_stage1_config(stage1_dir).image_size,
+                                     shuffle_buffer=cfg.shuffle_buffer, seed=cfg.loop.seed),
         )
-        task = Stage2Task(model=cfg.model, stage1_dir=stage1_dir, tokenizer_dir=str(tokenizer_dir),
-                               stream=stream)
+        task = Stage2Task(model=cfg.model, stage1=stage1, tokenizer_uri=tokenizer_uri, stream=stream)
         outcome = run_training(
             task=task, deepspeed=schedule_over_loop(cfg.deepspeed, cfg.loop), loop=cfg.loop,
             ray_train=cfg.ray_train, storage_path=f"{ctx.scratch_uri}/ray", name="ray_train",
@@ -88,7 +97,7 @@ class TrainStage2Step(Step[TrainStage2Config]):
         return StepResult(metrics=training_metrics(outcome), artifacts=artifacts)
 
 
-def prepare_tokenizer(cfg: TrainStage2Config, captions_uri: str, out_dir: Path) -> Any:
+def prepare_tokenizer(cfg: TrainStage2Config, captions: StepOutput, out_dir: Path) -> Any:
     """Pretrained: the Qwen tokenizer. Random (tiny): a BPE trained on the ingested captions, saved to out_dir."""
     from vlv.models.captioner import build_caption_tokenizer
 
@@ -96,16 +105,35 @@ def prepare_tokenizer(cfg: TrainStage2Config, captions_uri: str, out_dir: Path) 
         tokenizer = build_caption_tokenizer(cfg.model)
         tokenizer.save_pretrained(str(out_dir))
         return tokenizer
-    import pyarrow.parquet as pq
-
     texts: list[str] = []
-    for batch in pq.ParquetFile(captions_uri).iter_batches(columns=["caption"], batch_size=10_000):
-        texts.extend(str(c) for c in batch.column(0).to_pylist())
-        if len(texts) >= cfg.tokenizer_max_captions:
-            break
+    with captions.parquet_file(CAPTIONS) as parquet:
+        for batch in parquet.iter_batches(columns=["caption"], batch_size=10_000):
+            texts.extend(str(c) for c in batch.column(0).to_pylist())
+            if len(texts) >= cfg.tokenizer_max_captions:
+                break
     if not texts:
-        raise ValueError(f"{captions_uri} holds no captions to train the tokenizer on; check ingest_captions")
+        raise ValueError(f"{captions.path(CAPTIONS)} holds no captions to train the tokenizer on; check "
+                         f"ingest_captions")
     return build_caption_tokenizer(cfg.model, texts[:cfg.tokenizer_max_captions], out_dir)
+
+
+def share_folder(folder: Path, base_uri: str) -> str:
+    """Copy a small local folder into the store under a name derived from its content; returns its URI.
+
+    Ray Train workers on other nodes fetch it from there (`fetch_to_cache`); the content hash in the name keeps
+    a node's cached copy from ever standing for different files.
+    """
+    digest = hashlib.sha256()
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    for path in files:
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    uri = f"{base_uri}-{digest.hexdigest()[:16]}"
+    fs, root = filesystem(uri)
+    for path in files:
+        target = f"{root}/{path.relative_to(folder).as_posix()}"
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        fs.put_file(str(path), target)
+    return uri
 
 
 def write_caption_samples(captioner: Any, stream: Any, cfg: TrainStage2Config, path: Path) -> None:
@@ -119,8 +147,4 @@ def write_caption_samples(captioner: Any, stream: Any, cfg: TrainStage2Config, p
             writer.writerow([key, text, reference])
 
 
-def _image_size(stage1_dir: str) -> int:
-    from vlv.inference import read_stage1_config
-
-    return read_stage1_config(stage1_dir).image_size
 

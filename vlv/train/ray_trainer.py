@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlv.engine.storage import arrow_filesystem
 from vlv.train.deepspeed_config import DeepSpeedConfig, build_deepspeed_config
 from vlv.train.loop import (
     EXPORT_FILE,
@@ -72,6 +73,8 @@ def run_training(*, task: Any, deepspeed: DeepSpeedConfig, loop: LoopConfig, ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    # The same S3 endpoint for Ray Train's pyarrow filesystem as for the rest of the store (AWS_ENDPOINT_URL).
+    storage_fs, storage_root = arrow_filesystem(storage_path)
     # Fail in the driver, before any worker starts, on a batch/precision mistake.
     build_deepspeed_config(deepspeed, num_workers=ray_train.num_workers, on_gpu=ray_train.use_gpu)
     resources = {"CPU": ray_train.cpus_per_worker}
@@ -85,7 +88,7 @@ def run_training(*, task: Any, deepspeed: DeepSpeedConfig, loop: LoopConfig, ray
         scaling_config=ray.train.ScalingConfig(num_workers=ray_train.num_workers, use_gpu=ray_train.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage_path,
+            name=name, storage_path=storage_root, storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=ray_train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=ray_train.num_checkpoints_to_keep),
         ),

@@ -44,19 +44,21 @@ class Stage2Task:
     """The stage-2 workload for the generic loop; holds folder paths, builds everything on the worker."""
 
     model: Any  # vlv.models.config.CaptionerConfig
-    stage1_dir: str  # train_stage1's output folder
-    tokenizer_dir: str
+    stage1: Any  # train_stage1's published output (a StepOutput): each worker fetches it where it runs
+    tokenizer_uri: str  # the LLM tokenizer folder, in the store (or a local path on one machine)
     stream: Any  # vlv.train.data.WebDatasetImageStream over captions.parquet, with captions
 
     def build_model(self) -> Any:
         from vlv.inference import load_caption_embedder
         from vlv.models.captioner import build_captioner
 
-        captioner = build_captioner(self.model, load_caption_embedder(self.stage1_dir), self.tokenizer())
-        return captioner.train()
+        embedder = load_caption_embedder(self.stage1.local_folder())
+        return build_captioner(self.model, embedder, self.tokenizer()).train()
 
     def tokenizer(self) -> Any:
-        return load_caption_tokenizer(self.model, self.tokenizer_dir)
+        from vlv.engine.storage import fetch_to_cache
+
+        return load_caption_tokenizer(self.model, str(fetch_to_cache(self.tokenizer_uri)))
 
     def batches(self, *, rank: int, world_size: int, batch_size: int, start_batch: int) -> Iterator[Any]:
         from vlv.models.caption_tokenizer import tokenize_captions
