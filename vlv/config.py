@@ -34,6 +34,13 @@ class PipelineConfig:
     eval_vqa: EvalVqaConfig
     report: ReportConfig
     experiment: str = "vlv"  # MLflow experiment name
+    # How often Ray reruns a step's task after its node or worker process died (not after an exception in the
+    # step); the rerun continues what the attempt left in the store. Training survives worker loss on its own.
+    step_max_retries: int = 2
+
+    def __post_init__(self) -> None:
+        if self.step_max_retries < 0:
+            raise ValueError(f"step_max_retries must be >= 0, got {self.step_max_retries}")
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(to_dict(self), sort_keys=True).encode()).hexdigest()[:16]

@@ -6,6 +6,7 @@ parent run -> for each planned step {cached: child run pointing at its source; r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -136,6 +137,7 @@ def _do_step(step: Step, planned: PlannedStep, config: PipelineConfig, store: Ru
 
     section = getattr(config, planned.name)
     resources = step.resources(section)
+    resources = dataclasses.replace(resources, max_retries=getattr(config, "step_max_retries", resources.max_retries))
     inputs = {}
     for up, up_key in planned.upstream_keys.items():
         given = store.output(up, up_key)

@@ -28,6 +28,7 @@ class SlowSection:
     value: int = 7
     hold_file: str = ""  # run() waits for this file before returning
     counter_dir: str = ""  # every execution appends its pid to <counter_dir>/slow.runs
+    extra_files: int = 0  # small files written besides value.txt: a publish with a long upload
 
 
 @dataclass
@@ -53,6 +54,9 @@ class SlowStep(Step[SlowSection]):
             with open(Path(ctx.config.counter_dir) / "slow.runs", "a") as handle:
                 handle.write(f"{os.getpid()}\n")
         (ctx.output_dir / "value.txt").write_text(str(ctx.config.value))
+        for i in range(ctx.config.extra_files):
+            (ctx.output_dir / "extra").mkdir(exist_ok=True)
+            (ctx.output_dir / "extra" / f"{i:05d}.txt").write_text(f"file {i}\n" * 20)
         while ctx.config.hold_file and not Path(ctx.config.hold_file).exists():
             time.sleep(0.05)
         return StepResult(metrics={"value": ctx.config.value})
@@ -70,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", required=True)
     parser.add_argument("--hold-file", default="")
     parser.add_argument("--counter-dir", default="")
+    parser.add_argument("--extra-files", type=int, default=0)
     args = parser.parse_args(argv)
-    config = GatedConfig(slow=SlowSection(hold_file=args.hold_file, counter_dir=args.counter_dir))
+    config = GatedConfig(slow=SlowSection(hold_file=args.hold_file, counter_dir=args.counter_dir,
+                                          extra_files=args.extra_files))
     try:
         outcome = run_pipeline(RunOptions(config=config, store_uri=args.store, steps=(SlowStep(),)))
     except StoreLockedError as err:
