@@ -50,7 +50,8 @@ class S3Server:
                 "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing")}
 
     def start(self) -> S3Server:
-        executable = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+        beside = Path(sys.executable).with_name("moto_server")  # this environment's first, then PATH's
+        executable = str(beside) if beside.exists() else (shutil.which("moto_server") or str(beside))
         if not Path(executable).exists():
             raise RuntimeError("moto_server is not installed: pip install 'moto[server]' (a dev dependency)")
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
