@@ -114,3 +114,20 @@ def test_second_invocation_executes_nothing_and_force_runs_exactly_one(tiny_stor
     assert full_run.main(["--preset", "tiny", "--store", str(tiny_store), "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("cached") == len(ALL_STEPS)
+
+
+def test_forcing_a_training_step_trains_afresh_with_a_whole_curve(tiny_store, caplog):
+    """A forced rerun never "resumes" the finished run left in scratch: it trains every step again, and its
+    MLflow run holds the whole loss curve (downstream steps keep their keys, so they stay cached)."""
+    import logging
+
+    from vlv.tracking import metric_history
+
+    with caplog.at_level(logging.INFO):
+        assert full_run.main(["--preset", "tiny", "--store", str(tiny_store), "--force", "train_stage1"]) == 0
+    latest = {r.data.tags["vlv.step"]: r for r in _runs(tiny_store)[-len(ALL_STEPS):]}
+    assert latest["train_stage1"].data.tags["vlv.status"] == "executed"
+    assert {latest[s].data.tags["vlv.status"] for s in ALL_STEPS if s != "train_stage1"} == {"cached"}
+    losses = metric_history(f"sqlite:///{tiny_store / 'mlflow.db'}", latest["train_stage1"].info.run_id, "loss")
+    assert [step for step, _ in losses] == [1, 2, 3, 4, 5, 6]
+    assert "resumed_from_step" not in latest["train_stage1"].data.metrics

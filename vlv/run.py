@@ -150,11 +150,13 @@ def _do_step(step: Step, planned: PlannedStep, config: PipelineConfig, store: Ru
             if not planned.forced and store.is_published(planned.name, planned.key):
                 log.info("step %-16s published by another invocation while this one planned; cached", planned.name)
                 return _cached(planned, store, tracking, run_id)
+            if planned.forced:  # a rerun means afresh: no "resuming" a finished or half-done earlier attempt
+                store.discard_partial_work(planned.name, planned.key)
             request = StepRequest(
                 step=step, key=planned.key, preset=config.preset, section=section,
                 section_dict=planned.section, upstream_keys=planned.upstream_keys, inputs=inputs,
                 store_uri=store.uri, tracking_uri=tracking_uri, mlflow_run_id=run_id, on_cluster=on_cluster,
-                lock_token=token,
+                lock_token=token, forced=planned.forced,
             )
             log.info("step %-16s running (key %s, %s CPU, %s GPU)", planned.name, planned.key, resources.num_cpus,
                      resources.num_gpus)

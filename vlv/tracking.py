@@ -86,6 +86,23 @@ class MlflowMetricLogger:
         if step is not None:
             self._logged_steps[name].add(step)
 
+    def copy_history(self, source_run_id: str, up_to_step: int) -> int:
+        """Copy every metric point of steps 1..`up_to_step` of another run into this one (a resumed training
+        run continues the curve of the run that was killed); returns how many points were copied."""
+        from mlflow.entities import Metric
+
+        client = self._connect()
+        copied = 0
+        for name in client.get_run(source_run_id).data.metrics:
+            points = [m for m in client.get_metric_history(source_run_id, name) if 0 < m.step <= up_to_step]
+            logged = {int(m.step) for m in client.get_metric_history(self.run_id, name)}
+            fresh = [Metric(name, m.value, m.timestamp, m.step) for m in points if m.step not in logged]
+            for start in range(0, len(fresh), 500):
+                client.log_batch(self.run_id, metrics=fresh[start:start + 500])
+            self._logged_steps.pop(name, None)  # read again on next use, copied points included
+            copied += len(fresh)
+        return copied
+
     def _connect(self):
         if self._client is None:
             from mlflow.tracking import MlflowClient

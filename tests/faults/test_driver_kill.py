@@ -93,6 +93,11 @@ def test_training_step_killed_after_a_checkpoint_resumes_from_it(tiny_store, see
     assert 0 < metrics["resumed_from_step"] <= metrics["steps"]  # ... continuing from the killed run's checkpoint
     assert metrics["resumed_from_step"] % read_manifest(folder).config["loop"]["checkpoint_every"] == 0
     assert (folder / STAGE1_WEIGHTS).is_file()
+    # The run that published the output holds the whole curve: the killed run's steps were carried over.
+    from vlv.tracking import metric_history
+
+    losses = metric_history(f"sqlite:///{store / 'mlflow.db'}", read_manifest(folder).mlflow_run_id, "loss")
+    assert [s for s, _ in losses] == list(range(1, int(metrics["steps"]) + 1))
 
 
 @pytest.mark.slow

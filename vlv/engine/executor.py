@@ -47,6 +47,7 @@ class StepRequest:
     on_cluster: bool
     # The driver's claim on this step key (RunStore.lock); checked just before publishing, None = unlocked.
     lock_token: str | None = None
+    forced: bool = False  # --force / --from: the driver already discarded partial work; this run starts afresh
 
 
 def connect_ray() -> bool:

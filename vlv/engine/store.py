@@ -251,6 +251,22 @@ class RunStore:
             raise ValueError(f"store {self.uri} is an object store: use begin_attempt/commit")
         return self._publish_local(staging, manifest)
 
+    def discard_partial_work(self, step: str, key: str) -> None:
+        """Forget what earlier attempts left for this key (checkpoints in scratch, a staging folder, uncommitted
+        attempts), so a forced rerun starts afresh; the published output stays until the new one commits."""
+        self._check(step, key)
+        scratch = self._join("scratch", step, key)
+        if self.fs.exists(scratch):
+            self.fs.rm(scratch, recursive=True)
+        staging = self.staging_dir(step, key)
+        if staging.exists():
+            shutil.rmtree(staging)
+        if not self.is_local:
+            committed = self._committed_attempts(step, key, self._commit_numbers(step, key))
+            for attempt_id in self._attempt_ids(step, key):
+                if attempt_id not in committed:
+                    self.fs.rm(self._join("steps", step, key, ATTEMPTS, attempt_id), recursive=True)
+
     def unpublish(self, step: str, key: str) -> None:
         """Remove a published output (e.g. one found corrupt), so the next run makes it again."""
         self._check(step, key)

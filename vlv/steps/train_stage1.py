@@ -80,8 +80,7 @@ class TrainStage1Step(Step[TrainStage1Config]):
         )
         (ctx.output_dir / EXPORT_FILE).rename(ctx.output_dir / STAGE1_WEIGHTS)
         save_stage1_checkpoint(ctx.output_dir, cfg.model, ctx.output_dir / STAGE1_WEIGHTS)
-        ctx.log.info("trained %d steps (resumed from %s); final loss %.5f", outcome.steps,
-                     outcome.resumed_from_step, outcome.metrics.get("loss", float("nan")))
+        ctx.log.info("%s; final loss %.5f", describe_training(outcome), outcome.metrics.get("loss", float("nan")))
 
         artifacts = []
         if cfg.grid_images:
@@ -106,6 +105,16 @@ def train_worker_pool(ray_train: RayTrainConfig) -> WorkerPool:
     """The Ray Train worker group, placed all at once (a placement group of `num_workers` bundles)."""
     return WorkerPool("Ray Train worker", "train_workers", ray_train.num_workers, ray_train.cpus_per_worker,
                       ray_train.gpus_per_worker if ray_train.use_gpu else 0.0, gang=True)
+
+
+def describe_training(outcome: Any) -> str:
+    """What the training run really did, in words (a resumed run does not train the steps before it)."""
+    start = outcome.resumed_from_step
+    if start is None:
+        return f"trained steps 1..{outcome.steps} from scratch"
+    if start >= outcome.steps:
+        return f"found the finished run of this attempt (step {outcome.steps}) in scratch: trained no new step"
+    return f"resumed from the checkpoint at step {start}: trained steps {start + 1}..{outcome.steps}"
 
 
 def training_metrics(outcome: Any) -> dict[str, float]:

@@ -21,7 +21,7 @@ from vlv.inference import TOKENIZER_DIR, read_stage1_config
 from vlv.models.config import CaptionerConfig
 from vlv.steps.download import SHARDS
 from vlv.steps.ingest_captions import CAPTIONS
-from vlv.steps.train_stage1 import schedule_over_loop, train_worker_pool, training_metrics
+from vlv.steps.train_stage1 import describe_training, schedule_over_loop, train_worker_pool, training_metrics
 from vlv.train.deepspeed_config import DeepSpeedConfig, build_deepspeed_config, stage2_paper
 from vlv.train.loop import EXPORT_FILE, LoopConfig
 from vlv.train.ray_trainer import RayTrainConfig
@@ -87,6 +87,7 @@ class TrainStage2Step(Step[TrainStage2Config]):
             ray_train=cfg.ray_train, storage_path=f"{ctx.scratch_uri}/ray", name="ray_train",
             metric_logger=ctx.metrics, export_dir=ctx.output_dir,
         )
+        ctx.log.info("%s; final loss %.5f", describe_training(outcome), outcome.metrics.get("loss", float("nan")))
         (ctx.output_dir / EXPORT_FILE).rename(ctx.output_dir / CAPTIONER_WEIGHTS)
         save_captioner_checkpoint(ctx.output_dir, stage1_dir, cfg.model, ctx.output_dir / CAPTIONER_WEIGHTS,
                                   tokenizer)

@@ -90,6 +90,8 @@ class TrainProgress:
     step: int = 0  # optimizer steps done
     samples_seen: int = 0  # global samples consumed
     resumed_from_step: int | None = None
+    # The MLflow run that logged the steps up to the checkpoint: a resumed run copies that part of the curve.
+    metrics_run_id: str | None = None
 
 
 @dataclass
@@ -137,6 +139,8 @@ def train_worker(config: dict[str, Any]) -> None:
     batches = spec.task.batches(rank=rank, world_size=world_size, batch_size=spec.deepspeed.micro_batch_per_worker,
                                 start_batch=progress.step * accumulation)
     metric_logger = spec.metric_logger if rank == 0 else None  # one writer per metric series
+    if metric_logger is not None and progress.resumed_from_step:
+        carry_curve_over(metric_logger, progress)
 
     window_start, window_steps = time.perf_counter(), 0
     for step in range(progress.step, spec.loop.total_steps):
@@ -152,7 +156,8 @@ def train_worker(config: dict[str, Any]) -> None:
             window_start, window_steps = time.perf_counter(), 0
         final = progress.step == spec.loop.total_steps
         if final or progress.step % spec.loop.checkpoint_every == 0:
-            save_and_report(engine, progress, stats, rank=rank, final=final)
+            save_and_report(engine, progress, stats, rank=rank, final=final,
+                            metrics_run_id=getattr(metric_logger, "run_id", None))
 
 
 def initialize_deepspeed(model: Any, *, deepspeed_config: DeepSpeedConfig, num_workers: int, on_gpu: bool) -> Any:
@@ -198,7 +203,19 @@ def load_checkpoint(engine: Any, checkpoint: Any, *, world_size: int) -> TrainPr
         if path is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint with tag {saved['tag']} in {folder}")
     log.info("resumed from step %d (%d samples seen)", saved["step"], saved["samples_seen"])
-    return TrainProgress(step=saved["step"], samples_seen=saved["samples_seen"], resumed_from_step=saved["step"])
+    return TrainProgress(step=saved["step"], samples_seen=saved["samples_seen"], resumed_from_step=saved["step"],
+                         metrics_run_id=saved.get("metrics_run_id"))
+
+
+def carry_curve_over(metric_logger: Any, progress: TrainProgress) -> None:
+    """A run resumed by a new pipeline invocation logs into a new MLflow run: copy the steps the checkpoint
+    already holds from the run that logged them, so the run that publishes the output has the whole curve."""
+    source = progress.metrics_run_id
+    if not source or source == getattr(metric_logger, "run_id", None) or not hasattr(metric_logger, "copy_history"):
+        return
+    copied = metric_logger.copy_history(source, up_to_step=progress.step)
+    log.info("resumed at step %d: copied %d metric points of steps 1..%d from MLflow run %s", progress.step,
+             copied, progress.step, source)
 
 
 def damaged_checkpoint(folder: str, part: str, err: BaseException) -> RuntimeError:
@@ -250,7 +267,8 @@ def log_step(metric_logger: Any, step: int, stats: StepStats, samples_per_s: flo
              "n/a" if stats.grad_norm is None else f"{stats.grad_norm:.4f}", samples_per_s)
 
 
-def save_and_report(engine: Any, progress: TrainProgress, stats: StepStats, *, rank: int, final: bool) -> None:
+def save_and_report(engine: Any, progress: TrainProgress, stats: StepStats, *, rank: int, final: bool,
+                    metrics_run_id: str | None = None) -> None:
     """All ranks: DeepSpeed checkpoint into a private folder, reported (merged) as one Ray Train checkpoint."""
     import ray.train
 
@@ -265,7 +283,7 @@ def save_and_report(engine: Any, progress: TrainProgress, stats: StepStats, *, r
         if rank == 0:
             (folder / PROGRESS_FILE).write_text(json.dumps({
                 "step": progress.step, "samples_seen": progress.samples_seen, "tag": tag,
-                "world_size": engine.world_size,
+                "world_size": engine.world_size, "metrics_run_id": metrics_run_id,
             }))
             if trainable_state is not None:
                 export_safetensors(trainable_state, folder / EXPORT_FILE)
