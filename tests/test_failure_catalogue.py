@@ -537,6 +537,38 @@ def config_paper_missing_weights(env: Env) -> None:
         expect_error(lambda s=setting: _preflight(unset, s.split(".")[0]), setting, "is not set")
 
 
+def config_paper_all_missing_at_once(env: Env) -> None:
+    import contextlib
+
+    from pipelines import full_run
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert full_run.main(["--preset", "paper", "--store", str(env.tmp_path / "store")]) == 2
+    message = err.getvalue()
+    for setting in ("prepare_metadata.input_uri", "aesthetic_filter.predictor_weights", "ingest_captions.source",
+                    "train_stage1.model.florence_weights", "train_stage1.model.sd_weights",
+                    "train_stage2.model.llm_weights", "eval_vqa.llm_path"):
+        assert setting in message, f"{setting} not named: {message}"
+    assert "problems, no step was run" in message and "Traceback" not in message
+
+
+def config_ignored_settings(env: Env) -> None:
+    cases = (("ingest_captions.source", "/data/gemini/*.jsonl", "ingest_captions.generate_tiny=false"),
+             ("prepare_metadata.input_uri", "/data/laion", "prepare_metadata.source=laion"),
+             ("eval_vqa.llm_path", "/models/llm", "eval_vqa.llm=pretrained"),
+             ("aesthetic_filter.predictor_weights", "/m/p.pth", "aesthetic_filter.model=pretrained"),
+             ("train_stage1.model.florence_weights", "/m/f", "train_stage1.model.init=pretrained"))
+    for setting, value, switch in cases:
+        expect_error(lambda s=setting, v=value: _load("tiny", **{s: v}), setting.rsplit(".", 1)[-1], "ignored", switch)
+
+
+def config_missing_watermark_column(env: Env) -> None:
+    rows = [{k: v for k, v in row.items() if k != "pwatermark"} for row in _good_rows()]
+    expect_error(lambda: _prepare(env, rows), "pwatermark", "column_map",
+                 "--set prepare_metadata.max_pwatermark=null")
+
+
 # -- security: no path built from data leaves its root ---------------------------------------------------------
 
 
@@ -796,6 +828,18 @@ CASES: tuple[Case, ...] = (
     Case(CONFIG, "paper_missing_weights",
          "`paper` with weight paths that do not exist, or unset",
          "preflight error naming the setting, before any step runs", config_paper_missing_weights),
+    Case(CONFIG, "paper_all_missing",
+         "`--preset paper` with nothing set",
+         "one error listing every setting to fill (data, weights, captions), before anything runs",
+         config_paper_all_missing_at_once),
+    Case(CONFIG, "ignored_settings",
+         "a setting the preset would ignore (`ingest_captions.source` under `tiny`, ...)",
+         "error naming the switch that makes it count (e.g. `ingest_captions.generate_tiny=false`)",
+         config_ignored_settings),
+    Case(LAION, "no_watermark_column",
+         "a LAION release without a watermark column",
+         "error offering `column_map` or `--set prepare_metadata.max_pwatermark=null`",
+         config_missing_watermark_column),
     Case(SECURITY, "store_names",
          "step names or keys with `..`, `/`, an absolute path, a NUL",
          "error naming the value and the store; nothing written", security_store_names),

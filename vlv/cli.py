@@ -22,6 +22,8 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="override one config value, e.g. --set download.image_size=64 (repeatable)")
     parser.add_argument("--store", default=None,
                         help="run store: a folder or fsspec URI (default $VLV_STORE, else ./vlv_runs)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="everything on the console: dependency warnings, progress bars, tracebacks of errors")
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -59,11 +61,9 @@ def run_from_args(args: argparse.Namespace, only: Sequence[str] = ()) -> int:
         options = options_from_args(args, only)
         outcome = run_pipeline(options)
     except (ValueError, StoreLockedError, StoreAccessError) as err:
-        _print_error(err)
-        return 2
+        return _fail(err, args)
     except StepFailed as err:
-        _print_error(err)
-        return 1
+        return _fail(err, args, code=1)
     if options.dry_run:
         print(describe_plan(outcome.plan))
     else:
@@ -74,6 +74,16 @@ def run_from_args(args: argparse.Namespace, only: Sequence[str] = ()) -> int:
 def _print_error(err: BaseException) -> None:
     """One line on stderr; an error can quote a value that holds a credential, so it is redacted."""
     print(f"error: {redact(str(err))}", file=sys.stderr)
+
+
+def _fail(err: BaseException, args: argparse.Namespace, code: int = 2) -> int:
+    """Print the error (and, with --verbose, its traceback); returns the exit code."""
+    if getattr(args, "verbose", False):
+        import traceback
+
+        print(redact("".join(traceback.format_exception(err))), file=sys.stderr)
+    _print_error(err)
+    return code
 
 
 class _Parser(argparse.ArgumentParser):
@@ -152,38 +162,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise AssertionError(f"unhandled command {args.command}")
 
 
+def _store_and_plan(args: argparse.Namespace):
+    """(store, this config's plan, the store's published outputs) without creating or writing anything."""
+    from vlv.engine.plan import make_plan
+    from vlv.pipeline import pipeline_steps, step_names
+    from vlv.store_inventory import inventory, open_existing_store
+
+    options = options_from_args(args)
+    store = open_existing_store(options.store_uri)
+    plan = make_plan(pipeline_steps(), options.config, store)
+    return store, plan, inventory(store, plan, step_names())
+
+
 def _status(args: argparse.Namespace) -> int:
-    from vlv.run import step_states
+    from vlv.run import step_state
+    from vlv.store_inventory import format_status
 
     try:
-        states = step_states(options_from_args(args))
+        store, plan, outputs = _store_and_plan(args)
     except ValueError as err:
-        _print_error(err)
-        return 2
-    width = max(len(p.name) for p, _ in states)
-    for planned, state in states:
-        print(f"{planned.name:<{width}}  key={planned.key}  {state}")
+        return _fail(err, args)
+    states = {p.name: step_state(store, p) for p in plan}
+    print(format_status(store, outputs, plan, states))
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from vlv.run import verify_outputs
+    from vlv.store_inventory import verify_all
 
     try:
-        report = verify_outputs(options_from_args(args))
+        store, _, outputs = _store_and_plan(args)
+        report = verify_all(outputs)
     except ValueError as err:
-        _print_error(err)
-        return 2
-    damaged = [(step, problems) for step, _, problems in report if problems]
-    for step, key, problems in report:
-        print(f"{step:<18} key={key}  {'DAMAGED' if problems else 'ok'}")
+        return _fail(err, args)
+    for output, problems in report:
+        mark = " (this config)" if output.used_by_config else ""
+        print(f"{output.step:<18} key={output.key}  {'DAMAGED' if problems else 'ok'}{mark}")
         for problem in problems:
             print(f"    {problem}")
+    damaged = sorted({output.step for output, problems in report if problems})
     if damaged:
-        steps = ",".join(step for step, _ in damaged)
-        print(f"rerun the damaged steps with: python pipelines/full_run.py --force {steps} (same config flags)")
+        print(f"rerun the damaged steps with: python pipelines/full_run.py --force {','.join(damaged)} (same config "
+              f"flags as the run that made them)")
         return 1
-    print(f"{len(report)} published outputs intact")
+    print(f"{len(report)} published outputs intact in {store.uri}")
     return 0
 
 

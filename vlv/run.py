@@ -92,8 +92,15 @@ def run_pipeline(options: RunOptions) -> PipelineOutcome:
     log.info("plan for preset %s, store %s:\n%s", config.preset, store.uri, describe_plan(plan))
     steps = {step.name: step for step in options.pipeline()}
     to_run = [p for p in plan if p.action == "run"]
-    for planned in to_run:
-        steps[planned.name].preflight(getattr(config, planned.name))
+    problems = []
+    for planned in to_run:  # every step's problem at once, not one per attempt
+        try:
+            steps[planned.name].preflight(getattr(config, planned.name))
+        except ValueError as err:
+            problems.append(str(err))
+    if problems:
+        raise ValueError(problems[0] if len(problems) == 1 else
+                         f"{len(problems)} problems, no step was run:\n  " + "\n  ".join(problems))
 
     tracking_uri = default_tracking_uri(store.local_root if store.is_local else None)
     check_tracking_reachable(tracking_uri)
@@ -237,20 +244,14 @@ def format_outcome(outcome: PipelineOutcome) -> str:
     return "\n".join(lines)
 
 
-def step_states(options: RunOptions) -> list[tuple[PlannedStep, str]]:
-    """For `vlv status`: each step's state for this config (published / partial / missing)."""
-    store, plan = plan_run(options)
-    states = []
-    for planned in plan:
-        manifest = store.read_manifest(planned.name, planned.key)
-        if manifest is not None:
-            state = f"published {manifest.created_at} ({len(manifest.files)} files)"
-        elif store.is_local and store.staging_dir(planned.name, planned.key).exists():
-            state = "partial (a staging folder from an unfinished attempt; the next run continues or redoes it)"
-        else:
-            state = "missing"
-        states.append((planned, state))
-    return states
+def step_state(store: RunStore, planned: PlannedStep) -> str:
+    """published / partial (an unfinished attempt's staging folder) / missing, for one planned step."""
+    manifest = store.read_manifest(planned.name, planned.key)
+    if manifest is not None:
+        return f"published {manifest.created_at} ({len(manifest.files)} files)"
+    if store.is_local and store.staging_dir(planned.name, planned.key).exists():
+        return "partial: an unfinished attempt, which the next run continues or redoes"
+    return "missing"
 
 
 def selected(names: Sequence[str]) -> tuple[str, ...]:

@@ -165,10 +165,15 @@ def resolve_columns(file_columns: list[str], column_map: Mapping[str, str], requ
     absent = [c for c in required if c not in source]
     if absent:
         example = ", ".join(f'"{c}": "<your column>"' for c in absent)
+        # A release may simply not have a filter's column: then the filter must go, mapping cannot help.
+        switches = {"pwatermark": "prepare_metadata.max_pwatermark=null",
+                    "punsafe": "prepare_metadata.max_punsafe=null"}
+        drop = [f"--set {switches[c]}" for c in absent if c in switches]
+        or_drop = f", or if your release has no such column, turn that filter off with {' '.join(drop)}" if drop else ""
         raise ValueError(
             f"LAION metadata {path} has no column for {', '.join(absent)} (needed by the configured filter); "
             f"columns found: {', '.join(file_columns)}. Map them with "
-            f"--set prepare_metadata.column_map='{{{example}}}'"
+            f"--set prepare_metadata.column_map='{{{example}}}'{or_drop}"
         )
     return mapping
 

@@ -59,20 +59,26 @@ class Attempt:
 
 
 class RunStore:
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, *, create: bool = True):
         self.uri = uri.rstrip("/") or "/"
         self.is_local = not is_remote(self.uri)
         self.fs, root = filesystem(self.uri)
         self.root = str(Path(root).resolve()) if self.is_local else root.rstrip("/")
-        if self.is_local:
-            Path(self.root).mkdir(parents=True, exist_ok=True)
+        if self.is_local and create:
+            try:
+                Path(self.root).mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise StoreAccessError(f"store {self.uri} cannot be created: {err.strerror or err} (pick a "
+                                       f"folder you can write, e.g. --store ./vlv_runs)") from None
 
     def __repr__(self) -> str:
         return f"RunStore({self.uri!r})"
 
-    def check_access(self) -> None:
+    def check_access(self, write: bool = True) -> None:
         """One round trip to the store; a clear StoreAccessError (endpoint, bucket, credentials) if it fails."""
         if self.is_local:
+            if write and not os.access(self.root, os.W_OK):
+                raise StoreAccessError(f"store {self.uri} is not writable by this user; pick another --store")
             return
         bucket = self.root.split("/", 1)[0]
         try:
@@ -82,6 +88,8 @@ class RunStore:
             raise StoreAccessError(describe_store_error(self.uri, RuntimeError(f"NoSuchBucket: {err}"))) from None
         except Exception as err:  # noqa: BLE001 - botocore/aiohttp errors come in many types; each is described
             raise StoreAccessError(describe_store_error(self.uri, err)) from None
+        if not write:
+            return
         try:
             self.fs.pipe_file(self._join(".vlv-store"), b"vlv run store\n")  # can we write, not only list?
         except Exception as err:  # noqa: BLE001

@@ -39,6 +39,9 @@ class Stage1ModelConfig:
 
     def __post_init__(self) -> None:
         _check_choice("init", self.init, _INIT_MODES)
+        if self.init == "random" and (self.florence_weights or self.sd_weights):
+            raise ValueError("Stage1ModelConfig.florence_weights / sd_weights are ignored while init='random'; to "
+                             "start from them add --set train_stage1.model.init=pretrained")
         _check_choice("florence_arch", self.florence_arch, FLORENCE_ARCHS)
         _check_choice("sd_arch", self.sd_arch, DIFFUSION_ARCHS)
         _check_choice("task_prompt", self.task_prompt, FLORENCE_CAPTION_TASKS)
@@ -58,12 +61,15 @@ class Stage1ModelConfig:
         """ValueError naming the field to set when `pretrained` weights are missing (call from preflight)."""
         if self.init != "pretrained":
             return
+        unset = []
         if not self.florence_weights:
-            raise ValueError(f"{prefix}.florence_weights is not set: put the transformers-native Florence-2-large "
-                             f"checkpoint there (local dir, or florence-community/Florence-2-large when online)")
+            unset.append(f"{prefix}.florence_weights is not set: put the transformers-native Florence-2-large "
+                         f"checkpoint there (local dir, or florence-community/Florence-2-large when online)")
         if not self.sd_weights:
-            raise ValueError(f"{prefix}.sd_weights is not set: put the Stable Diffusion 2.1 base folder there "
-                             f"(with unet/, vae/, text_encoder/; or stabilityai/stable-diffusion-2-1-base online)")
+            unset.append(f"{prefix}.sd_weights is not set: put the Stable Diffusion 2.1 base folder there "
+                         f"(with unet/, vae/, text_encoder/; or stabilityai/stable-diffusion-2-1-base online)")
+        if unset:
+            raise ValueError("; ".join(unset))
         check_local_weights(f"{prefix}.florence_weights", self.florence_weights)
         check_local_weights(f"{prefix}.sd_weights", self.sd_weights)
 
@@ -96,6 +102,9 @@ class CaptionerConfig:
 
     def __post_init__(self) -> None:
         _check_choice("init", self.init, _INIT_MODES, "CaptionerConfig")
+        if self.init == "random" and self.llm_weights:
+            raise ValueError("CaptionerConfig.llm_weights is ignored while init='random'; to start from them add "
+                             "--set train_stage2.model.init=pretrained")
         _check_choice("llm_arch", self.llm_arch, LLM_ARCHS, "CaptionerConfig")
         _check_choice("trainable", self.trainable, CAPTIONER_TRAINABLE, "CaptionerConfig")
         for name in ("max_caption_tokens", "num_beams", "max_new_tokens"):

@@ -58,6 +58,9 @@ class AestheticFilterConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.model == "tiny-random" and self.predictor_weights:
+            raise ValueError("aesthetic_filter.predictor_weights is ignored while aesthetic_filter.model="
+                             "'tiny-random'; to score with those weights add --set aesthetic_filter.model=pretrained")
         if self.model not in ("pretrained", "tiny-random"):
             raise ValueError(f"aesthetic_filter.model must be 'pretrained' or 'tiny-random', got {self.model!r}")
         if self.predictor not in ("v2-mlp", "v1-linear"):

@@ -53,6 +53,12 @@ class EvalFidConfig:
     seed: int = 0  # sampling noise (per batch), and the random init of the tiny text-to-image pipeline
 
     def __post_init__(self) -> None:
+        if self.t2i_model == "tiny" and self.t2i_weights:
+            raise ValueError("eval_fid.t2i_weights is ignored while eval_fid.t2i_model='tiny'; to generate with "
+                             "those weights add --set eval_fid.t2i_model=sd21 (or sd35_medium)")
+        if self.inception_random_seed is not None and self.inception_weights:
+            raise ValueError("eval_fid.inception_weights is ignored while eval_fid.inception_random_seed is set "
+                             "(a random Inception); to use those weights add --set eval_fid.inception_random_seed=null")
         if self.max_images < 0 or self.grid_images < 0:
             raise ValueError("eval_fid.max_images and eval_fid.grid_images must be >= 0")
         for name in ("recon_num_steps", "t2i_num_steps", "generation_batch_size", "num_workers",

@@ -44,6 +44,9 @@ class EvalVqaConfig:
     results_csv_rows: int = 200  # per benchmark and shot count in vqa_results.csv (all in vqa_results.parquet)
 
     def __post_init__(self) -> None:
+        if self.llm == "tiny-random" and self.llm_path:
+            raise ValueError("eval_vqa.llm_path is ignored while eval_vqa.llm='tiny-random'; to answer with that "
+                             "model add --set eval_vqa.llm=pretrained")
         if not self.shots or any(k < 0 for k in self.shots) or len(set(self.shots)) != len(self.shots):
             raise ValueError(f"eval_vqa.shots must be distinct shot counts >= 0 (paper: [0, 4, 32]), got "
                              f"{self.shots}")

@@ -45,6 +45,10 @@ class IngestCaptionsConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.generate_tiny and self.source.strip():
+            raise ValueError("ingest_captions.source is ignored while ingest_captions.generate_tiny=true (the tiny "
+                             "preset writes its own caption file); to ingest your files add --set "
+                             "ingest_captions.generate_tiny=false")
         if min(self.max_line_bytes, self.chunk_bytes, self.parse_bytes) < 1024:
             raise ValueError("ingest_captions.max_line_bytes, chunk_bytes and parse_bytes must be >= 1024")
         if self.num_threads < 1:

@@ -45,6 +45,10 @@ class PrepareMetadataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.source == "tiny" and self.input_uri:
+            raise ValueError("prepare_metadata.input_uri is ignored while prepare_metadata.source='tiny' (the tiny "
+                             "preset builds its own photo site); to read your LAION parquet add --set "
+                             "prepare_metadata.source=laion")
         if not 0 < self.min_aspect <= self.max_aspect:
             raise ValueError(f"prepare_metadata.min_aspect/max_aspect must satisfy 0 < min <= max, "
                              f"got {self.min_aspect}, {self.max_aspect}")
