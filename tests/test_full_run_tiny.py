@@ -74,6 +74,17 @@ def test_mlflow_has_parent_and_one_child_per_step(tiny_store):
     assert by_step["download"].data.params["image_size"] == "64"
     for key in ("vlv.preset", "vlv.config_hash", "vlv.git_commit"):
         assert parents[0].data.tags[key]
+    assert parents[0].info.run_name == "tiny: all steps, 10 ran, 0 cached"
+    client = MlflowClient(f"sqlite:///{tiny_store / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("vlv")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the training view, not GenAI
+    # Lineage: each step's inputs are MLflow datasets with content digests.
+    stage1_inputs = client.get_run(by_step["train_stage1"].info.run_id).inputs.dataset_inputs
+    inputs = {d.dataset.name: d.dataset for d in stage1_inputs}
+    assert {"download/shards", "aesthetic_filter/kept.parquet"} <= set(inputs), set(inputs)
+    assert len(inputs["download/shards"].digest) == 16
+    # System metrics of the steps that work hard.
+    assert any(m.startswith("system/cpu_utilization") for m in by_step["aesthetic_filter"].data.metrics)
 
 
 def test_training_steps_lower_the_loss_and_log_by_step(tiny_store):
@@ -103,13 +114,20 @@ def test_trained_captioner_captions_a_real_photo(tiny_store, tmp_path):
 
 
 def test_second_invocation_executes_nothing_and_force_runs_exactly_one(tiny_store, capsys):
+    before = len(_runs(tiny_store))
+    capsys.readouterr()
     assert full_run.main(["--preset", "tiny", "--store", str(tiny_store)]) == 0
-    latest = _runs(tiny_store)[-len(ALL_STEPS):]
-    assert {r.data.tags["vlv.status"] for r in latest} == {"cached"}
+    printed = capsys.readouterr().out
+    assert [line.split()[1] for line in printed.splitlines()[1:len(ALL_STEPS) + 1]] == ["cached"] * len(ALL_STEPS)
+    assert len(_runs(tiny_store)) == before  # nothing ran: no MLflow run was opened
     assert full_run.main(["--preset", "tiny", "--store", str(tiny_store), "--force", "download"]) == 0
     latest = _runs(tiny_store)[-len(ALL_STEPS):]
     statuses = {r.data.tags["vlv.step"]: r.data.tags["vlv.status"] for r in latest}
     assert statuses == {name: "executed" if name == "download" else "cached" for name in ALL_STEPS}
+    parent = [r for r in _runs(tiny_store) if r.data.tags.get("vlv.pipeline") == "full_run"][-1]
+    assert parent.info.run_name == "tiny: force download, 1 ran, 9 cached"
+    assert parent.data.metrics["images_kept"] > 0 and parent.data.metrics["stage2_final_loss"] > 0
+    assert "fid" in parent.data.metrics and "vqa_accuracy" in parent.data.metrics
     capsys.readouterr()
     assert full_run.main(["--preset", "tiny", "--store", str(tiny_store), "--dry-run"]) == 0
     printed = capsys.readouterr().out

@@ -25,7 +25,13 @@ from vlv.engine.step import Step, StepOutput
 from vlv.engine.store import RunStore, StoreLockedError
 from vlv.job_env import check_job_paths
 from vlv.pipeline import pipeline_steps
-from vlv.tracking import PipelineTracking, check_tracking_reachable, default_tracking_uri
+from vlv.tracking import (
+    PipelineTracking,
+    check_tracking_reachable,
+    default_tracking_uri,
+    headline_metrics,
+    lineage_datasets,
+)
 
 log = logging.getLogger("vlv.run")
 
@@ -92,6 +98,9 @@ def run_pipeline(options: RunOptions) -> PipelineOutcome:
     log.info("plan for preset %s, store %s:\n%s", config.preset, store.uri, describe_plan(plan))
     steps = {step.name: step for step in options.pipeline()}
     to_run = [p for p in plan if p.action == "run"]
+    if not to_run:  # nothing to do: start no Ray, load no model, open no MLflow run
+        log.info("every planned step is cached: nothing to run (their MLflow runs are named in each manifest)")
+        return PipelineOutcome(plan, [_cached_outcome(store, p) for p in plan], None, store.uri, None)
     problems = []
     for planned in to_run:  # every step's problem at once, not one per attempt
         try:
@@ -119,6 +128,7 @@ def run_pipeline(options: RunOptions) -> PipelineOutcome:
               "vlv.git_commit": _git_commit(), "vlv.store": store.uri},
         params={"preset": config.preset, "store": store.uri, "steps": ",".join(options.only) or "all",
                 "from": options.from_step or "", "force": ",".join(options.force)},
+        name=f"{config.preset}: running {len(to_run)} of {len(plan)} steps",
     )
     log.info("MLflow parent run %s at %s", parent_id, tracking_uri)
     outcomes: list[StepOutcome] = []
@@ -126,15 +136,45 @@ def run_pipeline(options: RunOptions) -> PipelineOutcome:
     try:
         for planned in plan:
             outcomes.append(_do_step(steps[planned.name], planned, config, store, tracking, tracking_uri,
-                                     on_cluster))
+                                     on_cluster, steps))
         ok = True
     finally:
-        tracking.end_parent(ok)
+        tracking.end_parent(ok, name=describe_invocation(config.preset, options, outcomes, plan, ok),
+                            metrics=headline_metrics({o.name: o.metrics for o in outcomes}))
     return PipelineOutcome(plan, outcomes, parent_id, store.uri, tracking_uri)
 
 
+def describe_invocation(preset: str, options: RunOptions, outcomes: Sequence[StepOutcome],
+                        plan: Sequence[PlannedStep], ok: bool) -> str:
+    """The parent run's name: what this invocation asked for and did, e.g. 'tiny: from download, 9 ran, 1 cached'."""
+    if options.only:
+        asked = "steps " + ",".join(options.only)
+    elif options.from_step:
+        asked = f"from {options.from_step}"
+    elif options.force:
+        asked = "force " + ",".join(options.force)
+    else:
+        asked = "all steps"
+    ran = sum(o.status == "executed" for o in outcomes)
+    cached = sum(o.status == "cached" for o in outcomes)
+    name = f"{preset}: {asked}, {ran} ran, {cached} cached"
+    if not ok:
+        done = {o.name for o in outcomes if o.status in ("executed", "cached", "skipped")}
+        failed = next((p.name for p in plan if p.name not in done), "?")
+        name += f", failed at {failed}"
+    return name
+
+
+def _cached_outcome(store: RunStore, planned: PlannedStep) -> StepOutcome:
+    output = store.output(planned.name, planned.key) if planned.action == "cached" else None
+    if output is None:
+        return StepOutcome(planned.name, planned.key, "skipped", store.output_uri(planned.name, planned.key))
+    return StepOutcome(planned.name, planned.key, "cached", output.uri, dict(output.manifest.metrics),
+                       output.manifest.mlflow_run_id)
+
+
 def _do_step(step: Step, planned: PlannedStep, config: PipelineConfig, store: RunStore, tracking: PipelineTracking,
-             tracking_uri: str, on_cluster: bool) -> StepOutcome:
+             tracking_uri: str, on_cluster: bool, steps_by_name: dict[str, Step]) -> StepOutcome:
     output_uri = store.output_uri(planned.name, planned.key)
     if planned.action == "skip":
         return StepOutcome(planned.name, planned.key, "skipped", output_uri)
@@ -179,10 +219,21 @@ def _do_step(step: Step, planned: PlannedStep, config: PipelineConfig, store: Ru
         ) from err
     output = store.output(planned.name, planned.key)
     tracking.finish_child(run_id, "executed", manifest, output)
+    _log_lineage(tracking, run_id, inputs, steps_by_name)
     log.info("step %-16s done in %.1fs: %s", planned.name, time.time() - started,
              ", ".join(f"{k}={v:g}" for k, v in manifest.metrics.items()))
     return StepOutcome(planned.name, planned.key, "executed", output.uri if output else output_uri,
                        dict(manifest.metrics), run_id)
+
+
+def _log_lineage(tracking: PipelineTracking, run_id: str, inputs: dict[str, StepOutput],
+                 steps_by_name: dict[str, Step]) -> None:
+    datasets = [d for name, given in inputs.items()
+                for d in lineage_datasets(given, steps_by_name[name].outputs if name in steps_by_name else ())]
+    try:
+        tracking.log_lineage(run_id, datasets)
+    except Exception as err:  # noqa: BLE001 - lineage is a record of what ran; its absence must not fail a run
+        log.warning("could not log the input datasets of MLflow run %s: %s", run_id, err)
 
 
 def _cached(planned: PlannedStep, store: RunStore, tracking: PipelineTracking, run_id: str) -> StepOutcome:

@@ -6,10 +6,13 @@ Steps never import this module: the runner opens and closes runs, and workers ge
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from vlv.config_tree import flatten
 from vlv.engine.manifest import MANIFEST_NAME, Manifest
@@ -17,6 +20,58 @@ from vlv.engine.step_output import StepOutput
 from vlv.secrets import redact, secret_values
 
 _PARAM_MAX = 6000
+# The numbers a pipeline invocation is judged by, logged on its parent run: (step, step's metric, parent's name).
+HEADLINE_METRICS = (
+    ("prepare_metadata", "rows_kept", "rows_kept"),
+    ("download", "images_ok", "images_ok"),
+    ("aesthetic_filter", "images_kept", "images_kept"),
+    ("ingest_captions", "captions_ok", "captions_ok"),
+    ("train_stage1", "final_loss", "stage1_final_loss"),
+    ("train_stage2", "final_loss", "stage2_final_loss"),
+    ("eval_fid", "fid", "fid"),
+    ("eval_fid", "fid_recon", "fid_recon"),
+    ("eval_vqa", "vqa_accuracy", "vqa_accuracy"),
+)
+# MLflow 3 opens an experiment in its GenAI view unless this tag says it is about training models.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+@dataclass(frozen=True)
+class LineageDataset:
+    """One declared output of an upstream step, as the input of another step (e.g. download's shards)."""
+
+    name: str  # e.g. "download/shards"
+    producer: str  # the upstream step
+    digest: str  # over the files' sha256: equal digests, equal bytes
+    uri: str
+    files: int
+    size: int
+
+
+def lineage_datasets(upstream: StepOutput, declared: Sequence[Any]) -> list[LineageDataset]:
+    """A dataset per declared data output (tables, folders) of an upstream step, with a content digest."""
+    found = []
+    for output_file in declared:
+        if not (output_file.is_folder or str(output_file).endswith((".parquet", ".jsonl"))):
+            continue
+        entries = upstream.files(output_file) if output_file.is_folder else \
+            [e for e in upstream.manifest.files if e.path == str(output_file)]
+        if not entries:
+            continue
+        digest = hashlib.sha256("".join(f"{e.path}:{e.sha256};" for e in entries).encode()).hexdigest()[:16]
+        found.append(LineageDataset(f"{upstream.step}/{output_file}", upstream.step, digest,
+                                    upstream.path(output_file), len(entries), sum(e.size for e in entries)))
+    return found
+
+
+def headline_metrics(step_metrics: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """The headline numbers found among the steps' metrics (a step not run or cached contributes nothing)."""
+    found = {}
+    for step, metric, name in HEADLINE_METRICS:
+        value = step_metrics.get(step, {}).get(metric)
+        if value is not None:
+            found[name] = float(value)
+    return found
 
 
 def default_tracking_uri(store_local_root: Path | None) -> str:
@@ -121,14 +176,17 @@ class PipelineTracking:
         self.client = MlflowClient(tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_root)
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=artifact_root, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
         else:
             self.experiment_id = found.experiment_id
+            if EXPERIMENT_KIND_TAG not in found.tags:
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
         self.parent_run_id: str | None = None
         self._secrets = secret_values()
 
-    def start_parent(self, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
-        run = self.client.create_run(self.experiment_id, tags=self._clean(tags), run_name="full_run")
+    def start_parent(self, tags: Mapping[str, str], params: Mapping[str, Any], name: str = "full_run") -> str:
+        run = self.client.create_run(self.experiment_id, tags=self._clean(tags), run_name=self._redact(name))
         self.parent_run_id = run.info.run_id
         self._log_params(self.parent_run_id, params)
         return self.parent_run_id
@@ -153,9 +211,15 @@ class PipelineTracking:
             closed += 1
         return closed
 
-    def end_parent(self, ok: bool) -> None:
-        if self.parent_run_id:
-            self.client.set_terminated(self.parent_run_id, "FINISHED" if ok else "FAILED")
+    def end_parent(self, ok: bool, name: str = "", metrics: Mapping[str, float] | None = None) -> None:
+        """Close the parent run, named for what the invocation did and carrying its headline numbers."""
+        if not self.parent_run_id:
+            return
+        if name:
+            self.client.update_run(self.parent_run_id, name=self._redact(name)[:250])
+        for metric, value in (metrics or {}).items():
+            self.client.log_metric(self.parent_run_id, metric, float(value))
+        self.client.set_terminated(self.parent_run_id, "FINISHED" if ok else "FAILED")
 
     def start_child(self, step: str, key: str, output_uri: str, section: Mapping[str, Any]) -> str:
         tags = {"mlflow.parentRunId": self.parent_run_id or "", "vlv.step": step, "vlv.key": key,
@@ -183,6 +247,18 @@ class PipelineTracking:
                     parent = str(Path(rel).parent)
                     self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
         self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
+
+    def log_lineage(self, run_id: str, datasets: Sequence[LineageDataset]) -> None:
+        """The step's inputs as MLflow datasets (the Inputs tab): name, content digest, where they live, size."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = [DatasetInput(Dataset(name=d.name, digest=d.digest, source_type="vlv-step-output",
+                                       source=json.dumps({"uri": d.uri}),
+                                       profile=json.dumps({"files": d.files, "bytes": d.size})),
+                               tags=[InputTag("mlflow.data.context", d.producer)])
+                  for d in datasets]
+        if inputs:
+            self.client.log_inputs(run_id, datasets=inputs)
 
     # ------------------------------------------------------------------------------------------------------
 

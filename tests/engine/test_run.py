@@ -49,12 +49,19 @@ def test_first_run_executes_then_everything_is_cached(ray_session, dirs):
     artifacts = {a.path for a in MlflowClient(first.tracking_uri).list_artifacts(children["beta"]["id"])}
     assert {"manifest.json", "table.csv"} <= artifacts
 
-    second = run_pipeline(_options(store, counter))
-    assert second.executed() == []
-    cached = _children(second)
-    assert {c["tags"]["vlv.status"] for c in cached.values()} == {"cached"}
+    second = run_pipeline(_options(store, counter))  # fully cached: no Ray work, no MLflow run
+    assert second.executed() == [] and second.parent_run_id is None
+    assert [(s.status, s.mlflow_run_id) for s in second.steps] == \
+        [("cached", children[name]["id"]) for name in ("alpha", "beta", "gamma")]
+    assert len(MlflowClient(first.tracking_uri).search_runs([parent.info.experiment_id])) == 4
+    third = run_pipeline(_options(store, counter, force=("gamma",)))  # partly cached: children point at sources
+    cached = _children(third)
+    assert {name: c["tags"]["vlv.status"] for name, c in cached.items()} == \
+        {"alpha": "cached", "beta": "cached", "gamma": "executed"}
     assert cached["beta"]["tags"]["vlv.source_run_id"] == children["beta"]["id"]
-    assert [runs(counter, s) for s in ("alpha", "beta", "gamma")] == [1, 1, 1]
+    assert MlflowClient(first.tracking_uri).get_run(third.parent_run_id).info.run_name == \
+        "tiny: force gamma, 1 ran, 2 cached"
+    assert [runs(counter, s) for s in ("alpha", "beta", "gamma")] == [1, 1, 2]
 
 
 def test_failed_step_publishes_nothing_and_rerun_resumes(ray_session, dirs):

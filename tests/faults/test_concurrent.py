@@ -53,7 +53,7 @@ def test_second_invocation_refuses_a_step_the_first_is_producing(tmp_path, clust
     assert "outcome slow cached" in third.log()
     assert _runs(tmp_path) == 1
     statuses = [s.get("slow") for s in child_statuses(store, EXPERIMENT)]
-    assert statuses == ["executed", "failed", "cached"]  # first, refused second, third
+    assert statuses == ["executed", "failed"]  # first, refused second; the fully cached third opens no run
     assert "database is locked" not in first.log() + second.log() + third.log()
 
 
@@ -84,7 +84,9 @@ def test_two_real_invocations_at_once_on_a_new_store(tiny_store, tmp_path, clust
     assert all(code in (0, 2) for code in codes) and 0 in codes, logs
     assert not any("database is locked" in log or "Traceback" in log for log in logs), logs
     statuses = [s["prepare_metadata"] for s in child_statuses(store)]
-    assert sorted(statuses) in (["cached", "executed"], ["executed", "failed"]), statuses
+    # the other one found it cached when planning (then it opens no MLflow run), took it as cached under the
+    # lock, or was refused while the first held it
+    assert sorted(statuses) in (["executed"], ["cached", "executed"], ["executed", "failed"]), statuses
     for code, log in zip(codes, logs):
         if code == 2:  # refused while the other held the step: the message names the other run
             assert re.search(r"is being produced by run \w{32} \(pid \d+ ", log), log[-3000:]

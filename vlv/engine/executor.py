@@ -12,12 +12,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from vlv.engine.manifest import FileEntry, Manifest
 from vlv.engine.step import MetricLogger, Resources, Step, StepContext, StepOutput
@@ -68,6 +69,17 @@ def connect_ray() -> bool:
     return False
 
 
+def step_runtime_env() -> dict[str, Any] | None:
+    """The runtime env of step tasks on an embedded Ray: RAY_ADDRESS naming it, inherited by every task and actor
+    the step starts. Ray's own helpers that look up "the" running Ray (the state API in Ray Train's
+    placement-group cleaner) would otherwise find several on a machine that runs more than one and fail."""
+    import ray
+
+    if os.environ.get("RAY_ADDRESS") or not ray.is_initialized():
+        return None
+    return {"env_vars": {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}}
+
+
 def submit_step(request: StepRequest, resources: Resources) -> Manifest:
     """Run the step as a Ray task with the declared resources; block until published.
 
@@ -76,10 +88,13 @@ def submit_step(request: StepRequest, resources: Resources) -> Manifest:
     """
     import ray
 
-    task = ray.remote(_step_task).options(
-        num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_retries=resources.max_retries,
-        retry_exceptions=False, name=f"vlv:{request.step.name}",
-    )
+    options: dict[str, Any] = dict(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
+                                   max_retries=resources.max_retries, retry_exceptions=False,
+                                   name=f"vlv:{request.step.name}")
+    runtime_env = step_runtime_env()
+    if runtime_env:
+        options["runtime_env"] = runtime_env
+    task = ray.remote(_step_task).options(**options)
     return ray.get(task.remote(request))
 
 
@@ -110,7 +125,8 @@ def execute_step(request: StepRequest) -> Manifest:
     started = time.time()
     ctx.log.info("running step %s (key %s, attempt %s) into %s", step.name, request.key, attempt.attempt_id,
                  attempt.data_uri)
-    result = step.run(ctx)
+    with _system_metrics(step, request):
+        result = step.run(ctx)
     for rel in result.artifacts:
         if not (attempt.local_dir / rel).is_file():
             raise RuntimeError(f"step {step.name} declared artifact {rel} but did not write it")
@@ -157,6 +173,24 @@ def check_declared_outputs(step: Step, files: Sequence[FileEntry], attempt: Atte
         if missing:
             raise RuntimeError(f"step {step.name} wrote {folder} without the declared column(s) {missing}; it has "
                                f"{[f'{f.name}: {f.type}' for f in schema]}")
+
+
+@contextlib.contextmanager
+def _system_metrics(step: Step, request: StepRequest) -> Iterator[None]:
+    """CPU, memory, disk, network (and GPU where present) of this node, logged to the step's MLflow run as
+    `system/*` while a step that works hard runs."""
+    if not (step.system_metrics and request.tracking_uri and request.mlflow_run_id):
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(request.mlflow_run_id, sampling_interval=5, samples_before_logging=2,
+                                   tracking_uri=request.tracking_uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 class _NullMetrics:

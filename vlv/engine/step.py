@@ -110,6 +110,8 @@ class Step(Generic[SectionT]):
 
     # The files this step publishes; readers name them through these declarations (see StepOutput).
     outputs: ClassVar[tuple[OutputFile, ...]] = ()
+    # Log this node's CPU / memory / GPU use to the step's MLflow run while it runs (steps that work hard).
+    system_metrics: ClassVar[bool] = False
 
     def resources(self, config: SectionT) -> Resources:
         return Resources()

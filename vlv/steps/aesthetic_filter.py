@@ -224,6 +224,7 @@ class AestheticFilterStep(Step[AestheticFilterConfig]):
     upstream = ("download",)
     code_version = "1"
     description = "Score images with CLIP + LAION aesthetic MLP, keep the best"
+    system_metrics = True
     outputs = (SCORES, KEPT, UNDECODABLE, OutputFile("score_histogram.png", "score histogram with the threshold"),
                OutputFile("score_summary.csv", "counts, percentiles and the threshold"))
 

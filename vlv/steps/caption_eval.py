@@ -185,6 +185,7 @@ class CaptionEvalStep(Step[CaptionEvalConfig]):
     upstream = ("train_stage2",)
     code_version = "1"
     description = "Caption the evaluation images (COCO caption set, VQA splits) with the trained captioner"
+    system_metrics = True
 
     outputs = (CAPTIONS, VQA_CAPTIONS, OutputFile(EVAL_SETS_FILE, "the resolved evaluation sets eval_fid and "
                                                            "eval_vqa read"),

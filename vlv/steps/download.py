@@ -81,6 +81,7 @@ class DownloadStep(Step[DownloadConfig]):
     # A crashed attempt's staging folder is kept: img2dataset's incremental mode skips its finished shards.
     resumable = True
     description = "img2dataset into webdataset shards"
+    system_metrics = True
     outputs = (SHARDS, DOWNLOAD_COUNTS)
 
     def resources(self, config: DownloadConfig) -> Resources:

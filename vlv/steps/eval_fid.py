@@ -108,6 +108,7 @@ class EvalFidStep(Step[EvalFidConfig]):
     upstream = ("train_stage1", "caption_eval")
     code_version = "1"
     description = "Reconstruction FID and caption FID (per CFG value) against the original images"
+    system_metrics = True
     outputs = (OutputFile("fid.csv", "every FID with its generator, guidance scale, steps and image count"),)
 
     def resources(self, config: EvalFidConfig) -> Resources:

@@ -81,6 +81,7 @@ class EvalVqaStep(Step[EvalVqaConfig]):
     upstream = ("caption_eval",)
     code_version = "1"
     description = "VQAv2 / OK-VQA accuracy of a text-only LLM answering from the captions (0- and k-shot)"
+    system_metrics = True
     outputs = (OutputFile("vqa_scores.csv", "accuracy per benchmark, shot count and answer type"),
                OutputFile("vqa_results.parquet", "every prompt's answer and score"),
                OutputFile("vqa_results.csv", "a sample of answers for MLflow"))

@@ -47,6 +47,7 @@ class TrainStage1Step(Step[TrainStage1Config]):
     code_version = "1"
     resumable = True
     description = "Train the VLV encoder through the frozen SD 2.1 decoder (DeepSpeed ZeRO on Ray Train)"
+    system_metrics = True
 
     def resources(self, config: TrainStage1Config) -> Resources:
         return Resources(num_cpus=0)  # the Ray Train workers ask for their own CPUs/GPUs
