@@ -609,7 +609,10 @@ def security_eval_image_paths(env: Env) -> None:
     (folder / "eval_sets.json").write_text(EvalSets("c.json", "images", 0, (), tiny=True).to_json())
     pq.write_table(pa.table({"image_id": [1], "file_name": ["../../../etc/passwd"], "caption": ["x"]}),
                    folder / "captions.parquet")
-    expect_error(lambda: evaluation_images(folder, 0), "COCO file_name '../../../etc/passwd'", "would leave")
+    from vlv.engine.step_output import output_of_folder
+
+    expect_error(lambda: evaluation_images(output_of_folder("caption_eval", "k", folder), 0),
+                 "COCO file_name '../../../etc/passwd'", "would leave")
 
 
 def security_shard_names(env: Env) -> None:
