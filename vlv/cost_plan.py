@@ -295,8 +295,8 @@ def _recipe_stages(stage1: _Training, stage2: _Training, w: Workload, p: _Pricin
                    f"stage-1 s/sample x {w.stage2_relative_cost_per_sample:g} (assumed)"),
         p.gpu_step("caption_eval", gpus, f"{_n(w.eval_images)} COCO captions, beam 4", caption_hours,
                    "caption rate assumed"),
-        p.gpu_step("eval_fid", gpus, f"({w.recon_fid_cfg_values} recon + {w.caption_fid_cfg_values} caption) CFG x "
-                   f"{_n(w.eval_images)} images",
+        p.gpu_step("eval_fid", gpus, f"{w.recon_fid_cfg_values} recon + {w.caption_fid_cfg_values} caption CFG x "
+                   f"{_n(w.eval_images)}",
                    recon_hours + caption_fid_hours, "SD 2.1 / SD 3.5 rates assumed"),
         p.gpu_step("eval_vqa", gpus, f"{w.vqa_shot_settings} shots x {_n(w.vqa_questions)} questions", vqa_hours,
                    "caption + answer rates assumed"),
