@@ -26,9 +26,10 @@ punctuation function only (no whitespace strip, no lowercase, no number words). 
 regex based: leading and trailing runs of marks/spaces are removed, commas between digits removed, a mark next
 to a space or another mark becomes a space, runs of spaces collapse, a mark between two letters becomes a space
 (a mark between digits, e.g. "1-2" or "50-50", is kept, unlike the official script), then the period rule.
-Whether later challenge years changed this script is not public; MMF's `EvalAIAnswerProcessor` ("similar to
-Eval AI") is a third, different processor (it lowercases and deletes every comma and "?" first, and normalises
-both sides always) and is NOT what this option reproduces.
+It is the only public EvalAI evaluation code for VQA we found; whether later challenge years run a changed copy
+is not documented publicly. MMF's `EvalAIAnswerProcessor` ("similar to Eval AI") is a third, different processor
+(it first lowercases, deletes every comma and "?" and splits "'s", and it normalises both sides always): it is NOT
+what this option reproduces.
 
 Quirks kept on purpose in both modes so numbers match: the period regex's broken look-behind `(?!<=\\d)`,
 `re.sub` given `re.UNICODE` (= 32) as its count (at most 32 periods removed), the official punctuation test made
