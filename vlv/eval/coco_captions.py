@@ -5,11 +5,12 @@ Caption FID and reconstruction FID iterate the images; reports show the referenc
 fails with a ValueError naming the file, the entry and the field.
 
 Which images are evaluated (`select_images`): the paper reports FID on 30K images of COCO 2014 val (40,504 images)
-without saying which. Taking the first 30K in file order would tie the numbers to the order of one JSON file, so
-the default is a seeded random sample: every image_id gets the priority sha256("<seed>:<image_id>"), the N lowest
-priorities are kept, listed in image_id order. The sample depends only on the seed and the set of ids (not on file
-order, Python version or machine), and with one seed a smaller N is a subset of a larger one. `subset="first"`
-keeps the old first-N-in-file-order behaviour.
+without saying which; the official FID tool (tools/cal_fid.py, `get_matched_image_paths`, default 30000) draws them
+at random from the sorted file list with NumPy's global RNG, so no list is published. Taking the first 30K in file
+order would tie the numbers to the order of one JSON file, so the default is a seeded random sample: every
+image_id gets the priority sha256("<seed>:<image_id>"), the N lowest priorities are kept, listed in image_id order.
+The sample depends only on the seed and the set of ids (not on file order, Python version or machine), and with
+one seed a smaller N is a subset of a larger one. `subset="first"` keeps the old first-N-in-file-order behaviour.
 """
 
 from __future__ import annotations
