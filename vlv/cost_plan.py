@@ -81,6 +81,7 @@ class Workload:
     sd21_seconds_per_image: float = 2.5  # SD 2.1 512 px, 50 steps with CFG, reference GPU
     sd35_seconds_per_image: float = 6.0  # SD 3.5 Medium 1024 px, 40 steps with CFG, reference GPU
     caption_fid_cfg_values: int = 4  # CFG 1, 2, 3, 4 (paper Table 1)
+    recon_fid_cfg_values: int = 4  # CFG 1, 2, 3, 4 (the paper's scaling table), 50 DDPM steps each
     vqa_images: int = 45_550  # VQAv2 val 40,504 + OK-VQA val 5,046 images, captioned once
     vqa_questions: int = 219_400  # VQAv2 val 214,354 + OK-VQA val 5,046
     vqa_shot_settings: int = 3  # 0-, 4-, 32-shot
@@ -281,7 +282,7 @@ def _recipe_stages(stage1: _Training, stage2: _Training, w: Workload, p: _Pricin
     stage1_hours = reference_seconds_per_sample * stage1.samples / 3600
     stage2_hours = reference_seconds_per_sample * stage2.samples * w.stage2_relative_cost_per_sample / 3600
     caption_hours = w.eval_images / w.caption_images_per_s_per_gpu / 3600
-    recon_hours = w.eval_images * w.sd21_seconds_per_image / 3600
+    recon_hours = w.recon_fid_cfg_values * w.eval_images * w.sd21_seconds_per_image / 3600
     caption_fid_hours = w.caption_fid_cfg_values * (caption_hours + w.eval_images * w.sd35_seconds_per_image / 3600)
     vqa_hours = (w.vqa_images / w.caption_images_per_s_per_gpu
                  + w.vqa_shot_settings * w.vqa_questions / w.vqa_answers_per_s_per_gpu) / 3600
@@ -294,7 +295,8 @@ def _recipe_stages(stage1: _Training, stage2: _Training, w: Workload, p: _Pricin
                    f"stage-1 s/sample x {w.stage2_relative_cost_per_sample:g} (assumed)"),
         p.gpu_step("caption_eval", gpus, f"{_n(w.eval_images)} COCO captions, beam 4", caption_hours,
                    "caption rate assumed"),
-        p.gpu_step("eval_fid", gpus, f"recon + {w.caption_fid_cfg_values} CFG x {_n(w.eval_images)} images",
+        p.gpu_step("eval_fid", gpus, f"{w.recon_fid_cfg_values} recon + {w.caption_fid_cfg_values} caption CFG x "
+                   f"{_n(w.eval_images)}",
                    recon_hours + caption_fid_hours, "SD 2.1 / SD 3.5 rates assumed"),
         p.gpu_step("eval_vqa", gpus, f"{w.vqa_shot_settings} shots x {_n(w.vqa_questions)} questions", vqa_hours,
                    "caption + answer rates assumed"),

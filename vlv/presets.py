@@ -36,7 +36,9 @@ def paper() -> PipelineConfig:
         caption_eval=CaptionEvalConfig(max_images=30_000, batch_size=16, num_actors=8, cpus_per_actor=4.0,
                                        gpus_per_actor=1.0),  # COCO 2014 val 30K; VQAv2 + OK-VQA
         # Paper Table 1 generated with SD 3.5 Medium: --set eval_fid.t2i_model=sd35_medium eval_fid.t2i_weights=...
-        eval_fid=EvalFidConfig(t2i_model="sd21", t2i_num_steps=40, t2i_dtype="float16", cfg_scales=[1.0, 2.0, 3.0, 4.0],
+        # Reconstructions as the official inference (stochastic DDPM, 50 steps), over the scaling table's CFG 1-4.
+        eval_fid=EvalFidConfig(recon_scheduler="ddpm", recon_num_steps=50, recon_cfg_scales=[1.0, 2.0, 3.0, 4.0],
+                               t2i_model="sd21", t2i_num_steps=40, t2i_dtype="float16", cfg_scales=[1.0, 2.0, 3.0, 4.0],
                                generation_batch_size=8, num_workers=8, cpus_per_worker=4.0, gpus_per_worker=1.0),
         eval_vqa=EvalVqaConfig(llm="pretrained", llm_dtype="bfloat16", shots=[0, 4, 32], num_workers=8,
                                cpus_per_worker=4.0, gpus_per_worker=1.0),
@@ -67,7 +69,8 @@ def tiny() -> PipelineConfig:
         # The tiny sets (8 + 5 scikit-image photos, 28 + 11 questions) are written into caption_eval's output.
         caption_eval=CaptionEvalConfig(tiny_sets=True, vqa=[VqaBenchmarkConfig(name="tiny", exemplar_pool_size=0)],
                                        batch_size=8, sample_rows=4),
-        eval_fid=EvalFidConfig(inception_random_seed=0, inception_batch_size=8, recon_num_steps=2, t2i_model="tiny",
+        eval_fid=EvalFidConfig(inception_random_seed=0, inception_batch_size=8, recon_num_steps=2,
+                               recon_cfg_scales=[1.0, 2.0], t2i_model="tiny",
                                t2i_num_steps=2, t2i_image_size=64, cfg_scales=[1.0, 2.0], generation_batch_size=4,
                                grid_images=4),
         eval_vqa=EvalVqaConfig(llm="tiny-random", shots=[0, 4], max_new_tokens=8, batch_size=16),

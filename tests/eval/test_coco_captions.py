@@ -1,12 +1,13 @@
-"""COCO-format caption loader: typed result and clear errors."""
+"""COCO-format caption loader: typed result and clear errors; the seeded choice of evaluated images."""
 
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
-from vlv.eval.coco_captions import load_coco_captions
+from vlv.eval.coco_captions import CocoImage, load_coco_captions, select_images
 
 
 def _write(path, data):
@@ -49,3 +50,49 @@ def test_missing_images_are_reported(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     with pytest.raises(ValueError, match=r"1 images of .* are missing from .*\['b.png'\]"):
         load_coco_captions(path, images_dir=tmp_path)
+
+
+# --- which images are evaluated -------------------------------------------------------------------------------
+
+def _images(ids) -> list[CocoImage]:
+    return [CocoImage(image_id=i, file_name=f"{i}.jpg") for i in ids]
+
+
+def _ids(images) -> list[int]:
+    return [image.image_id for image in images]
+
+
+def test_random_subset_is_pinned_by_seed_in_image_id_order():
+    # sha256("<seed>:<image_id>") ranks: fixed values, the same on every machine and Python version
+    assert _ids(select_images(_images(range(1, 21)), 5, seed=0)) == [4, 7, 15, 18, 20]
+    assert _ids(select_images(_images(range(1, 21)), 5, seed=1)) == [4, 7, 8, 11, 17]
+    assert _ids(select_images(_images(range(1, 21)), 10, seed=0)) == [3, 4, 7, 9, 10, 14, 15, 17, 18, 20]
+
+
+def test_random_subset_ignores_file_order_and_repeats_exactly():
+    images = _images(range(1, 201))
+    shuffled = list(images)
+    random.Random(5).shuffle(shuffled)
+    picked = select_images(images, 30, seed=7)
+    assert select_images(shuffled, 30, seed=7) == picked == select_images(images, 30, seed=7)
+    assert _ids(picked) == sorted(_ids(picked)) and len(set(_ids(picked))) == 30
+
+
+def test_different_seeds_give_different_subsets_and_smaller_ones_nest():
+    images = _images(range(1000))
+    subsets = {seed: set(_ids(select_images(images, 100, seed=seed))) for seed in range(4)}
+    assert len({frozenset(s) for s in subsets.values()}) == 4
+    assert all(len(subsets[a] & subsets[b]) < 40 for a in range(4) for b in range(a + 1, 4))  # ~10 expected
+    assert set(_ids(select_images(images, 20, seed=0))) <= subsets[0]
+    spread = _ids(select_images(images, 500, seed=0))
+    assert 400 < sum(spread) / len(spread) < 600  # drawn across the whole set, not its start (first 500: 249.5)
+
+
+def test_first_subset_and_all_images():
+    images = _images([5, 3, 9, 1])
+    assert _ids(select_images(images, 2, subset="first")) == [5, 3]  # file order
+    assert _ids(select_images(images, 0, subset="first")) == [5, 3, 9, 1]
+    assert _ids(select_images(images, 0)) == [1, 3, 5, 9]  # random mode lists image_id order
+    assert _ids(select_images(images, 10, seed=3)) == [1, 3, 5, 9]
+    with pytest.raises(ValueError, match="subset must be one of"):
+        select_images(images, 2, subset="middle")  # type: ignore[arg-type]

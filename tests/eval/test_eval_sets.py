@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -71,6 +72,13 @@ def test_record_round_trips_and_resolves_relative_paths(tmp_path):
     assert loaded.benchmark("tiny").exemplars == absolute
     with pytest.raises(ValueError, match="did not caption a VQA benchmark named 'vqav2'; it has: tiny"):
         loaded.benchmark("vqav2")
+    seeded = dataclasses.replace(record, subset="random", subset_seed=7)
+    (tmp_path / "eval_sets.json").write_text(seeded.to_json())
+    assert read_eval_sets(tmp_path) == seeded.resolved(tmp_path)
+    legacy = json.loads(record.to_json())  # written before the subset was recorded: it took the first N
+    del legacy["subset"], legacy["subset_seed"]
+    (tmp_path / "eval_sets.json").write_text(json.dumps(legacy))
+    assert (read_eval_sets(tmp_path).subset, read_eval_sets(tmp_path).subset_seed) == ("first", 0)
     (tmp_path / "eval_sets.json").write_text('{"format": "other"}')
     with pytest.raises(ValueError, match="rerun caption_eval"):
         read_eval_sets(tmp_path)

@@ -9,6 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from tests.steps.eval_upstream import run_step
+from vlv.eval.coco_captions import load_coco_captions, select_images
 from vlv.eval.eval_sets import read_eval_sets
 from vlv.inference import caption_images, load_captioner
 from vlv.steps.caption_eval import CaptionEvalConfig, CaptionEvalStep, CaptioningActor, VqaBenchmarkConfig
@@ -56,10 +58,32 @@ def test_metrics_sample_csv_and_recorded_sets(caption_eval_output):
     with open(folder / "sample_captions.csv", newline="") as handle:
         sample = list(csv.DictReader(handle))
     assert len(sample) == 3 and sample[0]["reference"]
-    assert caption_eval_output.manifest.artifacts == ("sample_captions.csv",)
+    assert caption_eval_output.manifest.artifacts == ("sample_captions.csv", "eval_image_ids.json")
     sets = read_eval_sets(folder)
     assert sets.tiny and [b.name for b in sets.vqa] == ["tiny"]
     assert sets.captions_json.startswith(str(folder))  # recorded relative, resolved to the published folder
+
+
+def test_recorded_image_ids_are_the_caption_set(caption_eval_output):
+    folder = caption_eval_output.local_dir
+    record = json.loads((folder / "eval_image_ids.json").read_text())
+    rows = pq.read_table(folder / "captions.parquet").to_pylist()
+    assert record["image_ids"] == [r["image_id"] for r in rows] == list(range(1, TINY_VAL_IMAGES + 1))
+    assert (record["subset"], record["seed"], record["max_images"], record["images_in_file"]) == ("random", 0, 0, 8)
+
+
+def test_a_random_subset_is_captioned_and_recorded_in_image_id_order(eval_store, stage2_output):
+    config = CaptionEvalConfig(tiny_sets=True, vqa=[], max_images=5, seed=3, batch_size=8, sample_rows=2)
+    folder = run_step(eval_store, CaptionEvalStep(), config, {"train_stage2": stage2_output}, "ce_subset").local_dir
+    sets = read_eval_sets(folder)
+    expected = select_images(load_coco_captions(sets.captions_json).images, 5, subset="random", seed=3)
+    record = json.loads((folder / "eval_image_ids.json").read_text())
+    rows = pq.read_table(folder / "captions.parquet").to_pylist()
+    assert record["image_ids"] == [r["image_id"] for r in rows] == [image.image_id for image in expected]
+    assert record["image_ids"] == sorted(record["image_ids"]) and len(rows) == 5
+    assert record["image_ids"] != [1, 2, 3, 4, 5]  # not the first five of the file (seed 3 picks others)
+    assert (sets.subset, sets.subset_seed, sets.max_images) == ("random", 3, 5)
+    assert (record["subset"], record["seed"], record["order"]) == ("random", 3, "image_id")
 
 
 def test_paper_config_without_paths_fails_preflight_naming_the_fields():
@@ -84,6 +108,8 @@ def test_config_rejects_bad_benchmark_names_and_patterns():
         VqaBenchmarkConfig(image_file_pattern="val.jpg")
     with pytest.raises(ValueError, match="distinct"):
         CaptionEvalConfig(vqa=[VqaBenchmarkConfig(name="a"), VqaBenchmarkConfig(name="a")])
+    with pytest.raises(ValueError, match="caption_eval.subset must be 'random'"):
+        CaptionEvalConfig(subset="last")  # type: ignore[arg-type]
 
 
 def test_actor_turns_an_unreadable_file_into_an_error_row(stage2_output, caption_eval_output, tmp_path):

@@ -1,5 +1,6 @@
 """eval_fid: the generation -> statistics -> FID plumbing (identity generator gives FID 0), the real-image cache,
-and the step on tiny models (reconstruction + tiny SD text-to-image, 2 sampling steps, two CFG values)."""
+reconstructions per CFG value, and the step on tiny models (reconstruction + tiny SD text-to-image, 2 sampling
+steps, two CFG values each)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from tests.steps.eval_upstream import run_step
 from vlv.eval.fid_generation import (
     EvalImage,
     IdentityGenerator,
+    ReconstructionGenerator,
+    _build_generate,
     fids_against,
     generated_feature_stats,
     real_image_stats,
@@ -58,9 +61,24 @@ def test_identity_generation_has_fid_zero_and_real_stats_are_cached_by_content(r
     assert real_stats_key(paths, InceptionSpec(random_init_seed=1)) != real.key
 
 
+def test_reconstructions_follow_the_cfg_label_sampler_and_seed(stage1_output, tmp_path):
+    sets = write_tiny_eval_sets(tmp_path / "sets")
+    batch = [EvalImage(i, str(p), "") for i, p in enumerate(sorted(sets.captions.images_dir.glob("*.png"))[:2])]
+    ddpm = ReconstructionGenerator(stage1_output, num_steps=2, guidance_scales=(1.0, 2.0))
+    assert ddpm.sampler == "ddpm" and ddpm.labels() == ["recon_cfg1", "recon_cfg2"]
+    generate = _build_generate(ddpm, "cpu")
+    cfg1, cfg2 = generate(batch, "recon_cfg1", 5), generate(batch, "recon_cfg2", 5)
+    assert len(cfg1) == 2 and cfg1[0].dtype == np.uint8 and cfg1[0].shape[2] == 3
+    assert all(np.array_equal(a, b) for a, b in zip(cfg1, generate(batch, "recon_cfg1", 5)))  # seeded: repeats
+    assert not np.array_equal(cfg1[0], cfg2[0])  # guidance changes the image
+    assert not np.array_equal(cfg1[0], generate(batch, "recon_cfg1", 6)[0])  # so does the seed
+    ddim = _build_generate(ReconstructionGenerator(stage1_output, 2, (1.0,), "ddim"), "cpu")
+    assert not np.array_equal(cfg1[0], ddim(batch, "recon_cfg1", 5)[0])  # the sampler is passed through
+
+
 FID_CONFIG = EvalFidConfig(inception_random_seed=0, inception_batch_size=8, max_images=4, recon_num_steps=2,
-                           t2i_model="tiny", t2i_num_steps=2, t2i_image_size=64, cfg_scales=[3.0, 2.0],
-                           generation_batch_size=2, num_workers=1, grid_images=3)
+                           recon_cfg_scales=[1.0, 2.0], t2i_model="tiny", t2i_num_steps=2, t2i_image_size=64,
+                           cfg_scales=[3.0, 2.0], generation_batch_size=2, num_workers=1, grid_images=3)
 
 
 # The whole step: model loads and three 2048-d Frechet distances, ~80 s on 2 CPUs (the tiny full run covers it too).
@@ -76,17 +94,22 @@ def fid_output(eval_store, stage1_output, caption_eval_output):
 @whole_step
 def test_step_metrics_and_headline(fid_output):
     metrics = fid_output.manifest.metrics
-    assert {"fid", "fid_recon", "fid_cfg2", "fid_cfg3", "fid_images", "fid_comparable"} <= set(metrics)
+    recon = ("fid_recon_cfg1", "fid_recon_cfg2")
+    assert {"fid", "fid_recon", *recon, "fid_cfg2", "fid_cfg3", "fid_images", "fid_comparable"} <= set(metrics)
     assert metrics["fid"] == metrics["fid_cfg2"]  # the paper's CFG 2, although it is not the first value
+    assert metrics["fid_recon"] == metrics["fid_recon_cfg2"]  # the official inference's CFG 2
     assert metrics["fid_images"] == 4 and metrics["fid_comparable"] == 0
-    assert all(np.isfinite(metrics[k]) and metrics[k] > 0 for k in ("fid_recon", "fid_cfg2", "fid_cfg3"))
+    assert all(np.isfinite(metrics[k]) and metrics[k] > 0 for k in (*recon, "fid_cfg2", "fid_cfg3"))
+    assert metrics["fid_recon_cfg1"] != metrics["fid_recon_cfg2"]
 
 
 @whole_step
 def test_step_writes_fid_csv_marked_not_comparable(fid_output, eval_store):
     with open(fid_output.local_dir / "fid.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [r["metric"] for r in rows] == ["fid_recon", "fid_cfg3", "fid_cfg2"]
+    assert [r["metric"] for r in rows] == ["fid_recon_cfg1", "fid_recon_cfg2", "fid_cfg3", "fid_cfg2"]
+    assert [(r["kind"], r["guidance_scale"], r["sampler"], r["num_steps"]) for r in rows[:2]] == [
+        ("reconstruction", "1", "ddpm", "2"), ("reconstruction", "2", "ddpm", "2")]
     assert all(r["num_images"] == "4" and r["comparable"] == "false" and r["note"] == NOT_COMPARABLE for r in rows)
     by_metric = {r["metric"]: float(r["fid"]) for r in rows}
     assert by_metric["fid_cfg2"] == pytest.approx(fid_output.manifest.metrics["fid_cfg2"], abs=1e-5)
@@ -98,7 +121,7 @@ def test_step_grids_show_originals_beside_generated_images(fid_output):
     assert set(fid_output.manifest.artifacts) == {"fid.csv", "recon_grid.png", "caption_grid.png"}
     with Image.open(fid_output.local_dir / "recon_grid.png") as recon, \
             Image.open(fid_output.local_dir / "caption_grid.png") as caption:
-        assert recon.size == (110 + 3 * 130, 18 + 2 * 130)  # 3 columns; originals + reconstructions
+        assert recon.size == (110 + 3 * 130, 18 + 3 * 130)  # 3 columns; originals + one row per recon CFG
         assert caption.size == (110 + 3 * 130, 18 + 3 * 130)  # originals + one row per CFG value
 
 
@@ -106,8 +129,16 @@ def test_config_validation_and_headline_fallback():
     assert EvalFidConfig(cfg_scales=[1.0, 3.0]).headline_scale() == 1.0
     assert EvalFidConfig(cfg_scales=[1.0, 2.0]).headline_scale() == 2.0
     for bad in ([], [0.5], [2.0, 2.0]):
-        with pytest.raises(ValueError, match="cfg_scales"):
+        with pytest.raises(ValueError, match="eval_fid.cfg_scales"):
             EvalFidConfig(cfg_scales=bad)
+        with pytest.raises(ValueError, match="eval_fid.recon_cfg_scales"):
+            EvalFidConfig(recon_cfg_scales=bad)
+    default = EvalFidConfig()
+    assert (default.recon_scheduler, default.recon_num_steps, default.recon_cfg_scales) == ("ddpm", 50,
+                                                                                             [1.0, 2.0, 3.0, 4.0])
+    assert default.recon_headline_scale() == 2.0 and EvalFidConfig(recon_cfg_scales=[3.0]).recon_headline_scale() == 3
+    with pytest.raises(ValueError, match="eval_fid.recon_scheduler must be 'ddpm'"):
+        EvalFidConfig(recon_scheduler="euler")  # type: ignore[arg-type]
 
 
 def test_paper_preflight_names_missing_inception_weights_and_t2i_weights(tmp_path):

@@ -25,6 +25,8 @@ def test_tiny_preset_passes_preflight_and_keeps_evaluation_small():
     assert config.caption_eval.tiny_sets and [b.name for b in config.caption_eval.vqa] == ["tiny"]
     assert config.eval_fid.inception_random_seed is not None and config.eval_fid.t2i_model == "tiny"
     assert config.eval_fid.cfg_scales == [1.0, 2.0] and config.eval_fid.recon_num_steps == 2
+    # the same reconstruction code as paper: DDPM over a list of CFG values, only fewer steps and values
+    assert config.eval_fid.recon_scheduler == "ddpm" and config.eval_fid.recon_cfg_scales == [1.0, 2.0]
     assert config.eval_vqa.llm == "tiny-random" and max(config.eval_vqa.shots) <= 11  # 11 tiny exemplars
 
 
@@ -37,5 +39,10 @@ def test_paper_preset_preflight_names_what_is_missing(name, message, monkeypatch
     monkeypatch.setattr("torch.hub.get_dir", lambda: str(tmp_path))  # no Inception weights in the hub cache
     config = paper()
     assert config.eval_fid.cfg_scales == [1.0, 2.0, 3.0, 4.0] and config.eval_vqa.shots == [0, 4, 32]
+    fid = config.eval_fid  # the official inference: DDPM, 50 steps, CFG 2.0 headline; the paper's CFG 1-4
+    assert (fid.recon_scheduler, fid.recon_num_steps, fid.recon_cfg_scales, fid.recon_headline_scale()) == (
+        "ddpm", 50, [1.0, 2.0, 3.0, 4.0], 2.0)
+    assert (config.caption_eval.max_images, config.caption_eval.subset) == (30_000, "random")
+    assert config.eval_vqa.answer_processing == "official"
     with pytest.raises(ValueError, match=message):
         step_by_name(name).preflight(getattr(config, name))

@@ -29,7 +29,7 @@ def test_every_question_is_answered_and_scored_officially(vqa_output, caption_ev
     dataset = load_split(read_eval_sets(caption_eval_output.local_dir).vqa[0].eval)
     for row in table:
         human = [a.answer for a in dataset.annotations[row["question_id"]].answers]
-        assert row["score"] == pytest.approx(question_accuracy(row["answer"], human))
+        assert row["score"] == pytest.approx(question_accuracy(row["answer"], human, "official"))
     captions = read_vqa_captions(caption_eval_output.local_dir / "vqa_captions.parquet")[("tiny", "eval")]
     assert all(row["caption"] == captions[row["image_id"]] for row in table)
     for shots in (0, 4):
@@ -63,6 +63,28 @@ def test_csv_outputs(vqa_output):
     assert set(vqa_output.manifest.artifacts) == {"vqa_scores.csv", "vqa_results.csv"}
 
 
+@pytest.mark.parametrize("processing", ["official", "evalai"])
+def test_answer_processing_decides_how_the_same_answers_score(processing, eval_store, caption_eval_output,
+                                                               monkeypatch):
+    import vlv.eval.vqa_llm
+
+    # every prompt answered "Yes": the official script compares it as written against unanimous "yes" (0), the
+    # EvalAI server normalises it first (1); where the humans disagree both normalise it
+    monkeypatch.setattr(vlv.eval.vqa_llm, "distributed_answers",
+                        lambda prompts, *args, **kwargs: ["Yes"] * len(prompts))
+    config = EvalVqaConfig(llm="tiny-random", shots=[0], answer_processing=processing)
+    output = run_step(eval_store, EvalVqaStep(), config, {"caption_eval": caption_eval_output}, f"vqa_yes_{processing}")
+    dataset = load_split(read_eval_sets(caption_eval_output.local_dir).vqa[0].eval)
+    rows = pq.read_table(output.local_dir / "vqa_results.parquet").to_pylist()
+    assert len(rows) == TINY_QUESTIONS and {r["answer"] for r in rows} == {"Yes"}
+    for row in rows:
+        human = [a.answer for a in dataset.annotations[row["question_id"]].answers]
+        assert row["score"] == pytest.approx(question_accuracy("Yes", human, processing))
+    # 3 disagreeing yes/no questions score 0.9 + 1 + 1; EvalAI adds the 3 unanimous "yes" questions
+    expected = {"official": 2.9, "evalai": 5.9}[processing]
+    assert output.manifest.metrics["vqa_accuracy"] == pytest.approx(100 * expected / TINY_QUESTIONS)
+
+
 def test_k_shot_prompts_draw_k_exemplars_from_the_exemplar_split(caption_eval_output):
     sets = read_eval_sets(caption_eval_output.local_dir)
     captions = read_vqa_captions(caption_eval_output.local_dir / "vqa_captions.parquet")
@@ -82,6 +104,9 @@ def test_k_shot_prompts_draw_k_exemplars_from_the_exemplar_split(caption_eval_ou
 def test_config_and_preflight(tmp_path):
     with pytest.raises(ValueError, match="shots"):
         EvalVqaConfig(shots=[4, 4])
+    assert EvalVqaConfig().answer_processing == "official"
+    with pytest.raises(ValueError, match="eval_vqa.answer_processing must be 'official'"):
+        EvalVqaConfig(answer_processing="vqa2016")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="eval_vqa.llm_path is not set"):
         EvalVqaStep().preflight(EvalVqaConfig())
     with pytest.raises(ValueError, match="no config.json"):

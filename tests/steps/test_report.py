@@ -24,7 +24,8 @@ DATA_METRICS = {
     "aesthetic_filter": {"images_scored": 48.0, "images_kept": 36.0},
     "ingest_captions": {"captions_ok": 30.0, "captions_quarantined": 6.0},
 }
-FID_METRICS = {"fid": 123.4, "fid_recon": 200.5, "fid_cfg1": 150.25, "fid_cfg2": 123.4, "fid_images": 8.0}
+FID_METRICS = {"fid": 123.4, "fid_recon": 200.5, "fid_recon_cfg1": 210.75, "fid_recon_cfg2": 200.5,
+               "fid_cfg1": 150.25, "fid_cfg2": 123.4, "fid_images": 8.0}
 VQA_METRICS = {"vqa_accuracy": 12.5, "vqa_accuracy_tiny_0shot": 10.0, "vqa_accuracy_tiny_4shot": 12.5,
                "vqa_accuracy_tiny_4shot_yes_no": 30.0, "vqa_questions": 28.0}
 
@@ -61,9 +62,10 @@ def _upstream(store: RunStore, tracking_uri: str, *, comparable: bool) -> dict:
     inputs["eval_fid"] = publish_output(
         store, "eval_fid", f"fid{suffix}", lambda f: (_png(f, "recon_grid.png", 90), _png(f, "caption_grid.png", 160)),
         metrics={**FID_METRICS, "fid_comparable": 1.0 if comparable else 0.0},
-        config={"t2i_model": "tiny", "t2i_num_steps": 2})
+        config={"t2i_model": "tiny", "t2i_num_steps": 2, "recon_scheduler": "ddpm", "recon_num_steps": 2,
+                "recon_cfg_scales": [1.0, 2.0], "headline_cfg": 2.0})
     inputs["eval_vqa"] = publish_output(store, "eval_vqa", f"vqa{suffix}", lambda f: None, metrics=VQA_METRICS,
-                                        config={"llm": "tiny-random", "shots": [0, 4]})
+                                        config={"llm": "tiny-random", "shots": [0, 4], "answer_processing": "official"})
     return inputs
 
 
@@ -84,6 +86,9 @@ def test_results_table_sits_beside_the_paper_numbers(tiny_report):
     row = re.search(r"<tr><td>caption FID, CFG 2 \(lower is better\)</td>(.*?)</tr>", html).group(1)
     assert row.startswith('<td class="num">123.40</td><td class="num">6.64</td>')
     assert "<td>reconstruction FID (stage 1)</td><td class=\"num\">200.50</td>" in html
+    assert "<td>reconstruction FID, CFG 1</td><td class=\"num\">210.75</td>" in html
+    assert "Reconstructions sampled with DDPM (2 steps), CFG [1.0, 2.0], headline at CFG 2." in html
+    assert "official answer processing" in html
     assert "<td>tiny accuracy %, 4-shot</td><td class=\"num\">12.50</td>" in html
     assert "yes_no" not in html  # per-answer-type metrics stay out of the headline table
     assert "tiny (2 steps) on 8 images" in html

@@ -3,15 +3,28 @@
 Format: `{"images": [{"id", "file_name", "width", "height"}], "annotations": [{"id", "image_id", "caption"}]}`.
 Caption FID and reconstruction FID iterate the images; reports show the reference captions. A malformed file
 fails with a ValueError naming the file, the entry and the field.
+
+Which images are evaluated (`select_images`): the paper reports FID on 30K images of COCO 2014 val (40,504 images)
+without saying which; the official FID tool (tools/cal_fid.py, `get_matched_image_paths`, default 30000) draws them
+at random from the sorted file list with NumPy's global RNG, so no list is published. Taking the first 30K in file
+order would tie the numbers to the order of one JSON file, so the default is a seeded random sample: every
+image_id gets the priority sha256("<seed>:<image_id>"), the N lowest priorities are kept, listed in image_id order.
+The sample depends only on the seed and the set of ids (not on file order, Python version or machine), and with
+one seed a smaller N is a subset of a larger one. `subset="first"` keeps the old first-N-in-file-order behaviour.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Sequence
 
 from vlv.eval.json_files import read_json, require_field, top_level_list
 from vlv.paths import check_relative, safe_child
+
+SubsetMode = Literal["random", "first"]
+SUBSET_MODES = ("random", "first")
 
 
 @dataclass(frozen=True)
@@ -70,3 +83,25 @@ def load_coco_captions(path: str | Path, *, images_dir: str | Path | None = None
             raise ValueError(f"{len(missing)} images of {path} are missing from {images_dir} "
                              f"(e.g. {missing[:3]}); pass the folder that holds them")
     return CocoCaptionSet(images=tuple(images), captions={k: tuple(v) for k, v in captions.items()})
+
+
+def select_images(images: Sequence[CocoImage], max_images: int, *, subset: SubsetMode = "random",
+                  seed: int = 0) -> tuple[CocoImage, ...]:
+    """The evaluated images (see the module docstring); `max_images` 0 = all of them."""
+    if max_images < 0:
+        raise ValueError(f"max_images must be >= 0, got {max_images}")
+    if subset == "first":
+        return tuple(images[:max_images or None])
+    if subset != "random":
+        raise ValueError(f"subset must be one of {list(SUBSET_MODES)}, got {subset!r}")
+    by_id = sorted(images, key=lambda image: image.image_id)
+    if not max_images or max_images >= len(by_id):
+        return tuple(by_id)
+    ranked = sorted(by_id, key=lambda image: subset_priority(seed, image.image_id))
+    kept = {image.image_id for image in ranked[:max_images]}
+    return tuple(image for image in by_id if image.image_id in kept)
+
+
+def subset_priority(seed: int, image_id: int) -> bytes:
+    """An image's rank in the seeded random sample: lower is picked first."""
+    return hashlib.sha256(f"{seed}:{image_id}".encode()).digest()

@@ -61,9 +61,11 @@ class VqaBenchmark:
 class EvalSets:
     captions_json: str  # COCO-format caption set (caption FID, reconstruction FID, sample captions)
     images_dir: str
-    max_images: int  # the first N images of the caption set in file order (0 = all)
+    max_images: int  # N images of the caption set (0 = all), chosen as `subset` says
     vqa: tuple[VqaBenchmark, ...]
     tiny: bool  # the tiny sets (scikit-image photos): numbers from them compare with nothing
+    subset: str = "random"  # "random": seeded sample, image_id order; "first": file order (coco_captions)
+    subset_seed: int = 0
 
     def resolved(self, base: str | Path) -> EvalSets:
         """A copy whose relative paths are joined to `base` (the caption_eval output folder)."""
@@ -98,7 +100,9 @@ class EvalSets:
         benches = tuple(VqaBenchmark(b["name"], VqaSplit(**b["eval"]), VqaSplit(**b["exemplars"]))
                         for b in data["vqa"])
         return cls(captions_json=data["captions_json"], images_dir=data["images_dir"],
-                   max_images=int(data["max_images"]), vqa=benches, tiny=bool(data["tiny"]))
+                   max_images=int(data["max_images"]), vqa=benches, tiny=bool(data["tiny"]),
+                   subset=str(data.get("subset", "first")),  # records written before subsets took the first N
+                   subset_seed=int(data.get("subset_seed", 0)))
 
 
 def read_eval_sets(folder: str | Path) -> EvalSets:

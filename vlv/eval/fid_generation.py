@@ -5,9 +5,10 @@ Ray task loads its generator and the Inception once, generates its chunk of the 
 returns exact float64 sums (`FeatureStats`), which merge by addition into the statistics of the whole set (the
 same arithmetic as `distributed_feature_stats`). Images never travel, except the few kept for sample grids.
 
-Generators: `ReconstructionGenerator` (image -> stage-1 caption embeddings -> frozen SD sampling),
-`CaptionGenerator` (caption text -> a text-to-image pipeline, one pass per CFG value) and `IdentityGenerator`
-(the originals themselves: FID against the real statistics must then be ~0, which tests the plumbing).
+Generators: `ReconstructionGenerator` (image -> stage-1 caption embeddings -> frozen SD sampling) and
+`CaptionGenerator` (caption text -> a text-to-image pipeline), each one pass per CFG value with the same noise
+seeds, and `IdentityGenerator` (the originals themselves: FID against the real statistics must then be ~0, which
+tests the plumbing).
 
 Real-image statistics are computed from the image FILES with `distributed_feature_stats` (pytorch-fid's way)
 and cached under a key made of the files' content hashes and the Inception's identity, so a rerun with another
@@ -48,12 +49,15 @@ class EvalImage:
 
 @dataclass(frozen=True)
 class ReconstructionGenerator:
+    """Stage-1 reconstructions, one pass per CFG value (labels `recon_cfg<k>`), all from the same noise seeds."""
+
     stage1: Any  # train_stage1's published output (a StepOutput): each task fetches it where it runs
     num_steps: int
-    guidance_scale: float
+    guidance_scales: tuple[float, ...]
+    sampler: str = "ddpm"  # "ddpm" (the official inference) or "ddim"
 
     def labels(self) -> list[str]:
-        return ["recon"]
+        return [recon_label(scale) for scale in self.guidance_scales]
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,10 @@ Generator = ReconstructionGenerator | CaptionGenerator | IdentityGenerator
 
 def cfg_label(scale: float) -> str:
     return f"cfg{scale:g}"
+
+
+def recon_label(scale: float) -> str:
+    return f"recon_{cfg_label(scale)}"
 
 
 @dataclass(frozen=True)
@@ -150,12 +158,12 @@ def _build_generate(generator: Generator, device: str):
 
         model = load_stage1(generator.stage1.local_folder()).to(device)
         size = model.embedder.image_size
+        recon_scales = dict(zip(generator.labels(), generator.guidance_scales))
 
         def reconstruct(batch, label, seed):
             pixels = torch.from_numpy(np.stack([image_as_array(image.path, size) for image in batch]))
-            out = model.generate_images(pixels, num_steps=generator.num_steps,
-                                        guidance_scale=generator.guidance_scale,
-                                        generator=torch.Generator().manual_seed(seed))
+            out = model.generate_images(pixels, num_steps=generator.num_steps, guidance_scale=recon_scales[label],
+                                        generator=torch.Generator().manual_seed(seed), sampler=generator.sampler)
             return list(out.cpu().numpy())
 
         return reconstruct

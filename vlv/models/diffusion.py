@@ -1,13 +1,21 @@
-"""The frozen Stable Diffusion 2.1 base decoder: the denoising loss that teaches stage 1, and a DDIM sampler.
+"""The frozen Stable Diffusion 2.1 base decoder: the denoising loss that teaches stage 1, and its samplers.
 
 Both UNet and VAE are frozen teachers. Gradients still flow THROUGH the UNet into the conditioning (that is the
 whole training signal), so the UNet runs with autograd on; only the VAE encode runs under `no_grad`.
 Training noise follows the DDPM schedule of SD 2.1 base (1000 steps, scaled_linear 0.00085..0.012, epsilon
-prediction); sampling uses DDIM on the same schedule, with optional classifier-free guidance against the
-empty-prompt embedding.
+prediction). Sampling runs on the same schedule with classifier-free guidance against the empty-prompt embedding,
+with one of two samplers:
+- "ddpm" (default): what the official VLV inference does (models/VLV_stage1.py `generate_images`, a
+  `DDPMScheduler` loaded from SD 2.1 base's scheduler config with nothing overridden, so diffusers' defaults
+  `variance_type="fixed_small"`, "leading" timestep spacing with steps_offset 1; 50 steps give t = 981, 961, ..., 1).
+  It is ancestral: each step adds fresh Gaussian noise, drawn here from the caller's seeded generator (the official
+  script draws from the global RNG seeded 42 + rank), so a seed fixes the whole trajectory.
+- "ddim": deterministic DDIM (eta 0) on the same timesteps; only the starting noise is random.
 """
 
 from __future__ import annotations
+
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +24,9 @@ from torch import nn
 from vlv.models.arch_configs import noise_schedule_config, unet_config, vae_config
 from vlv.models.image_inputs import pixels_to_uint8
 from vlv.models.loading import InitMode, freeze, require_weights, seeded_init
+
+SamplerName = Literal["ddpm", "ddim"]
+SAMPLERS: tuple[str, ...] = get_args(SamplerName)
 
 
 class FrozenDiffusion(nn.Module):
@@ -72,15 +83,25 @@ class FrozenDiffusion(nn.Module):
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latents.to(self.vae.dtype) / self.latent_scale).sample
 
+    def sampling_scheduler(self, sampler: SamplerName) -> Any:
+        """A fresh diffusers scheduler of the given kind on this model's noise schedule (no other overrides)."""
+        from diffusers import DDIMScheduler, DDPMScheduler
+
+        if sampler == "ddpm":
+            return DDPMScheduler.from_config(self.schedule)
+        if sampler == "ddim":
+            return DDIMScheduler.from_config(self.schedule)
+        raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
+
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, *, image_size: int, num_steps: int = 50, guidance_scale: float = 1.0,
-               uncond: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Images (uint8, B x H x W x 3) from conditioning (B, 77, D) with DDIM; CFG when guidance_scale != 1.
+               uncond: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               sampler: SamplerName = "ddpm") -> torch.Tensor:
+        """Images (uint8, B x H x W x 3) from conditioning (B, 77, D); CFG when guidance_scale != 1.
 
-        `uncond` is the empty-prompt embedding (1 or B, 77, D), needed for guidance.
+        `uncond` is the empty-prompt embedding (1 or B, 77, D), needed for guidance. Every random draw (the
+        starting latents, and DDPM's per-step noise) comes from `generator`, in that order.
         """
-        from diffusers import DDIMScheduler
-
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         guided = guidance_scale != 1.0
@@ -89,7 +110,7 @@ class FrozenDiffusion(nn.Module):
                              "embedding (ClipTextOnEmbeddings.empty_prompt_embedding)")
         if image_size % self.vae_downsample:
             raise ValueError(f"image_size must be a multiple of {self.vae_downsample}, got {image_size}")
-        scheduler = DDIMScheduler.from_config(self.schedule)
+        scheduler = self.sampling_scheduler(sampler)
         scheduler.set_timesteps(num_steps, device=cond.device)
         batch, side = cond.shape[0], image_size // self.vae_downsample
         shape = (batch, self.unet.config.in_channels, side, side)

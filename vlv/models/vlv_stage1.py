@@ -15,7 +15,7 @@ from torch import nn
 
 from vlv.models.clip_text import ClipTextOnEmbeddings, build_clip_text_encoder, build_clip_tokenizer
 from vlv.models.config import Stage1ModelConfig
-from vlv.models.diffusion import FrozenDiffusion, build_diffusion
+from vlv.models.diffusion import FrozenDiffusion, SamplerName, build_diffusion
 from vlv.models.florence_queries import FlorenceQueryEncoder, build_florence_query_encoder
 from vlv.models.image_inputs import check_uint8_images, florence_pixels, vae_pixels
 from vlv.models.loading import tensor_fingerprint
@@ -115,8 +115,9 @@ class VLVStage1(nn.Module):
 
     @torch.no_grad()
     def generate_images(self, images: torch.Tensor, *, num_steps: int = 50, guidance_scale: float = 1.0,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
-        """Reconstructions: images -> caption embeddings -> SD sampling. Returns uint8 (B, H, W, 3).
+                        generator: torch.Generator | None = None, sampler: SamplerName = "ddpm") -> torch.Tensor:
+        """Reconstructions: images -> caption embeddings -> SD sampling (DDPM as the official inference, or DDIM).
+        Returns uint8 (B, H, W, 3).
 
         Runs in eval mode (no dropout), then restores the previous mode, so it is safe mid-training.
         """
@@ -128,7 +129,8 @@ class VLVStage1(nn.Module):
             if guidance_scale != 1.0:
                 uncond = self.embedder.clip_text.empty_prompt_embedding(self.clip_tokenizer).to(cond.dtype)
             return self.diffusion.sample(cond, image_size=self.embedder.image_size, num_steps=num_steps,
-                                         guidance_scale=guidance_scale, uncond=uncond, generator=generator)
+                                         guidance_scale=guidance_scale, uncond=uncond, generator=generator,
+                                         sampler=sampler)
         finally:
             self.train(was_training)
 

@@ -2,8 +2,12 @@
 
 Two image sets: a COCO-format caption set (caption FID, reconstruction FID, sample captions in the report) and
 the images of the VQA benchmarks, evaluation split and exemplar split (k-shot prompts). Each distinct image file
-is captioned once, by an actor that loads the captioner once. Outputs:
-- `captions.parquet` (image_id, file_name, caption, references): the caption set, in file order;
+is captioned once, by an actor that loads the captioner once. The caption set is `max_images` images of the COCO
+file (paper: 30K of COCO 2014 val), by default a seeded random sample in image_id order (`subset`, `seed`; see
+`vlv.eval.coco_captions.select_images`). Outputs:
+- `captions.parquet` (image_id, file_name, caption, references): the caption set (image_id order, or file order
+  with `subset="first"`);
+- `eval_image_ids.json` (artifact): which images of which file were chosen, how, and their ids, for auditing;
 - `vqa_captions.parquet` (benchmark, split, image_id, caption);
 - `eval_sets.json`: the resolved sets (`vlv.eval.eval_sets`), which `eval_fid` and `eval_vqa` read;
 - `sample_captions.csv` (artifact): a few generated captions beside a reference caption.
@@ -15,12 +19,13 @@ smaller set would give numbers that look valid and are not.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import pyarrow as pa
 
@@ -30,6 +35,7 @@ from vlv.eval.eval_sets import EVAL_SETS_FILE, EvalSets, VqaBenchmark, VqaSplit
 from vlv.paths import safe_child
 
 TINY_DIR = "tiny_sets"
+EVAL_IMAGE_IDS_FILE = "eval_image_ids.json"
 CAPTIONS = OutputFile("captions.parquet", "the caption set's generated captions, in file order",
                       pa.schema([("image_id", pa.int64()), ("file_name", pa.string()), ("caption", pa.string()),
                                  ("references", pa.list_(pa.string()))]))
@@ -87,7 +93,9 @@ class CaptionEvalConfig:
     tiny_sets: bool = False
     images_dir: str = ""  # COCO-format caption set, e.g. /data/coco/val2014
     captions_json: str = ""  # e.g. captions_val2014.json
-    max_images: int = 0  # the first N images of the caption set (paper FID: 30000); 0 = all
+    max_images: int = 0  # N images of the caption set (paper FID: 30000 of COCO 2014 val); 0 = all
+    # "random": a seeded random sample (seed below), listed in image_id order; "first": the first N in file order
+    subset: Literal["random", "first"] = "random"
     vqa: list[VqaBenchmarkConfig] = field(default_factory=_paper_benchmarks)
     batch_size: int = 8
     num_actors: int = 1
@@ -96,12 +104,15 @@ class CaptionEvalConfig:
     num_beams: int = 0  # 0: the checkpoint's (paper: 4)
     max_new_tokens: int = 0  # 0: the checkpoint's (paper: 300)
     sample_rows: int = 8  # rows of sample_captions.csv
-    seed: int = 0  # exemplar pool sampling
+    seed: int = 0  # the caption-set subset and the VQA exemplar pools
 
     def __post_init__(self) -> None:
         for name in ("max_images", "num_beams", "max_new_tokens", "sample_rows"):
             if getattr(self, name) < 0:
                 raise ValueError(f"caption_eval.{name} must be >= 0, got {getattr(self, name)}")
+        if self.subset not in ("random", "first"):
+            raise ValueError(f"caption_eval.subset must be 'random' (a seeded sample, caption_eval.seed) or 'first' "
+                             f"(the first max_images in file order), got {self.subset!r}")
         if self.batch_size < 1 or self.num_actors < 1:
             raise ValueError("caption_eval.batch_size and caption_eval.num_actors must be >= 1")
         if self.cpus_per_actor <= 0 or self.gpus_per_actor < 0:
@@ -183,13 +194,14 @@ def _worker_logger() -> logging.Logger:
 class CaptionEvalStep(Step[CaptionEvalConfig]):
     name = "caption_eval"
     upstream = ("train_stage2",)
-    code_version = "1"
+    code_version = "2"  # 2: the caption set is a seeded random subset, recorded in eval_image_ids.json
     description = "Caption the evaluation images (COCO caption set, VQA splits) with the trained captioner"
     system_metrics = True
 
     outputs = (CAPTIONS, VQA_CAPTIONS, OutputFile(EVAL_SETS_FILE, "the resolved evaluation sets eval_fid and "
                                                            "eval_vqa read"),
-               OutputFile("sample_captions.csv", "a few generated captions beside a reference caption"))
+               OutputFile("sample_captions.csv", "a few generated captions beside a reference caption"),
+               OutputFile(EVAL_IMAGE_IDS_FILE, "the caption-set images chosen, with the seed that chose them"))
 
     def resources(self, config: CaptionEvalConfig) -> Resources:
         return Resources(num_cpus=0)  # the actor pool asks for its own CPUs/GPUs
@@ -215,7 +227,7 @@ class CaptionEvalStep(Step[CaptionEvalConfig]):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from vlv.eval.coco_captions import load_coco_captions
+        from vlv.eval.coco_captions import load_coco_captions, select_images
         from vlv.eval.eval_sets import image_files, load_split
 
         cfg = ctx.config
@@ -223,7 +235,11 @@ class CaptionEvalStep(Step[CaptionEvalConfig]):
         (ctx.output_dir / EVAL_SETS_FILE).write_text(sets.to_json(), encoding="utf-8")
         sets = sets.resolved(ctx.output_dir)
         coco = load_coco_captions(sets.captions_json, images_dir=sets.images_dir)
-        images = coco.images[:sets.max_images] if sets.max_images else coco.images
+        images = select_images(coco.images, sets.max_images, subset=sets.subset, seed=sets.subset_seed)
+        write_image_ids(ctx.output_dir / EVAL_IMAGE_IDS_FILE, sets, images, len(coco.images))
+        ctx.log.info("caption set: %d of the %d images of %s (%s%s)", len(images), len(coco.images),
+                     Path(sets.captions_json).name, sets.subset,
+                     f", seed {sets.subset_seed}" if sets.subset == "random" else "")
         coco_files = [safe_child(sets.images_dir, image.file_name, "COCO file_name") for image in images]
         vqa_rows: list[tuple[str, str, int, Path]] = []  # benchmark, split, image_id, file
         for bench in sets.vqa:
@@ -256,7 +272,7 @@ class CaptionEvalStep(Step[CaptionEvalConfig]):
         metrics = {"images_captioned": float(len(captions)), "caption_set_images": float(len(images)),
                    "vqa_images": float(len({str(r[3]) for r in vqa_rows})),
                    "mean_caption_words": sum(words) / len(words), "empty_captions": float(words.count(0))}
-        return StepResult(metrics=metrics, artifacts=["sample_captions.csv"])
+        return StepResult(metrics=metrics, artifacts=["sample_captions.csv", EVAL_IMAGE_IDS_FILE])
 
 
 def resolve_eval_sets(cfg: CaptionEvalConfig, output_dir: Path) -> EvalSets:
@@ -293,7 +309,17 @@ def resolve_eval_sets(cfg: CaptionEvalConfig, output_dir: Path) -> EvalSets:
                                       pool_size=bench.exemplar_pool_size, seed=cfg.seed)
         benchmarks.append(VqaBenchmark(bench.name, eval_split, exemplar_split))
     return EvalSets(captions_json=captions_json, images_dir=images_dir, max_images=cfg.max_images,
-                    vqa=tuple(benchmarks), tiny=tiny is not None)
+                    vqa=tuple(benchmarks), tiny=tiny is not None, subset=cfg.subset, subset_seed=cfg.seed)
+
+
+def write_image_ids(path: Path, sets: EvalSets, images: Any, images_in_file: int) -> None:
+    """The chosen caption-set images, with what chose them: enough to check or rebuild the subset elsewhere."""
+    record = {"format": "vlv-eval-image-ids-v1", "captions_json": Path(sets.captions_json).name,
+              "images_in_file": images_in_file, "max_images": sets.max_images, "subset": sets.subset,
+              "seed": sets.subset_seed if sets.subset == "random" else None,
+              "order": "image_id" if sets.subset == "random" else "file",
+              "image_ids": [image.image_id for image in images]}
+    path.write_text(json.dumps(record) + "\n", encoding="utf-8")
 
 
 def share_written_images(ctx: StepContext[CaptionEvalConfig]) -> Callable[[str], str]:

@@ -1,14 +1,19 @@
-"""Step `eval_fid`: reconstruction FID and caption FID on caption_eval's image set (SPEC section 4).
+"""Step `eval_fid`: reconstruction FID and caption FID on caption_eval's image set.
 
-- Reconstruction FID (paper Tables 4-5): image -> stage-1 caption embeddings -> frozen SD sampling.
+- Reconstruction FID (paper Tables 4-5): image -> stage-1 caption embeddings -> frozen SD sampling, once per CFG
+  value in `recon_cfg_scales`. The official inference (train/Image_inference.py + models/VLV_stage1.py) samples
+  with SD 2.1's stochastic DDPM scheduler, 50 steps, CFG 2.0; the paper's scaling table reports CFG 1 to 4. So the
+  defaults are `recon_scheduler="ddpm"`, 50 steps, CFG [1, 2, 3, 4], headline (`fid_recon`) at CFG 2.
 - Caption FID (paper Table 1): caption_eval's text captions -> a text-to-image pipeline (SD 2.1 by default, SD 3.5
-  Medium as in the paper, or the tiny one), once per CFG value.
+  Medium as in the paper, or the tiny one), once per CFG value in `cfg_scales`.
+Every CFG pass of a generator uses the same per-batch noise seeds, so CFG values differ by guidance only.
 Both against the ORIGINAL image files (pytorch-fid reads them as they are). Generation and Inception features
 run together in Ray tasks (`vlv.eval.fid_generation`); real-image statistics come from
-`distributed_feature_stats` and are cached in the store's cache folder by content hash. Outputs: `fid.csv`,
-`recon_grid.png` and `caption_grid.png` (originals beside generated images), metrics `fid_recon`, `fid_cfg<k>`
-and `fid` (caption FID at `headline_cfg`, the paper's CFG 2, if in the list, else at the first CFG value).
-With a seeded random Inception (tiny) every number is marked as not comparable.
+`distributed_feature_stats` and are cached in the store's cache folder by content hash. Outputs: `fid.csv` (one
+row per FID), `recon_grid.png` (originals, then one row per reconstruction CFG) and `caption_grid.png`
+(originals, then one row per caption CFG); metrics `fid_recon_cfg<k>`, `fid_recon` (at `headline_cfg`),
+`fid_cfg<k>` and `fid` (caption FID at `headline_cfg`). A headline CFG missing from a list falls back to that list's
+first value. With a seeded random Inception (tiny) every number is marked as not comparable.
 """
 
 from __future__ import annotations
@@ -36,15 +41,17 @@ class EvalFidConfig:
     inception_batch_size: int = 50
     max_images: int = 0  # the first N images of caption_eval's set (0 = all of them)
     reconstruction: bool = True
-    recon_num_steps: int = 50  # DDIM steps of the frozen SD decoder
-    recon_guidance_scale: float = 1.0
+    recon_num_steps: int = 50  # sampling steps of the frozen SD decoder (official inference: 50)
+    # "ddpm": SD 2.1's stochastic DDPM scheduler, as the official inference; "ddim": deterministic DDIM (eta 0).
+    recon_scheduler: Literal["ddpm", "ddim"] = "ddpm"
+    recon_cfg_scales: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 4.0])  # paper: CFG 1-4
     t2i_model: Literal["sd21", "sd35_medium", "tiny"] = "sd21"  # paper Table 1 used sd35_medium
     t2i_weights: str = ""  # local folder or hub id, e.g. stabilityai/stable-diffusion-2-1-base
     t2i_num_steps: int = 40
     t2i_image_size: int = 512
     t2i_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     cfg_scales: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 4.0])
-    headline_cfg: float = 2.0  # the paper's Table 1 column
+    headline_cfg: float = 2.0  # reported as `fid` and `fid_recon`: paper Table 1's column, the official CFG 2.0
     generation_batch_size: int = 4
     num_workers: int = 1  # Ray tasks per generator (and for the real-image features)
     cpus_per_worker: float = 1.0
@@ -67,12 +74,11 @@ class EvalFidConfig:
                 raise ValueError(f"eval_fid.{name} must be >= 1, got {getattr(self, name)}")
         if self.t2i_image_size < 8 or self.t2i_image_size % 8:
             raise ValueError(f"eval_fid.t2i_image_size must be a multiple of 8, got {self.t2i_image_size}")
-        if not self.cfg_scales or any(not math.isfinite(s) or s < 1 for s in self.cfg_scales):
-            raise ValueError(f"eval_fid.cfg_scales must be a non-empty list of numbers >= 1, got {self.cfg_scales}")
-        if len(set(self.cfg_scales)) != len(self.cfg_scales):
-            raise ValueError(f"eval_fid.cfg_scales has repeated values: {self.cfg_scales}")
-        if self.recon_guidance_scale < 1:
-            raise ValueError(f"eval_fid.recon_guidance_scale must be >= 1, got {self.recon_guidance_scale}")
+        _check_cfg_list("cfg_scales", self.cfg_scales)
+        _check_cfg_list("recon_cfg_scales", self.recon_cfg_scales)
+        if self.recon_scheduler not in ("ddpm", "ddim"):
+            raise ValueError(f"eval_fid.recon_scheduler must be 'ddpm' (the official inference) or 'ddim', got "
+                             f"{self.recon_scheduler!r}")
         if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
             raise ValueError("eval_fid.cpus_per_worker must be > 0 and eval_fid.gpus_per_worker >= 0")
 
@@ -91,22 +97,33 @@ class EvalFidConfig:
     def headline_scale(self) -> float:
         return self.headline_cfg if self.headline_cfg in self.cfg_scales else self.cfg_scales[0]
 
+    def recon_headline_scale(self) -> float:
+        return self.headline_cfg if self.headline_cfg in self.recon_cfg_scales else self.recon_cfg_scales[0]
+
+
+def _check_cfg_list(name: str, scales: list[float]) -> None:
+    if not scales or any(not math.isfinite(s) or s < 1 for s in scales):
+        raise ValueError(f"eval_fid.{name} must be a non-empty list of numbers >= 1, got {scales}")
+    if len(set(scales)) != len(scales):
+        raise ValueError(f"eval_fid.{name} has repeated values: {scales}")
+
 
 @dataclass(frozen=True)
 class FidRow:
     kind: str  # reconstruction | caption
-    label: str  # metric suffix: recon, cfg2, ...
+    label: str  # metric suffix: recon_cfg2, cfg2, ...
     guidance_scale: float
     num_images: int
     fid: float
     generator: str
     num_steps: int
+    sampler: str  # ddpm | ddim for reconstructions; the pipeline's own scheduler for captions
 
 
 class EvalFidStep(Step[EvalFidConfig]):
     name = "eval_fid"
     upstream = ("train_stage1", "caption_eval")
-    code_version = "1"
+    code_version = "2"  # 2: reconstructions per CFG value, DDPM by default
     description = "Reconstruction FID and caption FID (per CFG value) against the original images"
     system_metrics = True
     outputs = (OutputFile("fid.csv", "every FID with its generator, guidance scale, steps and image count"),)
@@ -149,6 +166,7 @@ class EvalFidStep(Step[EvalFidConfig]):
             fids_against,
             generated_feature_stats,
             real_image_stats,
+            recon_label,
         )
 
         cfg = ctx.config
@@ -165,26 +183,29 @@ class EvalFidStep(Step[EvalFidConfig]):
                      "from cache" if real.cached else "computed", real.key)
         generators: list[Any] = [CaptionGenerator(cfg.text_to_image_spec(), tuple(cfg.cfg_scales))]
         if cfg.reconstruction:
-            generators.insert(0, ReconstructionGenerator(ctx.input("train_stage1"),
-                                                         cfg.recon_num_steps, cfg.recon_guidance_scale))
+            ctx.log.info("reconstructions: %s sampler, %d steps, CFG %s", cfg.recon_scheduler, cfg.recon_num_steps,
+                         cfg.recon_cfg_scales)
+            generators.insert(0, ReconstructionGenerator(ctx.input("train_stage1"), cfg.recon_num_steps,
+                                                         tuple(cfg.recon_cfg_scales), cfg.recon_scheduler))
         generated = generated_feature_stats(generators, images, spec, batch_size=cfg.generation_batch_size,
                                             seed=cfg.seed, keep_samples=cfg.grid_images, **workers)
         fids = fids_against(real.stats, generated.stats, num_cpus=min(1.0, cfg.cpus_per_worker))
-        rows = [FidRow("caption", cfg_label(s), s, generated.stats[cfg_label(s)].n, fids[cfg_label(s)],
-                       cfg.t2i_model, cfg.t2i_num_steps) for s in cfg.cfg_scales]
-        if cfg.reconstruction:
-            rows.insert(0, FidRow("reconstruction", "recon", cfg.recon_guidance_scale, generated.stats["recon"].n,
-                                  fids["recon"], "stage1+frozen_sd", cfg.recon_num_steps))
+        recon_scales = cfg.recon_cfg_scales if cfg.reconstruction else []
+        rows = [FidRow("reconstruction", recon_label(s), s, generated.stats[recon_label(s)].n, fids[recon_label(s)],
+                       "stage1+frozen_sd", cfg.recon_num_steps, cfg.recon_scheduler) for s in recon_scales]
+        rows += [FidRow("caption", cfg_label(s), s, generated.stats[cfg_label(s)].n, fids[cfg_label(s)],
+                        cfg.t2i_model, cfg.t2i_num_steps, "pipeline default") for s in cfg.cfg_scales]
         write_fid_csv(ctx.output_dir / "fid.csv", rows, comparable=spec.comparable)
         artifacts = ["fid.csv"]
         originals = {image.image_id: image.path for image in images}
         if generated.sample_ids:
             note = "" if spec.comparable else " | tiny preset: random models, images mean nothing"
             sample_paths = [originals[i] for i in generated.sample_ids]
-            if "recon" in generated.samples:
+            if recon_scales:
                 save_labelled_grid(ctx.output_dir / "recon_grid.png", sample_paths,
-                                   [("reconstruction", generated.samples["recon"])],
-                                   title="originals (top) | stage-1 reconstructions" + note)
+                                   [(f"recon CFG {s:g}", generated.samples[recon_label(s)]) for s in recon_scales],
+                                   title=f"originals (top) | stage-1 reconstructions ({cfg.recon_scheduler}, "
+                                         f"{cfg.recon_num_steps} steps), per CFG" + note)
                 artifacts.append("recon_grid.png")
             save_labelled_grid(ctx.output_dir / "caption_grid.png", sample_paths,
                                [(f"CFG {s:g}", generated.samples[cfg_label(s)]) for s in cfg.cfg_scales],
@@ -192,6 +213,8 @@ class EvalFidStep(Step[EvalFidConfig]):
             artifacts.append("caption_grid.png")
         metrics = {f"fid_{row.label}": row.fid for row in rows}
         metrics["fid"] = fids[cfg_label(cfg.headline_scale())]
+        if recon_scales:
+            metrics["fid_recon"] = fids[recon_label(cfg.recon_headline_scale())]
         metrics["fid_images"] = float(len(images))
         metrics["fid_comparable"] = 1.0 if spec.comparable else 0.0
         metrics["fid_real_stats_cached"] = 1.0 if real.cached else 0.0
@@ -229,10 +252,11 @@ def write_fid_csv(path: Path, rows: list[FidRow], *, comparable: bool) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["kind", "metric", "guidance_scale", "num_images", "fid", "generator", "num_steps",
-                         "comparable", "note"])
+                         "sampler", "comparable", "note"])
         for row in rows:
             writer.writerow([row.kind, f"fid_{row.label}", f"{row.guidance_scale:g}", row.num_images,
-                             f"{row.fid:.6f}", row.generator, row.num_steps, str(comparable).lower(), note])
+                             f"{row.fid:.6f}", row.generator, row.num_steps, row.sampler, str(comparable).lower(),
+                             note])
 
 
 def save_labelled_grid(path: Path, original_paths: list[str], rows: list[tuple[str, list[Any]]], *, title: str,

@@ -4,7 +4,9 @@ The benchmarks, their official question/annotation files and the selected questi
 `eval_sets.json` (the one place they are configured), the captions from its `vqa_captions.parquet`. For each
 benchmark and shot count, every question gets a prompt (`vqa_prompts`: exemplars drawn per question from the
 separate exemplar split), all prompts are answered by the LLM over Ray tasks (chunks of prompts), and each
-(benchmark, shots) is scored with the official VQA accuracy, overall and per answer type.
+(benchmark, shots) is scored with the VQA accuracy, overall and per answer type: by default as the current
+official GT-Vision-Lab script computes it (2021 revision), or as the EvalAI challenge server does
+(`answer_processing`; vlv/eval/vqa_accuracy.py explains how they differ).
 Outputs: `vqa_scores.csv` (every accuracy), `vqa_results.parquet` (every answer), `vqa_results.csv` (question,
 caption, answer, score; at most `results_csv_rows` rows per benchmark and shot count, for MLflow), and
 `vqa_predictions_<benchmark>_<k>shot.json` in the official results format. Accuracies are percentages, as the
@@ -42,6 +44,9 @@ class EvalVqaConfig:
     gpus_per_worker: float = 0.0
     seed: int = 0  # exemplar draws (per question) and the tiny-random init
     results_csv_rows: int = 200  # per benchmark and shot count in vqa_results.csv (all in vqa_results.parquet)
+    # "official": GT-Vision-Lab/VQA vqaEval.py as it is today (2021: answers normalised only when the ten humans
+    # disagree, then on both sides). "evalai": the EvalAI challenge server's script (prediction always normalised).
+    answer_processing: Literal["official", "evalai"] = "official"
 
     def __post_init__(self) -> None:
         if self.llm == "tiny-random" and self.llm_path:
@@ -55,6 +60,9 @@ class EvalVqaConfig:
                 raise ValueError(f"eval_vqa.{name} must be >= 1, got {getattr(self, name)}")
         if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0 or self.results_csv_rows < 0:
             raise ValueError("eval_vqa.cpus_per_worker must be > 0, gpus_per_worker and results_csv_rows >= 0")
+        if self.answer_processing not in ("official", "evalai"):
+            raise ValueError(f"eval_vqa.answer_processing must be 'official' (GT-Vision-Lab vqaEval.py, 2021) or "
+                             f"'evalai' (the EvalAI challenge server), got {self.answer_processing!r}")
 
     def llm_spec(self) -> Any:
         from vlv.eval.vqa_llm import LlmSpec
@@ -79,7 +87,7 @@ class PromptRow:
 class EvalVqaStep(Step[EvalVqaConfig]):
     name = "eval_vqa"
     upstream = ("caption_eval",)
-    code_version = "1"
+    code_version = "2"  # 2: the 2021 official answer processing
     description = "VQAv2 / OK-VQA accuracy of a text-only LLM answering from the captions (0- and k-shot)"
     system_metrics = True
     outputs = (OutputFile("vqa_scores.csv", "accuracy per benchmark, shot count and answer type"),
@@ -129,6 +137,7 @@ class EvalVqaStep(Step[EvalVqaConfig]):
             datasets[name] = load_split(bench.eval)
             exemplar_set = load_split(bench.exemplars)
             rows += build_prompt_rows(name, datasets[name], exemplar_set, captions, cfg.shots, cfg.seed)
+        ctx.log.info("VQA answer processing: %s", cfg.answer_processing)
         ctx.log.info("answering %d prompts (%d benchmarks x shots %s) with the %s LLM over %d task(s)", len(rows),
                      len(names), cfg.shots, cfg.llm, cfg.num_workers)
         answers = distributed_answers([row.prompt for row in rows], cfg.llm_spec(), num_workers=cfg.num_workers,
@@ -140,7 +149,7 @@ class EvalVqaStep(Step[EvalVqaConfig]):
             for shots in cfg.shots:
                 predictions = {r.question_id: a for r, a in zip(rows, answers) if (r.benchmark, r.shots) == (name,
                                                                                                             shots)}
-                score = score_vqa(datasets[name], predictions)
+                score = score_vqa(datasets[name], predictions, answer_processing=cfg.answer_processing)
                 write_predictions(ctx.output_dir / f"vqa_predictions_{name}_{shots}shot.json", predictions)
                 metric = f"vqa_accuracy_{name}_{shots}shot"
                 metrics[metric] = 100 * score.overall

@@ -101,6 +101,10 @@ def results_section(inputs: dict[str, StepOutput], tiny: bool) -> str:
             rows.append([f"caption FID, CFG {name.removeprefix('fid_cfg')}", value] + [None] * len(others))
     if "fid_recon" in fid:
         rows.append(["reconstruction FID (stage 1)", fid["fid_recon"]] + [None] * len(others))
+    for name, value in sorted(fid.items()):
+        if name.startswith("fid_recon_cfg"):
+            rows.append([f"reconstruction FID, CFG {name.removeprefix('fid_recon_cfg')}", value]
+                        + [None] * len(others))
     for bench, paper in PAPER_VQA_32SHOT.items():
         label = {"vqav2": "VQAv2", "okvqa": "OK-VQA"}[bench]
         rows.append([f"{label} accuracy %, 32-shot", vqa.get(f"vqa_accuracy_{bench}_32shot"), paper]
@@ -121,10 +125,14 @@ def _settings_note(inputs: dict[str, StepOutput]) -> str:
         c, m = inputs["eval_fid"].manifest.config, inputs["eval_fid"].manifest.metrics
         notes.append(f"This run: caption FID with {c.get('t2i_model')} ({c.get('t2i_num_steps')} steps) on "
                      f"{int(m.get('fid_images', 0))} images.")
+        if "fid_recon" in m and "recon_scheduler" in c:
+            notes.append(f"Reconstructions sampled with {c['recon_scheduler'].upper()} ({c.get('recon_num_steps')} "
+                         f"steps), CFG {c.get('recon_cfg_scales')}, headline at CFG {c.get('headline_cfg'):g}.")
     if "eval_vqa" in inputs:
         c = inputs["eval_vqa"].manifest.config
         notes.append(f"VQA with the {c.get('llm')} LLM, shots {c.get('shots')}, "
-                     f"{int(inputs['eval_vqa'].manifest.metrics.get('vqa_questions', 0))} questions.")
+                     f"{int(inputs['eval_vqa'].manifest.metrics.get('vqa_questions', 0))} questions"
+                     + (f", {c['answer_processing']} answer processing." if "answer_processing" in c else "."))
     return " ".join(notes)
 
 
