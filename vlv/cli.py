@@ -92,10 +92,27 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_run_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """The parser of `pipelines/full_run.py` (SPEC section 7 flags)."""
-    parser = _Parser(prog=prog, description=description)
+    """The parser of `pipelines/full_run.py`: the run flags, and the steps and presets in its help."""
+    parser = _Parser(prog=prog, description=description, epilog=steps_and_presets_help(),
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_args(parser)
     return parser
+
+
+def steps_and_presets_help() -> str:
+    """The pipeline's steps in order and the presets, for --help."""
+    from vlv.pipeline import pipeline_steps
+    from vlv.presets import PRESETS
+
+    steps = pipeline_steps()
+    width = max(len(s.name) for s in steps)
+    lines = ["steps, in order (--steps, --from, --force take these names):"]
+    lines += [f"  {s.name:<{width}}  {s.description}" for s in steps]
+    lines += ["", "presets (--preset):"]
+    lines += [f"  {name:<{width}}  {(fn.__doc__ or '').strip().splitlines()[0]}" for name, fn in PRESETS.items()]
+    lines += ["", "examples:", "  python pipelines/full_run.py --preset tiny --dry-run",
+              "  python pipelines/full_run.py --from download --set download.image_size=128 --store /data/vlv_runs"]
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
