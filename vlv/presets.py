@@ -79,7 +79,7 @@ def _tiny_deepspeed(lr: float) -> DeepSpeedConfig:
     """ZeRO-2, fp32 on CPU; 2 workers x micro-batch 2 = global batch 4; a large lr so the loss visibly falls."""
     return DeepSpeedConfig(zero_stage=2, precision="fp32", micro_batch_per_worker=2, global_batch=4,
                            optimizer=AdamWConfig(lr=lr, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01),
-                           schedule=LRScheduleConfig(kind="cosine", warmup_steps=1, total_steps=6))
+                           schedule=LRScheduleConfig(kind="cosine", warmup_steps=1))  # decays over the loop
 
 
 def _tiny_loop() -> LoopConfig:

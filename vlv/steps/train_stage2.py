@@ -16,8 +16,8 @@ from typing import Any
 
 from vlv.engine.step import Resources, Step, StepContext, StepResult
 from vlv.models.config import CaptionerConfig
-from vlv.steps.train_stage1 import schedule_over_loop, training_metrics
-from vlv.train.deepspeed_config import DeepSpeedConfig, build_deepspeed_config, stage2_paper
+from vlv.steps.train_stage1 import training_metrics
+from vlv.train.deepspeed_config import DeepSpeedConfig, build_deepspeed_config, describe_schedule, stage2_paper
 from vlv.train.loop import EXPORT_FILE, LoopConfig
 from vlv.train.ray_trainer import RayTrainConfig
 
@@ -25,6 +25,8 @@ from vlv.train.ray_trainer import RayTrainConfig
 @dataclass
 class TrainStage2Config:
     model: CaptionerConfig = field(default_factory=CaptionerConfig.paper)
+    # Linear decay over the official script's horizon (781,250 steps: about 1e-5 throughout a 100K-step run).
+    # Decay to 0 over the run instead: --set train_stage2.deepspeed.schedule.total_steps=null
     deepspeed: DeepSpeedConfig = field(default_factory=stage2_paper)
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(total_steps=100_000, checkpoint_every=2_000))
     ray_train: RayTrainConfig = field(default_factory=lambda: RayTrainConfig(num_workers=8, use_gpu=True))
@@ -53,6 +55,7 @@ class TrainStage2Step(Step[TrainStage2Config]):
         config.model.check_weights("train_stage2.model")
         build_deepspeed_config(config.deepspeed, num_workers=config.ray_train.num_workers,
                                on_gpu=config.ray_train.use_gpu)
+        describe_schedule(config.deepspeed.schedule, loop_total_steps=config.loop.total_steps)
 
     def run(self, ctx: StepContext[TrainStage2Config]) -> StepResult:
         from vlv.inference import CAPTIONER_WEIGHTS, load_captioner, save_captioner_checkpoint
@@ -73,8 +76,10 @@ class TrainStage2Step(Step[TrainStage2Config]):
         )
         task = Stage2Task(model=cfg.model, stage1_dir=stage1_dir, tokenizer_dir=str(tokenizer_dir),
                                stream=stream)
+        ctx.log.info("lr schedule: %s",
+                     describe_schedule(cfg.deepspeed.schedule, loop_total_steps=cfg.loop.total_steps))
         outcome = run_training(
-            task=task, deepspeed=schedule_over_loop(cfg.deepspeed, cfg.loop), loop=cfg.loop,
+            task=task, deepspeed=cfg.deepspeed, loop=cfg.loop,
             ray_train=cfg.ray_train, storage_path=f"{ctx.scratch_uri}/ray", name="ray_train",
             metric_logger=ctx.metrics, export_dir=ctx.output_dir,
         )
