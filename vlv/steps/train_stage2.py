@@ -44,7 +44,7 @@ class TrainStage2Config:
 class TrainStage2Step(Step[TrainStage2Config]):
     name = "train_stage2"
     upstream = ("download", "ingest_captions", "train_stage1")
-    code_version = "1"
+    code_version = "2"  # 2: "encoder" in the trainable set is Florence's language model only
     resumable = True
     description = "Train the captioner: stage-1 encoder -> MLP -> Qwen2 on Gemini captions (DeepSpeed on Ray Train)"
 
