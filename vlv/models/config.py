@@ -36,6 +36,9 @@ class Stage1ModelConfig:
     florence_image_size: int = 768  # Florence2Processor resizes to this (Florence-2-large: 768)
     task_prompt: str = "<MORE_DETAILED_CAPTION>"
     unet_gradient_checkpointing: bool = False
+    # The frozen DaViT tower in train mode while training (its drop path, up to 0.1, active; weights still frozen),
+    # as the official code runs it (the whole model in train mode). False: eval mode, deterministic features.
+    frozen_vision_train_mode: bool = True
 
     def __post_init__(self) -> None:
         _check_choice("init", self.init, _INIT_MODES)

@@ -9,7 +9,9 @@ Data flow (transformers' native `Florence2Model`):
          to the encoder states) -> (B, 77, d_model) -> projection Linear -> GELU -> Linear -> z (B, 77, D_clip).
 
 Trainable: the transformer encoder + decoder + shared embeddings (`florence.language_model`), the queries and
-the projection. Frozen (no grads, eval mode): the vision tower and the multi-modal projector.
+the projection. Frozen (no grads): the vision tower and the multi-modal projector. The official code trains with
+the whole model in train mode, so DaViT's stochastic depth (drop path up to 0.1) perturbs the frozen tower's
+features during training; `frozen_vision_train_mode` keeps that (True) or puts the frozen parts in eval mode.
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ class CaptionProjection(nn.Sequential):
 
 
 class FlorenceQueryEncoder(nn.Module):
-    def __init__(self, florence, prompt_ids: list[int], *, num_queries: int, out_dim: int, query_init_std: float):
+    def __init__(self, florence, prompt_ids: list[int], *, num_queries: int, out_dim: int, query_init_std: float,
+                 frozen_vision_train_mode: bool):
         super().__init__()
         self.florence = florence  # transformers Florence2Model
+        self.frozen_vision_train_mode = frozen_vision_train_mode
         d_model = florence.config.text_config.d_model
         self.queries = nn.Parameter(torch.randn(1, num_queries, d_model) * query_init_std)
         self.projection = CaptionProjection(d_model, out_dim)
@@ -62,7 +66,7 @@ class FlorenceQueryEncoder(nn.Module):
     def train(self, mode: bool = True) -> FlorenceQueryEncoder:
         super().train(mode)
         for frozen in self.frozen_modules():
-            frozen.eval()
+            frozen.train(mode and self.frozen_vision_train_mode)  # weights stay frozen either way
         return self
 
     def visual_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -125,9 +129,10 @@ def load_florence(*, arch: str, weights: str | None, init: InitMode, seed: int,
 
 
 def build_florence_query_encoder(*, arch: str, weights: str | None, init: InitMode, seed: int, num_queries: int,
-                                 out_dim: int, query_init_std: float, task_prompt: str) -> FlorenceQueryEncoder:
+                                 out_dim: int, query_init_std: float, task_prompt: str,
+                                 frozen_vision_train_mode: bool) -> FlorenceQueryEncoder:
     florence, tokenizer = load_florence(arch=arch, weights=weights, init=init, seed=seed)
     prompt_ids = florence_prompt_ids(tokenizer, task_prompt)
     with seeded_init(seed + 1):  # queries and projection are new in both modes
         return FlorenceQueryEncoder(florence, prompt_ids, num_queries=num_queries, out_dim=out_dim,
-                                    query_init_std=query_init_std)
+                                    query_init_std=query_init_std, frozen_vision_train_mode=frozen_vision_train_mode)

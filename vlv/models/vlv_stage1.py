@@ -140,7 +140,8 @@ def build_caption_embedder(cfg: Stage1ModelConfig) -> CaptionEmbedder:
     encoder = build_florence_query_encoder(arch=cfg.florence_arch, weights=cfg.florence_weights, init=cfg.init,
                                            seed=cfg.seed, num_queries=cfg.num_queries,
                                            out_dim=clip_text.hidden_size, query_init_std=cfg.query_init_std,
-                                           task_prompt=cfg.task_prompt)
+                                           task_prompt=cfg.task_prompt,
+                                           frozen_vision_train_mode=cfg.frozen_vision_train_mode)
     embedder = CaptionEmbedder(encoder, clip_text, image_size=cfg.image_size,
                                florence_image_size=cfg.florence_image_size)
     return embedder.train()
