@@ -54,7 +54,7 @@ class CaptionEmbedder(nn.Module):
         """z: what stage 1 learns, fed to the CLIP text encoder as token embeddings."""
         check_uint8_images(images, self.image_size)
         queries = self.encoder.queries
-        pixels = florence_pixels(images.to(queries.device), self.florence_image_size, dtype=queries.dtype)
+        pixels = florence_pixels(images, self.florence_image_size, dtype=queries.dtype, device=queries.device)
         return self.encoder(pixels)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ class TrainStage1Config:
 class TrainStage1Step(Step[TrainStage1Config]):
     name = "train_stage1"
     upstream = ("download", "aesthetic_filter")
-    code_version = "1"
+    code_version = "2"  # 2: Florence pixels resized with PIL bicubic, as its image processor does
     resumable = True
     description = "Train the VLV encoder through the frozen SD 2.1 decoder (DeepSpeed ZeRO on Ray Train)"
 
