@@ -27,7 +27,9 @@ def paper() -> PipelineConfig:
         preset="paper",
         prepare_metadata=PrepareMetadataConfig(source="laion"),
         download=DownloadConfig(image_size=384, processes_count=16, thread_count=64),
-        aesthetic_filter=AestheticFilterConfig(model="pretrained", threshold=5.0, batch_size=256, num_actors=8,
+        # Every image is scored and kept (the source is LAION-2B-en-aesthetic already); the common 5.0 cut:
+        # --set aesthetic_filter.keep=threshold (aesthetic_filter.threshold=5.0 is the default)
+        aesthetic_filter=AestheticFilterConfig(model="pretrained", keep="all", batch_size=256, num_actors=8,
                                                cpus_per_actor=4.0, gpus_per_actor=1.0),
         ingest_captions=IngestCaptionsConfig(format="auto"),
         train_stage1=TrainStage1Config(),  # official config: ZeRO-2 fp32, 64 x 8 GPUs, 200K steps
@@ -51,7 +53,7 @@ def tiny() -> PipelineConfig:
         prepare_metadata=PrepareMetadataConfig(source="tiny", min_side=256),
         download=DownloadConfig(image_size=64, samples_per_shard=8, processes_count=1, thread_count=4,
                                 timeout_s=5, progress_interval_s=5.0),
-        aesthetic_filter=AestheticFilterConfig(model="tiny-random", threshold=None, keep_top_quantile=0.75,
+        aesthetic_filter=AestheticFilterConfig(model="tiny-random", keep="top_quantile", keep_top_quantile=0.75,
                                                batch_size=8),
         ingest_captions=IngestCaptionsConfig(generate_tiny=True),
         train_stage1=TrainStage1Config(
