@@ -118,14 +118,39 @@ def load_florence(*, arch: str, weights: str | None, init: InitMode, seed: int,
     path = require_weights(weights, weights_field, "the transformers-native Florence-2-large checkpoint "
                            "(florence-community/Florence-2-large; the remote-code microsoft/Florence-2-large "
                            "layout does not load into transformers' Florence2 classes)")
+    check_native_florence_checkpoint(path, weights_field)
     full, info = Florence2ForConditionalGeneration.from_pretrained(path, output_loading_info=True)
     missing = [key for key in info.get("missing_keys", []) if "lm_head" not in key]
     if missing:
         raise ValueError(f"{weights_field}={path!r} is not a transformers-native Florence-2 checkpoint: "
-                         f"{len(missing)} weights missing (e.g. {missing[0]}); use "
-                         f"florence-community/Florence-2-large or convert with transformers' "
-                         f"convert_florence2_original_pytorch_to_hf.py")
+                         f"{len(missing)} weights missing (e.g. {missing[0]}). {FLORENCE_CONVERSION_HINT}")
     return full.model, AutoTokenizer.from_pretrained(path)
+
+
+FLORENCE_CONVERSION_HINT = (
+    "Use florence-community/Florence-2-large (the transformers-native conversion: vocabulary 51,289 + the <image> "
+    "token, padded to 51,328), or convert a remote-code checkpoint with convert_florence2_original_pytorch_to_hf.py "
+    "from transformers' source tree (src/transformers/models/florence2/): python "
+    "convert_florence2_original_pytorch_to_hf.py --hf_model_id <remote-code folder or hub id> "
+    "--pytorch_dump_folder_path <new folder>, then point the setting at the new folder"
+)
+
+
+def check_native_florence_checkpoint(path: str, weights_field: str) -> None:
+    """Refuse the remote-code layout (microsoft/Florence-2-*, loaded with trust_remote_code) from its config alone,
+    before transformers tries to load its weights into classes they do not fit."""
+    from transformers import PretrainedConfig
+
+    try:
+        raw, _ = PretrainedConfig.get_config_dict(path)
+    except OSError:
+        return  # no readable config.json: from_pretrained names what is missing
+    vision_type = (raw.get("vision_config") or {}).get("model_type")
+    if "auto_map" in raw or vision_type == "davit":
+        raise ValueError(
+            f"{weights_field}={path!r} is a remote-code Florence-2 checkpoint (the microsoft/Florence-2-large layout, "
+            f"run with trust_remote_code: {'auto_map in config.json' if 'auto_map' in raw else 'DaViT vision_config'}"
+            f"), which transformers' native Florence2 classes used here do not load. {FLORENCE_CONVERSION_HINT}")
 
 
 def build_florence_query_encoder(*, arch: str, weights: str | None, init: InitMode, seed: int, num_queries: int,
