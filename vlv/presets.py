@@ -22,7 +22,8 @@ from vlv.train.ray_trainer import RayTrainConfig
 
 
 def paper() -> PipelineConfig:
-    """The paper's sizes and hyper-parameters (SPEC sections 2-3); data and weights come from your paths."""
+    """The paper's sizes and hyper-parameters (the official code's where the paper is silent); data and weights
+    come from your paths."""
     return PipelineConfig(
         preset="paper",
         prepare_metadata=PrepareMetadataConfig(source="laion"),
@@ -32,8 +33,10 @@ def paper() -> PipelineConfig:
         aesthetic_filter=AestheticFilterConfig(model="pretrained", keep="all", batch_size=256, num_actors=8,
                                                cpus_per_actor=4.0, gpus_per_actor=1.0),
         ingest_captions=IngestCaptionsConfig(format="auto"),
-        train_stage1=TrainStage1Config(),  # official config: ZeRO-2 fp32, 64 x 8 GPUs, 200K steps
-        train_stage2=TrainStage2Config(),  # paper: bf16, batch 64, lr 1e-5 linear, 100K steps, Qwen2.5-3B
+        # official config: ZeRO-2 fp32, 64 x 8 GPUs, WarmupCosineLR over 20K steps cycling through the 200K steps
+        train_stage1=TrainStage1Config(),
+        # paper: bf16, batch 64, lr 1e-5 linear, 100K steps, Qwen2.5-3B; the official optimizer and decay horizon
+        train_stage2=TrainStage2Config(),
         # Evaluation data and weights come from your paths (preflight names every one left empty).
         caption_eval=CaptionEvalConfig(max_images=30_000, batch_size=16, num_actors=8, cpus_per_actor=4.0,
                                        gpus_per_actor=1.0),  # COCO 2014 val 30K; VQAv2 + OK-VQA

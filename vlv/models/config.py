@@ -1,6 +1,6 @@
 """Typed configs of the two VLV models. Torch-free on purpose: step configs (and so the CLI) import them.
 
-`paper()` is SPEC section 2 (Florence-2-large, SD 2.1 base, Qwen2.5); `tiny()` is the same classes at toy width
+`paper()` is the paper's models (Florence-2-large, SD 2.1 base, Qwen2.5); `tiny()` is the same classes at toy width
 with seeded random weights, built from the `tiny_*` architecture files in `vlv/models/configs/`.
 """
 
