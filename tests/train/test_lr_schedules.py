@@ -175,3 +175,14 @@ def test_warmup_longer_than_the_loop_is_refused_when_the_horizon_follows_it():
         lr_multiplier(LRScheduleConfig(warmup_steps=20), loop_total_steps=10)
     with pytest.raises(ValueError, match="total_steps must be > 0, or null"):
         LRScheduleConfig(total_steps=0)
+
+
+def test_training_steps_refuse_a_warmup_longer_than_the_run_before_running():
+    from vlv.config import load_config
+    from vlv.config_tree import parse_set_flags
+    from vlv.steps.train_stage1 import TrainStage1Step
+
+    cfg = load_config("tiny", overrides=parse_set_flags(["train_stage1.deepspeed.schedule.warmup_steps=20"]))
+    assert cfg.train_stage1.loop.total_steps < 20
+    with pytest.raises(ValueError, match=r"warmup_steps \(20\) must be <= the decay horizon"):
+        TrainStage1Step().preflight(cfg.train_stage1)

@@ -14,7 +14,13 @@ from typing import Any
 
 from vlv.engine.step import Resources, Step, StepContext, StepResult
 from vlv.models.config import Stage1ModelConfig
-from vlv.train.deepspeed_config import DeepSpeedConfig, build_deepspeed_config, describe_schedule, stage1_official
+from vlv.train.deepspeed_config import (
+    DeepSpeedConfig,
+    build_deepspeed_config,
+    describe_schedule,
+    lr_multiplier,
+    stage1_official,
+)
 from vlv.train.loop import EXPORT_FILE, LoopConfig
 from vlv.train.ray_trainer import RayTrainConfig
 
@@ -53,7 +59,8 @@ class TrainStage1Step(Step[TrainStage1Config]):
         config.model.check_weights("train_stage1.model")
         build_deepspeed_config(config.deepspeed, num_workers=config.ray_train.num_workers,
                                on_gpu=config.ray_train.use_gpu)
-        describe_schedule(config.deepspeed.schedule, loop_total_steps=config.loop.total_steps)
+        # Fails here, before any step runs, on a warm-up longer than the decay horizon.
+        lr_multiplier(config.deepspeed.schedule, loop_total_steps=config.loop.total_steps)
 
     def run(self, ctx: StepContext[TrainStage1Config]) -> StepResult:
         from vlv.inference import STAGE1_WEIGHTS, load_stage1, save_stage1_checkpoint

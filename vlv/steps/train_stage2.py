@@ -17,7 +17,13 @@ from typing import Any
 from vlv.engine.step import Resources, Step, StepContext, StepResult
 from vlv.models.config import CaptionerConfig
 from vlv.steps.train_stage1 import training_metrics
-from vlv.train.deepspeed_config import DeepSpeedConfig, build_deepspeed_config, describe_schedule, stage2_paper
+from vlv.train.deepspeed_config import (
+    DeepSpeedConfig,
+    build_deepspeed_config,
+    describe_schedule,
+    lr_multiplier,
+    stage2_paper,
+)
 from vlv.train.loop import EXPORT_FILE, LoopConfig
 from vlv.train.ray_trainer import RayTrainConfig
 
@@ -55,7 +61,8 @@ class TrainStage2Step(Step[TrainStage2Config]):
         config.model.check_weights("train_stage2.model")
         build_deepspeed_config(config.deepspeed, num_workers=config.ray_train.num_workers,
                                on_gpu=config.ray_train.use_gpu)
-        describe_schedule(config.deepspeed.schedule, loop_total_steps=config.loop.total_steps)
+        # Fails here, before any step runs, on a warm-up longer than the decay horizon.
+        lr_multiplier(config.deepspeed.schedule, loop_total_steps=config.loop.total_steps)
 
     def run(self, ctx: StepContext[TrainStage2Config]) -> StepResult:
         from vlv.inference import CAPTIONER_WEIGHTS, load_captioner, save_captioner_checkpoint
