@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from vlv.logs import configure_logging
@@ -157,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(request)
     request.add_argument("--output", required=True, help="where to write the request JSONL")
     request.add_argument("--model", default="gemini-2.0-flash", help="model named in the requests")
+    request.add_argument("--prompt-file", default=None,
+                         help="UTF-8 text file with the captioning prompt (default: the project's own prompt)")
     return parser
 
 
@@ -257,10 +260,16 @@ def _caption(args: argparse.Namespace) -> int:
 
 
 def _captions_request(args: argparse.Namespace) -> int:
-    from vlv.data.caption_requests import write_caption_requests_for_run
+    from vlv.data.caption_requests import CAPTION_PROMPT, write_caption_requests_for_run
 
     try:
-        count = write_caption_requests_for_run(options_from_args(args), args.output, model=args.model)
+        prompt = CAPTION_PROMPT
+        if args.prompt_file:
+            path = Path(args.prompt_file)
+            if not path.is_file():
+                raise ValueError(f"--prompt-file {path} does not exist")
+            prompt = path.read_text(encoding="utf-8").strip()
+        count = write_caption_requests_for_run(options_from_args(args), args.output, model=args.model, prompt=prompt)
     except ValueError as err:
         _print_error(err)
         return 2
