@@ -139,7 +139,8 @@ def build_caption_tokenizer(cfg: CaptionerConfig, captions: Sequence[str] | None
         from transformers import AutoTokenizer
 
         cfg.check_weights()
-        tokenizer = AutoTokenizer.from_pretrained(cfg.llm_weights)
+        tokenizer = AutoTokenizer.from_pretrained(require_weights(cfg.llm_weights, "CaptionerConfig.llm_weights",
+                                                                  "the Qwen2.5 base checkpoint"))
         if tokenizer.eos_token_id is None:
             raise ValueError(f"the tokenizer in {cfg.llm_weights} has no eos_token; the captioner needs one")
         return tokenizer
