@@ -151,7 +151,7 @@ class ClipImageEmbedder:
 
         if model_name.startswith("local-dir:"):  # the folder may be a store URI: fetch it to this node once
             model_name = "local-dir:" + local_weights(model_name.removeprefix("local-dir:"))
-        if os.path.sep not in pretrained and "://" in pretrained:
+        if "://" in pretrained:  # a weights file in the store
             pretrained = local_weights(pretrained)
         weights = resolve_clip_weights(model_name, pretrained, cache_dir)
         if weights is None:  # local-dir: open_clip reads config and weights from the folder
