@@ -65,6 +65,11 @@ def run_from_args(args: argparse.Namespace, only: Sequence[str] = ()) -> int:
         return _fail(err, args)
     except StepFailed as err:
         return _fail(err, args, code=1)
+    except Exception as err:  # noqa: BLE001 - anything else: one line, the traceback with --verbose
+        if not getattr(args, "verbose", False):
+            _print_error(RuntimeError(f"{type(err).__name__}: {err} (rerun with --verbose for the traceback)"))
+            return 1
+        return _fail(err, args, code=1)
     if options.dry_run:
         print(describe_plan(outcome.plan))
     else:
