@@ -113,8 +113,7 @@ def run_pipeline(options: RunOptions) -> PipelineOutcome:
 
     tracking_uri = default_tracking_uri(store.local_root if store.is_local else None)
     check_tracking_reachable(tracking_uri)
-    artifact_root = str(store.local_root / "mlflow-artifacts") if store.is_local and \
-        "MLFLOW_TRACKING_URI" not in os.environ else None
+    artifact_root = artifact_location(store, tracking_uri)
     with store.mutex("mlflow-db"):  # two invocations on a new store would both create MLflow's tables
         tracking = PipelineTracking(tracking_uri, config.experiment, artifact_root)
     on_cluster = connect_ray()
@@ -142,6 +141,16 @@ def run_pipeline(options: RunOptions) -> PipelineOutcome:
         tracking.end_parent(ok, name=describe_invocation(config.preset, options, outcomes, plan, ok),
                             metrics=headline_metrics({o.name: o.metrics for o in outcomes}))
     return PipelineOutcome(plan, outcomes, parent_id, store.uri, tracking_uri)
+
+
+def artifact_location(store: RunStore, tracking_uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: a tracking server decides for itself (None); with a database
+    file (SQLite) they go into the store (`<store>/mlflow-artifacts`, local or object store), never into the
+    current directory, which is MLflow's default."""
+    if tracking_uri.startswith(("http://", "https://", "databricks")):
+        return None
+    return f"{store.uri.rstrip('/')}/mlflow-artifacts" if not store.is_local else \
+        str(store.local_root / "mlflow-artifacts")
 
 
 def describe_invocation(preset: str, options: RunOptions, outcomes: Sequence[StepOutcome],

@@ -52,7 +52,7 @@ def filesystem(uri: str) -> tuple[Any, str]:
         return fsspec.core.url_to_fs(local_path_of(uri))
     options: dict[str, Any] = {}
     if uri.startswith(("s3://", "s3a://")) and s3_endpoint():
-        options["endpoint_url"] = s3_endpoint()
+        options["client_kwargs"] = {"endpoint_url": s3_endpoint()}  # s3fs's documented way, in every version
     return fsspec.core.url_to_fs(uri, **options)
 
 
