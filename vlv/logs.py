@@ -123,6 +123,7 @@ def _quiet() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    _quiet_ray_train_worker_reports(logging.WARNING)
     for name, value in {**QUIET_ENV, "PYTHONWARNINGS": dependency_warning_options()}.items():
         if name not in os.environ:
             os.environ[name] = value
@@ -134,6 +135,7 @@ def _quiet() -> None:
 def _show_everything() -> None:
     for noisy in (*NOISY_LOGGERS, *QUIET_LOGGERS):
         logging.getLogger(noisy).setLevel(logging.NOTSET)
+    _quiet_ray_train_worker_reports(logging.NOTSET)
     for name in sorted(_quiet_env_set):
         os.environ.pop(name, None)
     _quiet_env_set.clear()
@@ -142,6 +144,19 @@ def _show_everything() -> None:
     _installed_filters.clear()
     if "ray.data" in sys.modules:  # its defaults were read from the environment when it was imported
         sys.modules["ray.data"].DataContext.get_current().enable_progress_bars = True
+
+
+def _quiet_ray_train_worker_reports(level: int) -> None:
+    """Ray Train 2.60 logs "Reporting training result ..." (every checkpoint of every rank) on a logger named by
+    its file path, which its own LoggingConfig level does not reach; in a training worker (ray.train imported)
+    that logger follows the quiet setting too."""
+    if "ray.train" not in sys.modules:
+        return
+    import importlib.util
+
+    spec = importlib.util.find_spec("ray.train.v2._internal.execution.context")
+    if spec is not None and spec.origin:
+        logging.getLogger(spec.origin).setLevel(level)
 
 
 def _builtin(name: str) -> type[Warning]:

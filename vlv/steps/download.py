@@ -159,9 +159,10 @@ def split_metadata(upstream: StepOutput, total_rows: int, cfg: DownloadConfig, p
                     writer, rows_in_part, part = None, 0, part + 1
     if writer is not None:
         writer.close()
-    ctx.log.info("download: %d URLs split into %d parts of %d rows for img2dataset%s", total_rows,
-                 len(list(parts_dir.glob("*.parquet"))), rows_per_part,
-                 " (URLs mapped to the served address)" if url_rewrite else "")
+    parts = len(list(parts_dir.glob("*.parquet")))
+    if parts > 1:
+        ctx.log.info("download: %d URLs split into %d parts of %d rows for img2dataset", total_rows, parts,
+                     rows_per_part)
     return str(parts_dir)
 
 
