@@ -151,8 +151,9 @@ def test_mlflow_models_serve_answers_with_the_direct_caption(registry, captioner
     uri, _, _, registered = registry
     port = free_port()
     assert not in_ray_worker_range(port)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    mlflow_cli = Path(sys.executable).parent / "mlflow"
+    venv_bin = Path(sys.executable).parent  # mlflow starts `uvicorn` by name: the venv's must come first
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+    mlflow_cli = venv_bin / "mlflow"
     log = open(tmp_path / "serve.log", "w")
     started = time.monotonic()
     server = subprocess.Popen(
