@@ -3,9 +3,10 @@
     python benchmarks/bench_download.py [--photos 200] [--per-shard 50] [--repeats 3]
 
 Both sides download the same loopback photo site (built once by the tiny `prepare_metadata` step) into a fresh
-folder per repetition, in alternating order. The step side is `execute_step` (staging, site server, progress
-thread, stats aggregation, counts CSV, manifest checksums, publish); the bare side serves the same site and
-calls img2dataset with the very arguments the step passes. Target: the step takes at most 1.15x the bare call.
+folder per repetition, in alternating order. The step side is `execute_step` (staging, site server, URLs mapped
+to the served port and back, progress thread, stats aggregation, counts CSV, manifest checksums, publish); the
+bare side serves the same site, writes the metadata with the served URLs and calls img2dataset with the very
+arguments the step passes. Target: the step takes at most 1.15x the bare call.
 Both pay img2dataset's spawn start-up (each spawned process imports torch and albumentations), so on a loaded
 two-core machine wall times swing with the neighbours: the CPU time (this process plus its joined children,
 img2dataset's pool and logger) is printed beside it as the steadier of the two figures.
@@ -17,17 +18,10 @@ import argparse
 import dataclasses
 import resource
 import shutil
-import socket
 import statistics
 import tempfile
 import time
 from pathlib import Path
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _cpu_seconds() -> float:
@@ -57,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, root: Path) -> int:
+    import pyarrow.parquet as pq
+
     from vlv.data.img2dataset_runner import run_img2dataset
     from vlv.data.loopback_site import serve_folder
     from vlv.engine.executor import StepRequest, execute_step
@@ -72,8 +68,7 @@ def _run(args: argparse.Namespace, root: Path) -> int:
                            section_dict=dataclasses.asdict(config), upstream_keys={k: v.key for k, v in inputs.items()},
                            inputs=inputs, store_uri=store.uri, tracking_uri=None, mlflow_run_id=None, on_cluster=False)
 
-    prepare = PrepareMetadataConfig(source="tiny", min_side=64, tiny_num_images=args.photos, tiny_image_side=320,
-                                    tiny_port=_free_port())
+    prepare = PrepareMetadataConfig(source="tiny", min_side=64, tiny_num_images=args.photos, tiny_image_side=320)
     manifest = execute_step(request(PrepareMetadataStep(), "pm", prepare, {}))
     upstream = StepOutput("prepare_metadata", "pm", store.output_uri("prepare_metadata", "pm"), manifest)
     rows = int(manifest.metrics["rows_kept"])
@@ -87,9 +82,13 @@ def _run(args: argparse.Namespace, root: Path) -> int:
         assert result.metrics["images_ok"] == args.photos, result.metrics
 
     def run_bare(rep: int) -> None:
-        job = img2dataset_job(config, upstream.path("metadata.parquet"), str(root / f"bare{rep}"),
-                              distributor="multiprocessing")
-        with serve_folder(upstream.local_dir / "loopback_site", "127.0.0.1", prepare.tiny_port):
+        with serve_folder(upstream.local_dir / "loopback_site") as server:
+            metadata = pq.read_table(upstream.path("metadata.parquet"))  # the URLs as served, as the step does
+            served = metadata.set_column(metadata.schema.get_field_index("URL"), "URL",
+                                         server.served_urls().apply_arrow(metadata.column("URL")))
+            pq.write_table(served, root / f"served{rep}.parquet")
+            job = img2dataset_job(config, str(root / f"served{rep}.parquet"), str(root / f"bare{rep}"),
+                                  distributor="multiprocessing")
             run_img2dataset(job, in_subprocess=False)
         assert len(list((root / f"bare{rep}").glob("*_stats.json"))) == -(-rows // args.per_shard)
 

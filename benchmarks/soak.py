@@ -4,8 +4,8 @@
     python benchmarks/soak.py --runs 5 --faults 2 --kill-workers --seed 7
     python benchmarks/soak.py --runs 2 --steps all           # through training and evaluation (slow)
 
-Runs serve the tiny photo site on --port (default 18799, not the tiny preset's 18765), so a soak can run
-beside other tiny pipelines on the same machine; --reference must then be a run with the same port.
+Each run serves the tiny photo site on a free port of its own, so a soak can run beside other tiny pipelines
+on the same machine; the data holds canonical URLs, so any earlier run of the same config is a --reference.
 
 First one uninterrupted run makes the reference (or pass --reference STORE from an earlier run of the same
 code and config). Then each soak run uses a fresh store: while faults remain, an attempt is started, a random
@@ -188,14 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reference", default=None, help="store of an uninterrupted run of the same steps")
     parser.add_argument("--workdir", default=None, help="default: a new temporary folder")
-    parser.add_argument("--port", type=int, default=18799, help="port of the tiny photo site (see above)")
     args = parser.parse_args(argv)
     steps = list(DATA_STEPS) if args.steps == "data" else step_names() if args.steps == "all" else \
         [s.strip() for s in args.steps.split(",") if s.strip()]
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="vlv-soak-"))
     workdir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
-    extra = ["--set", f"prepare_metadata.tiny_port={args.port}"]
+    extra: list[str] = []
     reference = Path(args.reference) if args.reference else make_reference(workdir, steps, extra)
     missing = [s for s in steps if not published(reference, s)]
     if missing:

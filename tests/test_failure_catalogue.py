@@ -31,7 +31,7 @@ from PIL import Image
 
 from tests.data.test_laion import _row as laion_row
 from tests.data.test_laion import _write as write_parquet
-from tests.steps.test_download import _free_port, _request
+from tests.steps.test_download import _request
 from tests.steps.test_ingest_captions import KEYS, kept_output, run_step  # noqa: F401 - kept_output: a fixture
 from tests.steps.test_prepare_metadata import _execute as run_prepare_metadata
 from vlv.data.caption_synthetic import blocked_line, error_line, response_line
@@ -39,6 +39,7 @@ from vlv.data.loopback_site import NOT_A_PHOTO, PHOTO_SOURCES, make_photo, serve
 from vlv.engine.executor import execute_step
 from vlv.engine.step import StepOutput
 from vlv.engine.store import RunStore
+from vlv.ports import free_port
 from vlv.steps.download import DownloadConfig, DownloadStep
 from vlv.steps.ingest_captions import IngestCaptionsConfig
 from vlv.steps.prepare_metadata import PrepareMetadataConfig
@@ -250,7 +251,7 @@ def image_download(tmp_path_factory) -> ImageDownload:
     site = root / "site"
     (site / "img").mkdir(parents=True)
     (root / "secret.txt").write_text("outside the served folder")
-    port = _free_port()
+    port = free_port()
     rows = []
     for i in range(GOOD_PHOTOS):
         source = PHOTO_SOURCES[i]
@@ -515,6 +516,13 @@ def config_fp16_on_cpu(env: Env) -> None:
 def config_zero_stage_4(env: Env) -> None:
     expect_error(lambda: _load(**{"train_stage1.deepspeed.zero_stage": "4"}), "zero_stage must be one of (0, 1, 2, 3)",
                  "got 4")
+
+
+def config_port_in_ray_worker_range(env: Env) -> None:
+    expect_error(lambda: _load(**{"prepare_metadata.tiny_port": "18765"}), "prepare_metadata.tiny_port=18765",
+                 "Ray's worker port range 10002-19999", "hands those ports to its worker processes",
+                 "or 0 (any free port)")
+    assert _load(**{"prepare_metadata.tiny_port": "38765"}).prepare_metadata.tiny_port == 38765
 
 
 def config_paper_missing_weights(env: Env) -> None:
@@ -828,6 +836,10 @@ CASES: tuple[Case, ...] = (
     Case(CONFIG, "zero_stage_4",
          "`deepspeed.zero_stage=4`",
          "error listing stages 0-3", config_zero_stage_4),
+    Case(CONFIG, "port_in_ray_worker_range",
+         "`--set prepare_metadata.tiny_port=18765`, a port in Ray's worker range",
+         "error naming the range 10002-19999 and why (Ray hands those ports to its workers); 0 = any free port",
+         config_port_in_ray_worker_range),
     Case(CONFIG, "paper_missing_weights",
          "`paper` with weight paths that do not exist, or unset",
          "preflight error naming the setting, before any step runs", config_paper_missing_weights),

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from vlv.logs import configure_logging
+from vlv.logs import VerboseFlag, configure_logging
 from vlv.runtime_env import apply_runtime_defaults
 from vlv.secrets import redact
 
@@ -23,7 +23,7 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="override one config value, e.g. --set download.image_size=64 (repeatable)")
     parser.add_argument("--store", default=None,
                         help="run store: a folder or fsspec URI (default $VLV_STORE, else ./vlv_runs)")
-    parser.add_argument("--verbose", action="store_true",
+    parser.add_argument("--verbose", action=VerboseFlag,
                         help="everything on the console: dependency warnings, progress bars, tracebacks of errors")
 
 

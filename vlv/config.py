@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
-from vlv.config_tree import apply_overrides, load_config_file, to_dict
+from vlv.config_tree import apply_overrides, load_config_file, output_settings, to_dict
 from vlv.steps.aesthetic_filter import AestheticFilterConfig
 from vlv.steps.caption_eval import CaptionEvalConfig
 from vlv.steps.download import DownloadConfig
@@ -43,7 +43,8 @@ class PipelineConfig:
             raise ValueError(f"step_max_retries must be >= 0, got {self.step_max_retries}")
 
     def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(to_dict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """Of the settings outputs depend on: two runs that differ only in a port have the same hash."""
+        return hashlib.sha256(json.dumps(output_settings(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_config(preset: str, config_file: str | None = None, overrides: Mapping[str, Any] | None = None

@@ -17,10 +17,27 @@ from typing import Any, Literal, Mapping, TypeVar
 
 T = TypeVar("T")
 
+# Field metadata of a setting that changes how a step runs but never what it publishes (the port a tiny photo
+# site is served on): `field(default=0, metadata=RUNTIME_ONLY)`. Step keys leave such fields out.
+RUNTIME_ONLY = types.MappingProxyType({"vlv.runtime_only": True})
+
 
 def to_dict(config: Any) -> dict[str, Any]:
     """A plain nested dict of a dataclass tree (tuples become lists, so it round-trips through JSON)."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def output_settings(config: Any) -> dict[str, Any]:
+    """`to_dict` without the RUNTIME_ONLY fields (at any depth): the settings a step's output depends on."""
+    def strip(node: Any, data: Any) -> Any:
+        if dataclasses.is_dataclass(node) and isinstance(data, dict):
+            return {f.name: strip(getattr(node, f.name), data[f.name]) for f in dataclasses.fields(node)
+                    if f.name in data and not f.metadata.get("vlv.runtime_only")}
+        if isinstance(node, (list, tuple)) and isinstance(data, list):
+            return [strip(item, value) for item, value in zip(node, data)]
+        return data
+
+    return strip(config, to_dict(config))
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

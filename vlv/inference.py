@@ -117,7 +117,8 @@ def check_captioner_state(captioner: Any, state: dict, path: Path) -> None:
 
 def caption_images(images: Sequence[Any], folder: str | Path, *, batch_size: int = 8, num_beams: int | None = None,
                    max_new_tokens: int | None = None, captioner: Any = None) -> list[str]:
-    """Caption image files or uint8 arrays with a trained captioner folder (the Python API of `vlv caption`)."""
+    """Caption image files, encoded image bytes or uint8 arrays with a trained captioner folder (the Python API
+    of `vlv caption`; `vlv.serving` passes the bytes of a request)."""
     import torch
 
     model = captioner if captioner is not None else load_captioner(folder)
@@ -133,13 +134,21 @@ def caption_images(images: Sequence[Any], folder: str | Path, *, batch_size: int
 
 
 def image_as_array(item: Any, size: int) -> np.ndarray:
-    """A file path or an image array -> uint8 (size, size, 3): shorter side resized, centre-cropped (as training)."""
+    """A file path, encoded image bytes or an image array -> uint8 (size, size, 3): shorter side resized,
+    centre-cropped (as training)."""
     import io
 
     from PIL import Image
 
     from vlv.train.data import decode_image
 
+    if isinstance(item, (bytes, bytearray)):
+        try:
+            with Image.open(io.BytesIO(item)) as probe:
+                probe.load()
+        except (OSError, ValueError) as err:
+            raise ValueError(f"the image bytes given are not a decodable image ({err})") from None
+        return decode_image(bytes(item), size, "image bytes")
     if isinstance(item, (str, Path)):
         if is_remote(str(item)):  # an image in the store (e.g. the tiny eval sets), read on any node
             return decode_image(read_bytes(str(item)), size, str(item))

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from vlv.engine.storage import STORE_ENV_VARS
+from vlv.logs import CONSOLE_ENV_VARS
 
 
 def apply_runtime_defaults() -> None:
@@ -36,12 +37,13 @@ def apply_runtime_defaults() -> None:
 
 
 def worker_env_vars() -> dict[str, str]:
-    """The defaults above, and where the object store is (its endpoint, not its credentials), as Ray
-    `runtime_env` env_vars, so workers on other nodes of a cluster get them too."""
+    """The defaults above, the console settings (quiet or --verbose, vlv.logs), and where the object store is
+    (its endpoint, not its credentials), as Ray `runtime_env` env_vars, so workers on other nodes of a cluster
+    get them too."""
     names = ("MLFLOW_DISABLE_TELEMETRY", "NO_ALBUMENTATIONS_UPDATE", "WANDB_MODE", "HF_HUB_DISABLE_TELEMETRY",
              "TOKENIZERS_PARALLELISM", "TORCH_EXTENSIONS_DIR", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
              "MLFLOW_HTTP_REQUEST_TIMEOUT", "DS_ACCELERATOR", "OMP_NUM_THREADS", "VLV_LEASE_TTL_S",
-             *STORE_ENV_VARS)
+             *CONSOLE_ENV_VARS, *STORE_ENV_VARS)
     job_keys = _job_env_var_keys()  # Ray refuses a ray.init env var that the submitted job already sets
     return {name: os.environ[name] for name in names if name in os.environ and name not in job_keys}
 

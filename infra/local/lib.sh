@@ -82,7 +82,10 @@ svc_wait_ready() {
         if ! svc_alive "$pid"; then
             tail -n 30 "$log_file" >&2
             rm -f "$STATE_DIR/$name.pid"
-            svc_die "$name exited before it came up (port in use?); log: $log_file"
+            local reason
+            reason="$(svc_log_reason "$log_file")"
+            svc_die "$name exited before it came up: ${reason:-no error line in its log (its last lines are above)}; \
+log: $log_file"
         fi
         if (( SECONDS - started > timeout_s )); then
             tail -n 30 "$log_file" >&2
@@ -113,6 +116,33 @@ svc_port_in_use() {
     else
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
     fi
+}
+
+svc_log_reason() {
+    # The last error line of a service's log (a Python exception or an error message), trimmed; empty if none.
+    { grep -E '^[A-Za-z_.]*(Error|Exception)(: |$)|[Ee]rror: ' "$1" 2>/dev/null || true; } | tail -n 1 | cut -c1-400
+}
+
+# Ray's default worker port range (`ray start --min-worker-port/--max-worker-port`): vlv/ports.py says why no
+# port of ours may lie in it.
+RAY_MIN_WORKER_PORT=10002
+RAY_MAX_WORKER_PORT=19999
+
+svc_require_ports_outside_ray_workers() {
+    # svc_require_ports_outside_ray_workers VAR=PORT...: fail naming the variable if a port is not a number or
+    # lies in Ray's worker port range, with the reason (Ray's own error for it only says "trying to use a port
+    # number ... that is used by other components").
+    local pair port
+    for pair in "$@"; do
+        port="${pair#*=}"
+        [[ "$port" =~ ^[0-9]+$ ]] && (( port >= 1 && port <= 65535 )) || \
+            svc_die "${pair%%=*}=$port is not a port number (1-65535)"
+        if (( port >= RAY_MIN_WORKER_PORT && port <= RAY_MAX_WORKER_PORT )); then
+            svc_die "${pair%%=*}=$port lies in Ray's worker port range $RAY_MIN_WORKER_PORT-$RAY_MAX_WORKER_PORT: Ray \
+hands those ports to its worker processes (ray start refuses it for its own services, and a worker handed a \
+port another server holds cannot listen on it); choose a port outside it, e.g. $((port + 20000))"
+        fi
+    done
 }
 
 svc_require_free_ports() {

@@ -9,7 +9,7 @@
 # Environment (all optional):
 #   VLV_LOCAL_STATE_DIR         state folder (PID file, log)                    default ./.vlv_local
 #   VLV_MLFLOW_STORE            folder holding mlflow.db and mlflow-artifacts/  default ./vlv_runs
-#   VLV_MLFLOW_PORT             port                                            default 5000
+#   VLV_MLFLOW_PORT             port (not in Ray's worker ports 10002-19999)    default 5000
 #   VLV_MLFLOW_START_TIMEOUT_S  how long `start` waits for /health              default 120
 #   VLV_MLFLOW_STOP_GRACE_S     how long `stop` waits before SIGKILL            default 15
 #   VLV_VENV                    virtualenv holding `mlflow`                     default <repo>/.venv
@@ -62,6 +62,7 @@ cmd_start() {
         print_client_help "$pid"
         return 0
     fi
+    svc_require_ports_outside_ray_workers VLV_MLFLOW_PORT="$PORT"
     [[ -n "$MLFLOW" ]] || svc_die "no 'mlflow' in $VENV/bin or on PATH; run 'make install' first"
     command -v curl >/dev/null || svc_die "curl is needed to check that the server answers; install it"
     svc_require_free_ports VLV_MLFLOW_PORT="$PORT"

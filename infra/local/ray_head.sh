@@ -14,6 +14,7 @@
 #   VLV_RAY_CLIENT_PORT      Ray client server port                          default 10001
 #   VLV_RAY_AGENT_PORT       dashboard agent HTTP port                       default 52385
 #                            (not Ray's 52365, which every embedded `ray.init()` on the machine takes)
+# No port may lie in 10002-19999, the ports Ray hands to its worker processes: `start` refuses one there.
 #   VLV_RAY_NUM_CPUS         CPUs the head offers to tasks                   default: all
 #   VLV_RAY_START_TIMEOUT_S  how long `start` waits for the job API          default 180
 #   VLV_RAY_STOP_GRACE_S     how long `stop` waits before SIGKILL            default 20
@@ -87,6 +88,9 @@ cmd_start() {
         print_client_help "$pid"
         return 0
     fi
+    local ports=(VLV_RAY_GCS_PORT="$GCS_PORT" VLV_RAY_DASHBOARD_PORT="$DASHBOARD_PORT"
+        VLV_RAY_CLIENT_PORT="$CLIENT_PORT" VLV_RAY_AGENT_PORT="$AGENT_PORT")
+    svc_require_ports_outside_ray_workers "${ports[@]}"
     [[ -n "$RAY" ]] || svc_die "no 'ray' in $VENV/bin or on PATH; run 'make install' first"
     command -v curl >/dev/null || svc_die "curl is needed to check that the head answers; install it"
     # Ray puts unix sockets under <temp>/session_<date>_<pid>/sockets/; the kernel limit is 107 bytes.
@@ -100,8 +104,7 @@ cmd_start() {
     if [[ -f "$TOKEN_FILE" && "$(stat -c %a "$TOKEN_FILE")" != 600 ]]; then
         echo "warning: $TOKEN_FILE is readable by other users (mode $(stat -c %a "$TOKEN_FILE")); chmod 600 it" >&2
     fi
-    svc_require_free_ports VLV_RAY_GCS_PORT="$GCS_PORT" VLV_RAY_DASHBOARD_PORT="$DASHBOARD_PORT" \
-        VLV_RAY_CLIENT_PORT="$CLIENT_PORT" VLV_RAY_AGENT_PORT="$AGENT_PORT"
+    svc_require_free_ports "${ports[@]}"
     mkdir -p "$STATE_DIR" "$TEMP_DIR"
     local args=(start --head --block --disable-usage-stats
         --node-ip-address=127.0.0.1 --port="$GCS_PORT"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -72,3 +74,17 @@ def test_progress_logs_counts_and_skips_earlier_shards(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert "1 of 3 shards already finished" in lines[0]
     assert "2/3 shards after" in lines[-1] and "4 samples this attempt (3 ok, 1 failed)" in lines[-1]
+
+
+def test_progress_prints_a_line_when_a_shard_finishes_not_every_interval(tmp_path, caplog):
+    logger = logging.getLogger("test.quiet_progress")
+    with caplog.at_level(logging.INFO, logger="test.quiet_progress"):
+        with DownloadProgress(tmp_path, total_shards=2, total_rows=8, interval_s=0.02, logger=logger):
+            time.sleep(0.5)  # ~25 intervals without a finished shard
+            _shard(tmp_path, "00000", [("success", None)] * 4)
+            time.sleep(0.5)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines  # the first look, then the finished shard; no repeat at the end
+    assert "0/2 shards" in lines[0] and lines[0].endswith("ETA n/a")
+    assert "1/2 shards" in lines[1] and "4 samples this attempt (4 ok, 0 failed)" in lines[1]
+    assert re.search(r"samples/s, ETA \d+s$", lines[1]), lines[1]

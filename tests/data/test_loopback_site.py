@@ -16,17 +16,18 @@ import pytest
 from PIL import Image
 
 from vlv.data.laion import MetadataFilter, prepare_laion_metadata
-from vlv.data.loopback_site import TinySiteSpec, build_loopback_site, probe_urls, serve_folder
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
+from vlv.data.loopback_site import (
+    CANONICAL_BASE_URL,
+    TinySiteSpec,
+    build_loopback_site,
+    canonical_urls,
+    probe_urls,
+    serve_folder,
+)
+from vlv.ports import free_port, in_ray_worker_range
 
 RULE = MetadataFilter(min_side=64, min_aspect=0.5, max_aspect=2.0, max_pwatermark=0.5)
-SPEC = TinySiteSpec(num_images=14, image_side=160, port=_free_port(), seed=3)
+SPEC = TinySiteSpec(num_images=14, image_side=160, seed=3)
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -83,22 +84,48 @@ def test_truncated_jpeg_really_fails_to_decode(site):
 
 
 def test_server_answers_200_for_photos_and_404_for_missing_ones(site):
-    with serve_folder(site.folder, "127.0.0.1", SPEC.port) as server:
-        assert server.port == SPEC.port
-        statuses = probe_urls(site.good_urls + site.missing_urls + site.broken_urls)
-        with urllib.request.urlopen(site.good_urls[0], timeout=5) as response:
+    port = free_port()
+    with serve_folder(site.folder, "127.0.0.1", port) as server:
+        assert server.port == port
+        statuses = probe_urls([server.served_url(u) for u in site.good_urls + site.missing_urls + site.broken_urls])
+        first = server.served_url(site.good_urls[0])
+        assert first == f"http://127.0.0.1:{port}/" + site.good_urls[0].removeprefix(CANONICAL_BASE_URL + "/")
+        with urllib.request.urlopen(first, timeout=5) as response:
             body = response.read()
             assert response.headers["Content-Type"] == "image/jpeg"
-        with urllib.request.urlopen(site.url("photos/not_a_photo.jpg"), timeout=5) as response:
+        with urllib.request.urlopen(server.url("photos/not_a_photo.jpg"), timeout=5) as response:
             assert response.headers["Content-Type"] == "image/jpeg"  # served as an image ...
             assert response.read().startswith(b"<!DOCTYPE html>")  # ... but an HTML page
-        with urllib.request.urlopen(site.url("opt_out/photo.jpg"), timeout=5) as response:
+        with urllib.request.urlopen(server.url("opt_out/photo.jpg"), timeout=5) as response:
             assert "noai" in response.headers["X-Robots-Tag"]
     assert body == (site.folder / site.good_urls[0].split("/", 3)[-1]).read_bytes()
-    assert [statuses[u] for u in site.good_urls + site.broken_urls] == [200] * (SPEC.num_images + 3)
-    assert [statuses[u] for u in site.missing_urls] == [404, 404]
+    served = [f"http://127.0.0.1:{port}/{u.split('/', 3)[-1]}" for u in site.good_urls + site.broken_urls]
+    assert [statuses[u] for u in served] == [200] * (SPEC.num_images + 3)
+    assert sorted(statuses.values()).count(404) == 2
     with pytest.raises(urllib.error.URLError):  # stopped with the block
-        urllib.request.urlopen(site.good_urls[0], timeout=2)
+        urllib.request.urlopen(first, timeout=2)
+
+
+def test_data_urls_name_no_port_and_map_to_any_served_port_and_back(site):
+    urls = site.rows.column("URL").to_pylist()
+    assert all(u.startswith(CANONICAL_BASE_URL + "/") for u in urls)
+    assert site.info() == {"base_url": CANONICAL_BASE_URL, "folder": "loopback_site", "good_photos": 14,
+                           "expected_download_failures": 5}
+    with serve_folder(site.folder) as first, serve_folder(site.folder) as second:  # two sites at once
+        assert first.port != second.port
+        for server in (first, second):
+            assert not in_ray_worker_range(server.port)
+            served = server.served_urls().apply_arrow(site.rows.column("URL"))
+            assert served.to_pylist() == [u.replace(CANONICAL_BASE_URL, server.base_url) for u in urls]
+            assert canonical_urls().apply_arrow(served).to_pylist() == urls
+            assert [canonical_urls().apply(server.served_url(u)) for u in urls] == urls
+
+
+def test_a_port_in_rays_worker_range_is_refused_with_the_reason(site):
+    with pytest.raises(ValueError, match=r"prepare_metadata.tiny_port=18765 lies in Ray's worker port range "
+                                         r"10002-19999: Ray hands those ports to its worker processes"):
+        with serve_folder(site.folder, "127.0.0.1", 18765):
+            pass
 
 
 def test_busy_port_and_non_loopback_host_are_clear_errors(site):

@@ -7,13 +7,14 @@ Ray task (its own key, so it publishes its own output).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import logging
 import shutil
-import socket
 import tarfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,10 +25,11 @@ from PIL import Image
 
 from vlv.data.download_stats import read_download_counts
 from vlv.data.img2dataset_runner import Img2DatasetJob, run_img2dataset
-from vlv.data.loopback_site import serve_folder
+from vlv.data.loopback_site import CANONICAL_BASE_URL, serve_folder
 from vlv.engine.executor import StepRequest, execute_step, submit_step
 from vlv.engine.step import Resources, StepOutput
 from vlv.engine.store import RunStore
+from vlv.ports import free_port
 from vlv.steps.download import DownloadConfig, DownloadStep, img2dataset_job, split_metadata
 from vlv.steps.prepare_metadata import PrepareMetadataConfig, PrepareMetadataStep
 
@@ -36,12 +38,7 @@ BROKEN_ROWS = 5  # 2 x 404, truncated JPEG, HTML as image/jpeg, X-Robots-Tag: no
 # metadata_part_rows=8: img2dataset gets the 11 rows as two files (8 + 3 rows), as LAION-scale metadata would.
 DOWNLOAD = DownloadConfig(image_size=32, samples_per_shard=4, processes_count=1, thread_count=4, timeout_s=5,
                           progress_interval_s=2.0, metadata_part_rows=8)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+TINY_SOURCE = PrepareMetadataConfig(source="tiny", min_side=64, tiny_num_images=GOOD_PHOTOS, tiny_image_side=160)
 
 
 def _request(step, key: str, config, store: Path, inputs: dict[str, StepOutput]) -> StepRequest:
@@ -63,8 +60,7 @@ def _member_names(tar_path: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> tuple[Path, StepOutput]:
     store = tmp_path_factory.mktemp("store")
-    config = PrepareMetadataConfig(source="tiny", min_side=64, tiny_num_images=GOOD_PHOTOS, tiny_image_side=160,
-                                   tiny_port=_free_port())
+    config = TINY_SOURCE
     manifest = execute_step(_request(PrepareMetadataStep(), "pm0", config, store, {}))
     output = StepOutput("prepare_metadata", "pm0", RunStore(str(store)).output_uri("prepare_metadata", "pm0"),
                         manifest)
@@ -83,7 +79,8 @@ def test_tiny_prepare_publishes_site_and_metadata(prepared):
     metadata = pq.read_table(folder / "metadata.parquet")
     assert metadata.num_rows == GOOD_PHOTOS + BROKEN_ROWS
     site = json.loads((folder / "loopback_site.json").read_text())
-    assert site["host"] == "127.0.0.1" and all(f":{site['port']}/" in u for u in metadata.column("URL").to_pylist())
+    assert site["base_url"] == CANONICAL_BASE_URL and "port" not in site
+    assert all(u.startswith(f"{CANONICAL_BASE_URL}/") for u in metadata.column("URL").to_pylist())
     assert output.manifest.metrics["rows_kept"] == GOOD_PHOTOS + BROKEN_ROWS
     assert output.manifest.metrics["dropped_duplicate_url"] == 1 and output.manifest.metrics["dropped_too_small"] == 1
     assert len(list((folder / "loopback_site" / "photos").glob("0*.jpg"))) == GOOD_PHOTOS
@@ -118,6 +115,7 @@ def test_shard_members_hold_resized_image_caption_and_metadata(downloaded, prepa
             key = name.removesuffix(".jpg")
             meta = json.loads(members[f"{key}.json"])
             assert meta["key"] == key and meta["status"] == "success"
+            assert meta["url"].startswith(f"{CANONICAL_BASE_URL}/")  # as in the metadata, not as served
             assert members[f"{key}.txt"].decode() == caption_of[meta["url"]]
             assert {"WIDTH", "HEIGHT", "aesthetic", "pwatermark", "hash"} <= set(meta)
             assert Image.open(io.BytesIO(members[name])).size == (32, 32)
@@ -150,6 +148,39 @@ def test_rerun_inside_a_ray_task_keeps_a_crashed_attempts_finished_shards(ray_se
     assert sorted(p.name for p in (out / "shards").glob("*_stats.json")) == [
         "00000_stats.json", "00001_stats.json", "00002_stats.json"]
     assert manifest.metrics["images_ok"] == GOOD_PHOTOS and manifest.metrics["images_failed"] == BROKEN_ROWS
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "manifest.json"}
+
+
+def test_two_sites_on_different_ports_give_identical_outputs(prepared, downloaded, tmp_path, monkeypatch):
+    """The port the tiny site is served on reaches neither the metadata nor the shards (their `url` fields
+    hold the canonical URLs): a second prepare + download on other ports publishes the same bytes."""
+    store, first_prepared = prepared
+    _, first = downloaded
+    ports = [free_port(), free_port()]
+    config = dataclasses.replace(TINY_SOURCE, tiny_port=ports[0])
+    manifest = execute_step(_request(PrepareMetadataStep(), "pm-port", config, tmp_path, {}))
+    again = StepOutput("prepare_metadata", "pm-port", RunStore(str(tmp_path)).output_uri("prepare_metadata",
+                                                                                          "pm-port"), manifest)
+    assert _digests(again.local_dir) == _digests(first_prepared.local_dir)
+
+    served_on: list[int] = []
+
+    @contextlib.contextmanager
+    def serve_on_the_second_port(folder, host="127.0.0.1", port=0):
+        with serve_folder(folder, host, ports[1]) as server:
+            served_on.append(server.port)
+            yield server
+
+    monkeypatch.setattr("vlv.steps.download.serve_folder", serve_on_the_second_port)
+    _, second = _download(tmp_path, again, "dl-port")
+    assert served_on == [ports[1]] and len(set(ports)) == 2
+    assert _digests(second) == _digests(first)
+    shard_urls = pq.read_table(second / "shards" / "00000.parquet").column("url").to_pylist()
+    assert shard_urls and all(u.startswith(f"{CANONICAL_BASE_URL}/") for u in shard_urls)
 
 
 def test_shards_img2dataset_gave_up_on_block_publishing(prepared, monkeypatch):
@@ -195,8 +226,9 @@ def test_img2dataset_in_a_child_process(prepared, tmp_path):
                          image_size=32, resize_mode="center_crop", encode_format="jpg", encode_quality=90,
                          number_sample_per_shard=4, processes_count=1, thread_count=4, timeout=5, retries=0,
                          distributor="multiprocessing", save_additional_columns=("aesthetic",))
-    site = json.loads((upstream.local_dir / "loopback_site.json").read_text())
-    with serve_folder(upstream.local_dir / "loopback_site", site["host"], site["port"]):
-        run_img2dataset(job, in_subprocess=True)
+    with serve_folder(upstream.local_dir / "loopback_site") as server:
+        served = split_metadata(upstream, 11, DOWNLOAD, tmp_path / "parts", SimpleNamespace(log=logging.getLogger()),
+                                url_rewrite=server.served_urls())
+        run_img2dataset(dataclasses.replace(job, url_list=served), in_subprocess=True)
     counts = read_download_counts(tmp_path / "shards")
     assert (counts.images_ok, counts.images_failed) == (GOOD_PHOTOS, BROKEN_ROWS)

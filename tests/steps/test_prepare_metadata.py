@@ -12,7 +12,9 @@ import pytest
 
 from vlv.config import load_config
 from vlv.engine.executor import StepRequest, execute_step
+from vlv.engine.plan import make_plan
 from vlv.engine.store import RunStore
+from vlv.pipeline import pipeline_steps
 from vlv.steps.prepare_metadata import PrepareMetadataConfig, PrepareMetadataStep
 
 
@@ -64,3 +66,29 @@ def test_column_map_and_thresholds_from_the_command_line():
     assert config.prepare_metadata.metadata_filter().required_columns() == ("URL", "WIDTH", "HEIGHT")
     with pytest.raises(ValueError, match="column_map keys must be our column names"):
         load_config("paper", overrides={"prepare_metadata.column_map": '{"url": "link"}'})
+
+
+def test_the_tiny_sites_port_is_in_no_step_key(tmp_path):
+    store = RunStore(str(tmp_path / "store"))
+    default = make_plan(pipeline_steps(), load_config("tiny"), store)
+    pinned = load_config("tiny", overrides={"prepare_metadata.tiny_port": "30123"})
+    assert pinned.prepare_metadata.tiny_port == 30123
+    assert [p.key for p in make_plan(pipeline_steps(), pinned, store)] == [p.key for p in default]
+    assert pinned.config_hash() == load_config("tiny").config_hash()
+    other_photos = load_config("tiny", overrides={"prepare_metadata.tiny_num_images": "5"})
+    changed = make_plan(pipeline_steps(), other_photos, store)
+    assert all(a.key != b.key for a, b in zip(changed, default))  # a setting the data depends on still counts
+
+
+@pytest.mark.parametrize("port", ["10002", "10011", "18765", "19999"])
+def test_a_port_in_rays_worker_range_is_refused_with_the_reason(tmp_path, capsys, port):
+    with pytest.raises(ValueError, match=f"prepare_metadata.tiny_port={port} lies in Ray's worker port range "
+                                         f"10002-19999: Ray hands those ports to its worker processes"):
+        load_config("tiny", overrides={"prepare_metadata.tiny_port": port})
+    from pipelines import full_run
+
+    assert full_run.main(["--dry-run", "--store", str(tmp_path), "--set", f"prepare_metadata.tiny_port={port}"]) == 2
+    assert "or 0 (any free port)" in capsys.readouterr().err
+    for allowed in ("0", "10001", "20000"):
+        assert load_config("tiny", overrides={"prepare_metadata.tiny_port": allowed}).prepare_metadata.tiny_port \
+            == int(allowed)

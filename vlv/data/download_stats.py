@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from vlv.engine.storage import filesystem
+from vlv.progress import format_duration
 
 SUCCESS = "success"
 
@@ -146,8 +147,12 @@ def read_download_counts(shards_uri: str | Path) -> DownloadCounts:
     return counts
 
 
+HEARTBEAT_S = 60.0
+
+
 class DownloadProgress:
-    """A thread that logs shards finished, images ok/failed and the rate every `interval_s` seconds."""
+    """A thread that logs shards finished, images ok/failed, the rate and an ETA every `interval_s` seconds
+    (when a shard finished since the last line, or at least once a minute)."""
 
     def __init__(self, shards_uri: str | Path, total_shards: int, total_rows: int, interval_s: float,
                  logger: logging.Logger):
@@ -158,6 +163,7 @@ class DownloadProgress:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="download-progress", daemon=True)
         self._started = time.time()
+        self._reported_shards, self._reported_at = -1, 0.0
 
     def __enter__(self) -> DownloadProgress:
         if self._already_done:
@@ -169,13 +175,15 @@ class DownloadProgress:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.report()
+        self.report(only_if_changed=True)  # the final count, unless the last line already said it
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.report()
+            self.report(only_if_changed=True)
 
-    def report(self) -> None:
+    def report(self, only_if_changed: bool = False) -> None:
+        """One progress line; `only_if_changed`: skipped when no shard finished since the last line, unless
+        HEARTBEAT_S passed (a slow start prints one line a minute, not one per interval)."""
         fs, stats_paths = _stats_files(self.shards_uri)
         for path in stats_paths:
             name = _shard_name(path)
@@ -185,11 +193,15 @@ class DownloadProgress:
                 except (OSError, ValueError, KeyError):
                     continue  # being written; next time
         new = [s for name, s in self._seen.items() if name not in self._already_done]
-        elapsed = max(time.time() - self._started, 1e-9)
+        now = time.time()
+        if only_if_changed and len(self._seen) == self._reported_shards and now - self._reported_at < HEARTBEAT_S:
+            return
+        self._reported_shards, self._reported_at = len(self._seen), now
+        elapsed = max(now - self._started, 1e-9)
         done = sum(s.count for s in new)
         ok = sum(s.successes for s in new)
         rate = done / elapsed
         remaining = max(self.total_rows - sum(s.count for s in self._seen.values()), 0)
-        eta = f", about {remaining / rate:.0f}s left" if rate > 0 and remaining else ""
+        eta = "done" if not remaining else f"ETA {format_duration(remaining / rate)}" if rate > 0 else "ETA n/a"
         self.log.info("download: %d/%d shards after %.0fs, %d samples this attempt (%d ok, %d failed), "
-                      "%.1f samples/s%s", len(self._seen), self.total_shards, elapsed, done, ok, done - ok, rate, eta)
+                      "%.1f samples/s, %s", len(self._seen), self.total_shards, elapsed, done, ok, done - ok, rate, eta)

@@ -5,20 +5,26 @@ worker runs tasks on its main thread, and img2dataset's multiprocessing distribu
 img2dataset installs a SIGINT handler (signal.signal only works on the main thread) and leaves it installed,
 so the caller's handler is put back afterwards. Off the main thread the call goes to a child process running
 this module (`python -m vlv.data.img2dataset_runner JOB.json`), which has the `__main__` guard that the
-spawn start method needs.
+spawn start method needs. img2dataset prints its own progress to stdout (a few lines per shard, from every
+process of its pool); unless the run is verbose that goes to a temporary file, shown only if the download
+fails, as the step logs its own progress with rate and ETA.
 
 img2dataset writes samples in the order its threads finish, stamps tar members with the wall clock and shard
 stats with start/end times, so two downloads of the same URLs differ byte for byte. `canonicalize_shards`
 rewrites each finished shard in key order without timestamps: the same URLs and responses then give
-bit-identical shards, whether the download ran in one go or was killed and resumed.
+bit-identical shards, whether the download ran in one go or was killed and resumed. Given a `UrlRewrite` it also
+maps the `url` of every sample back to the URL the metadata holds (the tiny site is fetched from whatever port
+serves it, and the shards must not depend on that port).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,13 +32,32 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
+
+from vlv.logs import is_verbose
 
 # Larger images are refused from their header, before decoding (vlv.data.img2dataset_resizer): PIL's own
 # decompression-bomb threshold, about 13,400 x 13,400 pixels (537 MB decoded as RGB).
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
 # Wall-clock fields of img2dataset's NNNNN_stats.json; the step's own duration is in its manifest and MLflow.
 WALL_CLOCK_STATS = ("start_time", "end_time", "duration")
+
+
+@dataclass(frozen=True)
+class UrlRewrite:
+    """Replace the first match of a regular expression (Python and Arrow's RE2 syntax alike) in each URL."""
+
+    pattern: str
+    replacement: str
+
+    def apply(self, url: str) -> str:
+        return re.sub(self.pattern, lambda _: self.replacement, url, count=1)
+
+    def apply_arrow(self, urls):
+        import pyarrow.compute as pc
+
+        literal = self.replacement.replace("\\", "\\\\")  # RE2 reads \1 in a replacement as a group
+        return pc.replace_substring_regex(urls, pattern=self.pattern, replacement=literal, max_replacements=1)
 
 
 @dataclass(frozen=True)
@@ -86,10 +111,37 @@ def run_img2dataset(job: Img2DatasetJob, in_subprocess: bool | None = None) -> N
     img2dataset_main.Resizer = GuardedResizer  # bomb and 16-bit guards: see vlv.data.img2dataset_resizer
     previous_handler = signal.getsignal(signal.SIGINT)
     try:
-        download(**job.download_kwargs())
+        with _stdout_aside(enabled=not is_verbose()):
+            download(**job.download_kwargs())
     finally:
         img2dataset_main.Resizer = resizer_class
         signal.signal(signal.SIGINT, previous_handler)
+
+
+@contextlib.contextmanager
+def _stdout_aside(enabled: bool, shown_lines: int = 40) -> Iterator[None]:
+    """Send this process's stdout (file descriptor 1, which the processes it starts inherit) to a temporary
+    file for the block; if the block raises, print the file's last lines on stderr."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile("w+b") as aside:
+        os.dup2(aside.fileno(), 1)
+        try:
+            yield
+        except BaseException:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            aside.seek(0)
+            tail = aside.read().decode(errors="replace").splitlines()[-shown_lines:]
+            print("\n".join(["img2dataset's output (last lines):", *tail]), file=sys.stderr)
+            raise
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _run_in_child(job: Img2DatasetJob) -> None:
@@ -105,7 +157,7 @@ def _run_in_child(job: Img2DatasetJob) -> None:
                            f"finished shards in {job.output_folder} are kept and a rerun continues them")
 
 
-def canonicalize_shards(shards_uri: str | Path) -> int:
+def canonicalize_shards(shards_uri: str | Path, url_rewrite: UrlRewrite | None = None) -> int:
     """Rewrite every finished shard (its stats file exists) reproducibly; returns how many were rewritten.
 
     Per shard: the tar with members sorted by (key, name), mtime 0 and no owner; the parquet sorted by key; the
@@ -129,13 +181,16 @@ def canonicalize_shards(shards_uri: str | Path) -> int:
         shard = stats_path.rsplit("/", 1)[-1].removesuffix("_stats.json")
         tar_path = f"{root}/{shard}.tar"
         if fs.exists(tar_path):
-            _replace(fs, tar_path, _canonical_tar(fs.cat_file(tar_path)))
+            _replace(fs, tar_path, _canonical_tar(fs.cat_file(tar_path), url_rewrite))
         parquet_path = f"{root}/{shard}.parquet"
         if fs.exists(parquet_path):
             with fs.open(parquet_path, "rb") as handle:
                 table = pq.read_table(handle)
             if "key" in table.column_names:
                 table = table.sort_by("key")
+            if url_rewrite is not None and "url" in table.column_names:
+                column = table.column_names.index("url")
+                table = table.set_column(column, table.field(column), url_rewrite.apply_arrow(table.column("url")))
             buffer = io.BytesIO()
             pq.write_table(table, buffer)
             _replace(fs, parquet_path, buffer.getvalue())
@@ -146,11 +201,14 @@ def canonicalize_shards(shards_uri: str | Path) -> int:
     return rewritten
 
 
-def _canonical_tar(data: bytes) -> bytes:
+def _canonical_tar(data: bytes, url_rewrite: UrlRewrite | None = None) -> bytes:
     import tarfile
 
     with tarfile.open(fileobj=io.BytesIO(data)) as source:
         members = [(m.name, source.extractfile(m).read()) for m in source.getmembers() if m.isfile()]
+    if url_rewrite is not None:
+        members = [(name, _rewrite_sample_url(content, url_rewrite) if name.endswith(".json") else content)
+                   for name, content in members]
     # webdataset groups a sample's members by the key before the first dot: sorting keeps them together.
     members.sort(key=lambda item: (item[0].split(".", 1)[0], item[0]))
     out = io.BytesIO()
@@ -160,6 +218,18 @@ def _canonical_tar(data: bytes) -> bytes:
             info.size, info.mode, info.mtime = len(content), 0o444, 0
             target.addfile(info, io.BytesIO(content))
     return out.getvalue()
+
+
+def _rewrite_sample_url(content: bytes, url_rewrite: UrlRewrite) -> bytes:
+    """A sample's metadata JSON with its `url` rewritten, laid out as img2dataset writes it (indent 4)."""
+    meta = json.loads(content)
+    if not isinstance(meta.get("url"), str):
+        return content
+    rewritten = url_rewrite.apply(meta["url"])
+    if rewritten == meta["url"]:
+        return content
+    meta["url"] = rewritten
+    return json.dumps(meta, indent=4).encode()
 
 
 def _replace(fs, path: str, data: bytes) -> None:

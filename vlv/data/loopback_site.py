@@ -6,6 +6,12 @@ runs offline. Every site also carries broken rows, so the failure paths run on e
 404, a JPEG cut before its image data, an HTML page served as image/jpeg, a photo whose server opts out of AI
 use (X-Robots-Tag: noai), and rows the pre-filter must drop (too small, bad aspect ratio, watermarked,
 duplicate URL).
+
+The data names the photos by canonical URLs on a host that never resolves (`.invalid` is reserved for that), not
+by where they happen to be served: the site is served on any free port (or a chosen one) only while a step
+fetches from it, and that step maps the URLs to the served address on the way in and back on the way out. So
+the metadata, the shards and every table after them are the same bytes whatever the port, and two tiny
+pipelines can run on one machine at once.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import hashlib
 import io
 import ipaddress
 import logging
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -28,12 +35,18 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageEnhance, ImageOps
 
+from vlv.data.img2dataset_runner import UrlRewrite
 from vlv.data.laion import CANONICAL_SCHEMA, MetadataFilter
+from vlv.ports import check_port, in_ray_worker_range
 
 log = logging.getLogger("vlv.data.loopback_site")
 
 OPT_OUT_FOLDER = "opt_out"  # files below it are served with `X-Robots-Tag: noai`
 MAX_ASPECT = 1.5  # photos are at most 3:2 (or 2:3), so their shorter side is >= image_side / 1.5
+CANONICAL_BASE_URL = "http://tiny-site.invalid"  # what every URL in the data starts with
+SERVE_HOST = "127.0.0.1"
+# Any served address (this run's port or a crashed attempt's): what canonical_urls() maps back.
+_SERVED_BASE_PATTERN = r"^http://127\.0\.0\.1:[0-9]+/"
 
 
 @dataclass(frozen=True)
@@ -91,8 +104,6 @@ PHOTO_SOURCES: tuple[PhotoSource, ...] = (
 class TinySiteSpec:
     num_images: int = 24
     image_side: int = 640
-    host: str = "127.0.0.1"
-    port: int = 18765
     seed: int = 0
 
 
@@ -101,8 +112,6 @@ class LoopbackSite:
     """What was built: the LAION-format rows and which of them should succeed, fail or be filtered."""
 
     folder: Path
-    host: str
-    port: int
     rows: pa.Table
     good_urls: list[str]
     missing_urls: list[str]  # answer 404
@@ -110,12 +119,11 @@ class LoopbackSite:
     expected_drops: dict[str, int] = field(default_factory=dict)  # pre-filter reason -> rows
 
     def url(self, relative: str) -> str:
-        return f"http://{self.host}:{self.port}/{relative}"
+        return f"{CANONICAL_BASE_URL}/{relative}"
 
     def info(self) -> dict:
-        """The content of loopback_site.json."""
-        return {"host": self.host, "port": self.port, "folder": self.folder.name,
-                "good_photos": len(self.good_urls),
+        """The content of loopback_site.json (no port: the site is served wherever a step serves it)."""
+        return {"base_url": CANONICAL_BASE_URL, "folder": self.folder.name, "good_photos": len(self.good_urls),
                 "expected_download_failures": len(self.missing_urls) + len(self.broken_urls)}
 
 
@@ -217,8 +225,7 @@ def build_loopback_site(folder: Path, spec: TinySiteSpec, rule: MetadataFilter) 
     aspect_range = _aspect_range(rule)
     (folder / "photos").mkdir(parents=True, exist_ok=True)
     (folder / OPT_OUT_FOLDER).mkdir(exist_ok=True)
-    site = LoopbackSite(folder, spec.host, spec.port, rows=pa.table({}), good_urls=[], missing_urls=[],
-                        broken_urls=[])
+    site = LoopbackSite(folder, rows=pa.table({}), good_urls=[], missing_urls=[], broken_urls=[])
     rows: list[dict] = []
     rng = np.random.default_rng(spec.seed)
     bases: dict[str, Image.Image] = {}
@@ -326,23 +333,36 @@ class LoopbackServer:
     port: int
     folder: Path
 
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
     def url(self, relative: str) -> str:
-        return f"http://{self.host}:{self.port}/{relative}"
+        return f"{self.base_url}/{relative}"
+
+    def served_urls(self) -> UrlRewrite:
+        """Canonical URL -> where this server answers it (for whoever fetches: img2dataset, the probe)."""
+        return UrlRewrite(f"^{re.escape(CANONICAL_BASE_URL)}/", f"{self.base_url}/")
+
+    def served_url(self, url: str) -> str:
+        return self.served_urls().apply(url)
+
+
+def canonical_urls() -> UrlRewrite:
+    """A served URL (of any port: a crashed attempt's too) -> the canonical URL the data keeps."""
+    return UrlRewrite(_SERVED_BASE_PATTERN, f"{CANONICAL_BASE_URL}/")
 
 
 @contextlib.contextmanager
-def serve_folder(folder: Path, host: str = "127.0.0.1", port: int = 0) -> Iterator[LoopbackServer]:
-    """Serve `folder` over HTTP on a loopback address until the block exits (port 0: any free port)."""
+def serve_folder(folder: Path, host: str = SERVE_HOST, port: int = 0) -> Iterator[LoopbackServer]:
+    """Serve `folder` over HTTP on a loopback address until the block exits (port 0: any free port, outside
+    Ray's worker port range like every port of this project)."""
     if not ipaddress.ip_address(host).is_loopback:
         raise ValueError(f"the tiny site is only served on a loopback address, not {host}")
     if not Path(folder).is_dir():
         raise ValueError(f"cannot serve {folder}: no such folder")
-    handler = functools.partial(_SiteHandler, directory=str(folder))
-    try:
-        server = ThreadingHTTPServer((host, port), handler)
-    except OSError as err:
-        raise ValueError(f"cannot serve the tiny photo site on {host}:{port} ({err.strerror}); another program "
-                         f"uses that port: pick a free one with --set prepare_metadata.tiny_port=<port>") from None
+    check_port(port, "prepare_metadata.tiny_port")
+    server = _bind_server(host, port, functools.partial(_SiteHandler, directory=str(folder)))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                               name=f"loopback-site-{server.server_address[1]}", daemon=True)
@@ -353,6 +373,22 @@ def serve_folder(folder: Path, host: str = "127.0.0.1", port: int = 0) -> Iterat
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def _bind_server(host: str, port: int, handler: Callable) -> ThreadingHTTPServer:
+    """The server on `port`, or (port 0) on a free port the OS offers outside Ray's worker range."""
+    for _ in range(100 if port == 0 else 1):
+        try:
+            server = ThreadingHTTPServer((host, port), handler)
+        except OSError as err:
+            raise ValueError(f"cannot serve the tiny photo site on {host}:{port} ({err.strerror}); another "
+                             f"program uses that port: pick a free one with --set prepare_metadata.tiny_port=<port>, "
+                             f"or 0 for any free port") from None
+        if port or not in_ray_worker_range(server.server_address[1]):
+            return server
+        server.server_close()  # the OS's ephemeral range overlaps Ray's: ask again
+    raise ValueError("the operating system offered only ports in Ray's worker range for the tiny photo site; "
+                     "choose one with --set prepare_metadata.tiny_port=<port outside 10002-19999>")
 
 
 def probe_urls(urls: list[str], timeout_s: float = 5.0) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """Decide what a pipeline invocation does: each step's cache key and whether it runs, is cached or is skipped.
 
 Key = sha256 of (step name, step code version, the step's own config section, upstream keys), so changing one
-section invalidates that step and everything downstream and nothing else.
+section invalidates that step and everything downstream and nothing else. Settings marked RUNTIME_ONLY (a port)
+change how a step runs, not what it publishes, and are left out.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
-from vlv.config_tree import to_dict
+from vlv.config_tree import output_settings, to_dict
 from vlv.engine.step import Step
 from vlv.engine.store import RunStore
 
@@ -81,7 +82,7 @@ def make_plan(
     for step in steps:
         section = to_dict(getattr(config, step.name))
         upstream_keys = {up: keys[up] for up in step.upstream}
-        key = step_key(step.name, step.code_version, section, upstream_keys)
+        key = step_key(step.name, step.code_version, output_settings(getattr(config, step.name)), upstream_keys)
         keys[step.name] = key
         if step.name not in selected:
             action, reason = "skip", "not selected by --steps"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -125,7 +126,14 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         raise ValueError(f"mismatched FID statistics: means {mu1.shape} and {mu2.shape}, covariances "
                          f"{sigma1.shape} and {sigma2.shape}")
     diff = mu1 - mu2
-    covmean = linalg.sqrtm(sigma1.dot(sigma2))
+    with warnings.catch_warnings(record=True) as caught:  # scipy's "Matrix is singular", said once below
+        warnings.simplefilter("always", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(sigma1.dot(sigma2))
+    for other in (w for w in caught if not issubclass(w.category, linalg.LinAlgWarning)):
+        warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+    if any(issubclass(w.category, linalg.LinAlgWarning) for w in caught):
+        log.warning("FID: the covariance product is singular (fewer images than its %d features?); its square "
+                    "root is approximate, as in pytorch-fid", sigma1.shape[0])
     if not np.isfinite(covmean).all():
         log.warning("FID: singular covariance product; adding %g to the diagonal of both covariances", eps)
         offset = np.eye(sigma1.shape[0]) * eps

@@ -33,6 +33,7 @@ from vlv.engine.storage import filesystem, read_bytes
 from vlv.eval.fid import FeatureStats, distributed_feature_stats, fid_from_stats, split_evenly
 from vlv.eval.inception import InceptionFeatureExtractor, InceptionSpec
 from vlv.eval.text_to_image import TextToImageSpec
+from vlv.progress import rate_and_eta
 
 log = logging.getLogger("vlv.eval.fid_generation")
 
@@ -135,7 +136,8 @@ def run_generation_job(job: GenerationJob) -> GenerationResult:
             done += len(batch)
             if time.monotonic() - last_log >= _PROGRESS_EVERY_S:
                 last_log = time.monotonic()
-                log.info("FID generation: %d/%d images, %.2f images/s", done, total, done / (last_log - started))
+                log.info("FID generation: %d/%d images, %s", done, total,
+                         rate_and_eta(done, total, last_log - started, "images"))
         result.stats[label] = stats
         result.samples[label] = kept
     result.seconds = time.monotonic() - started

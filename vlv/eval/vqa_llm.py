@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 from vlv.engine.storage import local_weights
+from vlv.progress import rate_and_eta
 
 log = logging.getLogger("vlv.eval.vqa_llm")
 
@@ -93,7 +94,8 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_
         if time.monotonic() - last_log >= _PROGRESS_EVERY_S:
             last_log = time.monotonic()
             done = min(start + batch_size, len(order))
-            log.info("VQA answers: %d/%d prompts, %.2f prompts/s", done, len(order), done / (last_log - started))
+            log.info("VQA answers: %d/%d prompts, %s", done, len(order),
+                     rate_and_eta(done, len(order), last_log - started, "prompts"))
     return answers
 
 

@@ -50,8 +50,7 @@ class ClipTextOnEmbeddings(nn.Module):
             raise ValueError(f"CLIP text encoder expects (batch, <= {max_len}, {self.hidden_size}) embeddings; "
                              f"got {tuple(inputs_embeds.shape)}")
         hidden = self.model.embeddings(inputs_embeds=inputs_embeds)  # adds position embeddings
-        mask = create_causal_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=None,
-                                  past_key_values=None)
+        mask = create_causal_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=None, cache=None)
         hidden = self.model.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
         return self.model.final_layer_norm(hidden)
 

@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepResult, WorkerPool
 from vlv.engine.storage import arrow_filesystem, checked_on_this_machine
+from vlv.progress import eta_text
 from vlv.steps.download import SHARDS
 
 log = logging.getLogger("vlv.steps.aesthetic_filter")
@@ -396,8 +397,9 @@ def _write_scores(scored: Any, output_dir: Path, num_shards: int, run_log: loggi
 def _log_progress(run_log: logging.Logger, counts: dict[str, int], shards_done: int, num_shards: int,
                   elapsed: float) -> None:
     total = counts["scored"] + counts["undecodable"]
-    run_log.info("%d/%d shards written: %d images scored, %d undecodable, %.1f images/s (incl. start-up)",
-                 shards_done, num_shards, counts["scored"], counts["undecodable"], total / max(elapsed, 1e-9))
+    run_log.info("%d/%d shards written: %d images scored, %d undecodable, %.1f images/s (incl. start-up), %s",
+                 shards_done, num_shards, counts["scored"], counts["undecodable"], total / max(elapsed, 1e-9),
+                 eta_text(shards_done, num_shards, elapsed))
 
 
 def _runs_by_shard(batch: Any) -> list[tuple[str, Any]]:

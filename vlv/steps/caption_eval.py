@@ -33,6 +33,7 @@ from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepOutput
 from vlv.engine.storage import checked_on_this_machine, filesystem
 from vlv.eval.eval_sets import EVAL_SETS_FILE, EvalSets, VqaBenchmark, VqaSplit
 from vlv.paths import safe_child
+from vlv.progress import rate_and_eta
 
 TINY_DIR = "tiny_sets"
 EVAL_IMAGE_IDS_FILE = "eval_image_ids.json"
@@ -361,11 +362,16 @@ def caption_files(paths: list[str], checkpoint: StepOutput, cfg: CaptionEvalConf
         batch_size=cfg.batch_size)
     captions: dict[str, str] = {}
     errors: list[str] = []
-    for row in captioned.iter_rows():
+    last_log = started
+    for done, row in enumerate(captioned.iter_rows(), start=1):
         if row["error"]:
             errors.append(f"{row['path']}: {row['error']}")
         else:
             captions[str(row["path"])] = str(row["caption"])
+        if time.monotonic() - last_log >= _PROGRESS_EVERY_S:
+            last_log = time.monotonic()
+            log.info("captioned %d/%d images, %s", done, len(paths),
+                     rate_and_eta(done, len(paths), last_log - started, "images"))
     if errors:
         raise ValueError(f"caption_eval: {len(errors)} evaluation images cannot be read; fix or remove them from "
                          f"the set: {'; '.join(errors[:5])}")

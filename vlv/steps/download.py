@@ -11,17 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlv.data.download_stats import DownloadCounts, DownloadProgress, read_download_counts
 from vlv.data.img2dataset_runner import (
     DEFAULT_MAX_IMAGE_PIXELS,
     Img2DatasetJob,
+    UrlRewrite,
     canonicalize_shards,
     run_img2dataset,
 )
 from vlv.data.laion import CANONICAL_COLUMNS
-from vlv.data.loopback_site import serve_folder
+from vlv.data.loopback_site import canonical_urls, serve_folder
 from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepOutput, StepResult
 from vlv.engine.storage import filesystem
 from vlv.paths import check_relative
@@ -103,20 +105,21 @@ class DownloadStep(Step[DownloadConfig]):
         # Shards go straight to this attempt's place in the store: a rerun (on any node) continues them.
         shards_uri = f"{ctx.output_uri}/shards"
         parts_dir = ctx.output_dir / PARTS_FOLDER
-        url_list = split_metadata(upstream, total_rows, cfg, parts_dir, ctx)
-        job = img2dataset_job(cfg, url_list, shards_uri, distributor, columns)
         total_shards = math.ceil(total_rows / cfg.samples_per_shard)
         ctx.log.info("download: %d URLs into %d shards of %d with the %s distributor (%d processes x %d threads)",
                      total_rows, total_shards, cfg.samples_per_shard, distributor, cfg.processes_count,
                      cfg.thread_count)
-        with _serving(upstream, site, ctx), \
-                DownloadProgress(shards_uri, total_shards, total_rows, cfg.progress_interval_s, ctx.log):
-            run_img2dataset(job)
+        with _serving(upstream, site, ctx) as served_urls:
+            url_list = split_metadata(upstream, total_rows, cfg, parts_dir, ctx, url_rewrite=served_urls)
+            job = img2dataset_job(cfg, url_list, shards_uri, distributor, columns)
+            with DownloadProgress(shards_uri, total_shards, total_rows, cfg.progress_interval_s, ctx.log):
+                run_img2dataset(job)
 
         counts = read_download_counts(shards_uri)
         _check_complete(counts, total_shards, total_rows, shards_uri)
+        # The tiny site's samples carry the served address: back to the canonical URLs of the metadata.
         ctx.log.info("download: %d shards rewritten in key order without timestamps (reproducible bytes)",
-                     canonicalize_shards(shards_uri))
+                     canonicalize_shards(shards_uri, canonical_urls() if site is not None else None))
         shutil.rmtree(parts_dir, ignore_errors=True)  # a copy of the input; kept only for a crashed attempt
         _write_counts_csv(counts, ctx.output_dir / "download_counts.csv")
         for (status, reason), count in sorted(counts.by_status_reason.items(), key=lambda item: -item[1])[:10]:
@@ -129,14 +132,15 @@ class DownloadStep(Step[DownloadConfig]):
 
 
 def split_metadata(upstream: StepOutput, total_rows: int, cfg: DownloadConfig, parts_dir: Path,
-                   ctx: StepContext) -> str:
+                   ctx: StepContext, url_rewrite: UrlRewrite | None = None) -> str:
     """The input for img2dataset: the metadata file itself, or (when long) a folder of parts of whole shards.
 
     img2dataset loads an input file in one piece (tens of GB for LAION-2B-scale metadata); parts bound that.
     Parts hold a whole number of shards, so shard N holds the same rows either way and a resumed attempt
-    (which rewrites the parts identically) skips the same finished shards.
+    (which rewrites the parts identically) skips the same finished shards. With `url_rewrite` (the tiny site:
+    canonical URL -> served address) the URLs are rewritten into parts, even when one part holds them all.
     """
-    if total_rows <= cfg.metadata_part_rows:
+    if total_rows <= cfg.metadata_part_rows and url_rewrite is None:
         return upstream.path(METADATA)
     rows_per_part = max(1, cfg.metadata_part_rows // cfg.samples_per_shard) * cfg.samples_per_shard
     shutil.rmtree(parts_dir, ignore_errors=True)
@@ -148,16 +152,27 @@ def split_metadata(upstream: StepOutput, total_rows: int, cfg: DownloadConfig, p
                 if writer is None:
                     writer = pq.ParquetWriter(parts_dir / f"part-{part:05d}.parquet", parquet.schema_arrow)
                 take = min(batch.num_rows, rows_per_part - rows_in_part)
-                writer.write_batch(batch.slice(0, take))
+                writer.write_batch(_with_urls(batch.slice(0, take), url_rewrite))
                 batch, rows_in_part = batch.slice(take), rows_in_part + take
                 if rows_in_part == rows_per_part:
                     writer.close()
                     writer, rows_in_part, part = None, 0, part + 1
     if writer is not None:
         writer.close()
-    ctx.log.info("download: %d URLs split into %d parts of %d rows for img2dataset", total_rows,
-                 len(list(parts_dir.glob("*.parquet"))), rows_per_part)
+    parts = len(list(parts_dir.glob("*.parquet")))
+    if parts > 1:
+        ctx.log.info("download: %d URLs split into %d parts of %d rows for img2dataset", total_rows, parts,
+                     rows_per_part)
     return str(parts_dir)
+
+
+def _with_urls(batch: pa.RecordBatch, url_rewrite: UrlRewrite | None) -> pa.RecordBatch:
+    if url_rewrite is None:
+        return batch
+    column = batch.schema.get_field_index("URL")
+    return pa.RecordBatch.from_arrays(
+        [url_rewrite.apply_arrow(array) if i == column else array for i, array in enumerate(batch.columns)],
+        schema=batch.schema)
 
 
 def img2dataset_job(cfg: DownloadConfig, metadata_uri: str, output_folder: str,
@@ -179,17 +194,18 @@ def _site_info(upstream: StepOutput) -> dict | None:
 
 
 @contextlib.contextmanager
-def _serving(upstream: StepOutput, site: dict | None, ctx: StepContext) -> Iterator[None]:
-    """Serve the tiny loopback site (published by prepare_metadata) while img2dataset runs."""
+def _serving(upstream: StepOutput, site: dict | None, ctx: StepContext) -> Iterator[UrlRewrite | None]:
+    """Serve the tiny loopback site (published by prepare_metadata) on a free port while img2dataset runs;
+    yields how its canonical URLs map to the served address (None for real metadata)."""
     if site is None:
-        yield
+        yield None
         return
     folder_name = check_relative(site.get("folder", "loopback_site"), upstream.uri, f"{SITE_INFO} folder",
                                  single=True)
     folder = upstream.local_folder(folder_name)  # in place on a local store, fetched once from an object store
-    with serve_folder(folder, site["host"], int(site["port"])) as server:
-        ctx.log.info("download: serving the tiny photo site %s at http://%s:%d/", folder, server.host, server.port)
-        yield
+    with serve_folder(folder) as server:
+        ctx.log.info("download: serving the tiny photo site %s at %s/", folder, server.base_url)
+        yield server.served_urls()
 
 
 def _check_complete(counts: DownloadCounts, total_shards: int, total_rows: int, shards_uri: str) -> None:
@@ -197,8 +213,8 @@ def _check_complete(counts: DownloadCounts, total_shards: int, total_rows: int, 
     if len(counts.shards) < total_shards or counts.samples < total_rows:
         raise RuntimeError(
             f"download: only {len(counts.shards)} of {total_shards} shards ({counts.samples} of {total_rows} "
-            f"URLs) finished; see img2dataset's output above. The finished shards stay in {shards_uri} and a "
-            f"rerun of the same command continues from them"
+            f"URLs) finished (rerun with --verbose to see img2dataset's own output). The finished shards stay in "
+            f"{shards_uri} and a rerun of the same command continues from them"
         )
     fs, root = filesystem(f"{shards_uri}/_tmp")  # img2dataset's own work folder: not part of the output
     if fs.exists(root):

@@ -12,15 +12,18 @@ from typing import Literal
 
 import pyarrow.parquet as pq
 
+from vlv.config_tree import RUNTIME_ONLY
 from vlv.data.laion import CANONICAL_COLUMNS, DEFAULT_BATCH_ROWS, Funnel, MetadataFilter, prepare_laion_metadata
 from vlv.data.loopback_site import LoopbackSite, TinySiteSpec, build_loopback_site, probe_urls, serve_folder
 from vlv.engine.step import OutputFile, Step, StepContext, StepResult
+from vlv.ports import check_port
 
 SITE_FOLDER = "loopback_site"
 METADATA = OutputFile("metadata.parquet", "the filtered, de-duplicated LAION rows img2dataset downloads "
                       "(URL, TEXT, WIDTH, HEIGHT and the other LAION columns present)")
 FUNNEL = OutputFile("funnel.csv", "rows kept and dropped per filter stage")
-SITE_INFO = OutputFile("loopback_site.json", "tiny source: where the photo site is served", required=False)
+SITE_INFO = OutputFile("loopback_site.json", "tiny source: the photo site's folder and canonical base URL",
+                       required=False)
 SITE = OutputFile(f"{SITE_FOLDER}/", "tiny source: the photos the metadata URLs point at", required=False)
 
 
@@ -41,7 +44,9 @@ class PrepareMetadataConfig:
     batch_rows: int = DEFAULT_BATCH_ROWS  # rows read per batch: bounds memory on LAION-2B-scale metadata
     tiny_num_images: int = 24  # tiny source: number of good photos (plus the broken rows)
     tiny_image_side: int = 640  # tiny source: longer side of the served photos
-    tiny_port: int = 18765  # tiny source: loopback HTTP port the photos are served on
+    # tiny source: the 127.0.0.1 port this step serves the photo site on to check it (the download step serves it
+    # on a free port of its own); 0 = any free port. Never in the step key: the data holds canonical URLs.
+    tiny_port: int = field(default=0, metadata=RUNTIME_ONLY)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -54,8 +59,7 @@ class PrepareMetadataConfig:
                              f"got {self.min_aspect}, {self.max_aspect}")
         if self.min_side < 0:
             raise ValueError(f"prepare_metadata.min_side must be >= 0, got {self.min_side}")
-        if not 1 <= self.tiny_port <= 65535:
-            raise ValueError(f"prepare_metadata.tiny_port must be in 1..65535, got {self.tiny_port}")
+        check_port(self.tiny_port, "prepare_metadata.tiny_port")
         unknown = sorted(set(self.column_map) - set(CANONICAL_COLUMNS))
         if unknown:
             raise ValueError(f"prepare_metadata.column_map keys must be our column names "
@@ -73,7 +77,7 @@ class PrepareMetadataConfig:
 class PrepareMetadataStep(Step[PrepareMetadataConfig]):
     name = "prepare_metadata"
     upstream = ()
-    code_version = "1"
+    code_version = "2"  # 2: tiny URLs are canonical (no port)
     description = "Filter LAION metadata (or build the tiny loopback set) for img2dataset"
     outputs = (METADATA, FUNNEL, SITE_INFO, SITE)
 
@@ -95,8 +99,7 @@ class PrepareMetadataStep(Step[PrepareMetadataConfig]):
         site: LoopbackSite | None = None
         input_uri = cfg.input_uri
         if cfg.source == "tiny":
-            spec = TinySiteSpec(num_images=cfg.tiny_num_images, image_side=cfg.tiny_image_side, port=cfg.tiny_port,
-                                seed=cfg.seed)
+            spec = TinySiteSpec(num_images=cfg.tiny_num_images, image_side=cfg.tiny_image_side, seed=cfg.seed)
             site = build_loopback_site(ctx.output_dir / SITE_FOLDER, spec, rule)
             input_uri = str(ctx.output_dir / "source_metadata.parquet")
             pq.write_table(site.rows, input_uri)
@@ -106,7 +109,7 @@ class PrepareMetadataStep(Step[PrepareMetadataConfig]):
         funnel = prepare_laion_metadata(input_uri, str(metadata_path), rule, cfg.column_map, cfg.batch_rows,
                                         logger=ctx.log)
         if site is not None:
-            _check_site_answers(site, metadata_path, ctx)
+            _check_site_answers(site, metadata_path, cfg.tiny_port, ctx)
             (ctx.output_dir / str(SITE_INFO)).write_text(json.dumps(site.info(), indent=2))
         _write_funnel_csv(funnel, ctx.output_dir / "funnel.csv")
         ctx.log.info("prepare_metadata funnel: %s", ", ".join(f"{stage}={n}" for stage, n in funnel.rows()))
@@ -115,11 +118,12 @@ class PrepareMetadataStep(Step[PrepareMetadataConfig]):
         return StepResult(metrics=metrics, artifacts=["funnel.csv"])
 
 
-def _check_site_answers(site: LoopbackSite, metadata_path: Path, ctx: StepContext) -> None:
+def _check_site_answers(site: LoopbackSite, metadata_path: Path, port: int, ctx: StepContext) -> None:
     """Serve the site once and probe every kept URL: the photos must answer 200, the deleted ones 404."""
     urls = pq.read_table(metadata_path, columns=["URL"]).column("URL").to_pylist()
-    with serve_folder(site.folder, site.host, site.port):
-        statuses = probe_urls(urls)
+    with serve_folder(site.folder, port=port) as server:
+        served = probe_urls([server.served_url(url) for url in urls])
+        statuses = {url: served[server.served_url(url)] for url in urls}
     ctx.log.info("prepare_metadata: the tiny site answers %s",
                  ", ".join(f"HTTP {code} x {n}" for code, n in sorted(Counter(statuses.values()).items())))
     wrong = [f"{url} -> {statuses[url]}" for url in site.good_urls if statuses.get(url, 200) != 200]

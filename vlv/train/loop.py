@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
+from vlv.progress import format_duration
 from vlv.train.deepspeed_config import (
     DeepSpeedConfig,
     build_deepspeed_config,
@@ -152,7 +153,8 @@ def train_worker(config: dict[str, Any]) -> None:
             elapsed = time.perf_counter() - window_start
             samples_per_s = window_steps * spec.deepspeed.global_batch / max(elapsed, 1e-9)
             if rank == 0:
-                log_step(metric_logger, progress.step, stats, samples_per_s)
+                log_step(metric_logger, progress.step, stats, samples_per_s, total_steps=spec.loop.total_steps,
+                         global_batch=spec.deepspeed.global_batch)
             window_start, window_steps = time.perf_counter(), 0
         final = progress.step == spec.loop.total_steps
         if final or progress.step % spec.loop.checkpoint_every == 0:
@@ -259,16 +261,22 @@ def micro_batch_seed(seed: int, rank: int, micro_batch: int) -> int:
     return (seed * 1_000_003 + rank * 7_919 + micro_batch * 104_729 + 17) % (2**63 - 1)
 
 
-def log_step(metric_logger: Any, step: int, stats: StepStats, samples_per_s: float) -> None:
-    """Rank 0 only: Ray Train V2 keeps no metrics reported without a checkpoint, so MLflow gets them here."""
+def log_step(metric_logger: Any, step: int, stats: StepStats, samples_per_s: float, *, total_steps: int,
+             global_batch: int) -> None:
+    """Rank 0 only: Ray Train V2 keeps no metrics reported without a checkpoint, so MLflow gets them here.
+
+    The console line reads `step i/N loss ... lr ... samples/s ... ETA ...`; the time left is the steps left at
+    the rate of the last logging window (checkpoint saves between windows are not counted in)."""
     if metric_logger is not None:
         metric_logger.log_metric("loss", stats.loss, step)
         metric_logger.log_metric("lr", stats.lr, step)
         if stats.grad_norm is not None:
             metric_logger.log_metric("grad_norm", stats.grad_norm, step)
         metric_logger.log_metric("samples_per_s", samples_per_s, step)
-    log.info("step %d loss %.5f lr %.3g grad_norm %s samples/s %.1f", step, stats.loss, stats.lr,
-             "n/a" if stats.grad_norm is None else f"{stats.grad_norm:.4f}", samples_per_s)
+    left_s = (total_steps - step) * global_batch / samples_per_s if samples_per_s > 0 else None
+    log.info("step %d/%d loss %.5f lr %.3g grad_norm %s samples/s %.1f ETA %s", step, total_steps, stats.loss,
+             stats.lr, "n/a" if stats.grad_norm is None else f"{stats.grad_norm:.4f}", samples_per_s,
+             "n/a" if left_s is None else format_duration(left_s))
 
 
 def save_and_report(engine: Any, progress: TrainProgress, stats: StepStats, *, rank: int, final: bool,

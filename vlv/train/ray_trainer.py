@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vlv.engine.storage import arrow_filesystem
+from vlv.logs import is_verbose
 from vlv.train.deepspeed_config import DeepSpeedConfig, build_deepspeed_config
 from vlv.train.loop import (
     EXPORT_FILE,
@@ -91,6 +92,8 @@ def run_training(*, task: Any, deepspeed: DeepSpeedConfig, loop: LoopConfig, ray
             name=name, storage_path=storage_root, storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=ray_train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=ray_train.num_checkpoints_to_keep),
+            # Ray Train's own INFO lines (worker group set-up, every checkpoint of every rank) only with --verbose
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if is_verbose() else "WARNING"),
         ),
     )
     log.info("training %s: %d workers, ZeRO-%d, %s, %d steps, storage %s", name, ray_train.num_workers,
