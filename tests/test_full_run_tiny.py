@@ -83,6 +83,10 @@ def test_mlflow_has_parent_and_one_child_per_step(tiny_store):
     inputs = {d.dataset.name: d.dataset for d in stage1_inputs}
     assert {"download/shards", "aesthetic_filter/kept.parquet"} <= set(inputs), set(inputs)
     assert len(inputs["download/shards"].digest) == 16
+    # The trained captioner is in the model registry, pointing at the run that trained it.
+    assert by_step["train_stage2"].data.tags["vlv.registered_model"] == "vlv-captioner/1"
+    version = client.get_model_version("vlv-captioner", "1")
+    assert version.run_id == by_step["train_stage2"].info.run_id
     # System metrics of the steps that work hard.
     assert any(m.startswith("system/cpu_utilization") for m in by_step["aesthetic_filter"].data.metrics)
 

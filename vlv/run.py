@@ -229,6 +229,8 @@ def _do_step(step: Step, planned: PlannedStep, config: PipelineConfig, store: Ru
     output = store.output(planned.name, planned.key)
     tracking.finish_child(run_id, "executed", manifest, output)
     _log_lineage(tracking, run_id, inputs, steps_by_name)
+    if step.registered_model and output is not None:
+        tracking.register_model(run_id, output, step.registered_model)
     log.info("step %-16s done in %.1fs: %s", planned.name, time.time() - started,
              ", ".join(f"{k}={v:g}" for k, v in manifest.metrics.items()))
     return StepOutcome(planned.name, planned.key, "executed", output.uri if output else output_uri,

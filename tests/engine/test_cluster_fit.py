@@ -60,10 +60,10 @@ def test_the_pipeline_refuses_an_impossible_request_before_any_step(ray_session,
     from pipelines import full_run
 
     code = full_run.main(["--preset", "tiny", "--store", str(tmp_path / "store"), "--steps", "prepare_metadata",
-                          "--set", "prepare_metadata.tiny_port=28766", "--set", "ingest_captions.num_threads=8"])
+                          "--set", "ingest_captions.num_threads=8"])
     assert code == 0  # ingest_captions is not planned: only planned steps are checked
     code = full_run.main(["--preset", "tiny", "--store", str(tmp_path / "store2"),
-                          "--set", "ingest_captions.num_threads=8", "--set", "prepare_metadata.tiny_port=28766"])
+                          "--set", "ingest_captions.num_threads=8"])
     err = capsys.readouterr().err
     assert code == 2 and "preflight against the Ray cluster failed, no step was run" in err
     assert "step 'ingest_captions' asks for its step task: 8 CPU" in err and "largest node" in err

@@ -112,6 +112,8 @@ class Step(Generic[SectionT]):
     outputs: ClassVar[tuple[OutputFile, ...]] = ()
     # Log this node's CPU / memory / GPU use to the step's MLflow run while it runs (steps that work hard).
     system_metrics: ClassVar[bool] = False
+    # Register the published output in MLflow's model registry under this name (the trained captioner).
+    registered_model: ClassVar[str | None] = None
 
     def resources(self, config: SectionT) -> Resources:
         return Resources()

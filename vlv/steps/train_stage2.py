@@ -59,6 +59,7 @@ class TrainStage2Step(Step[TrainStage2Config]):
     resumable = True
     description = "Train the captioner: stage-1 encoder -> MLP -> Qwen2 on Gemini captions (DeepSpeed on Ray Train)"
     system_metrics = True
+    registered_model = "vlv-captioner"
 
     def resources(self, config: TrainStage2Config) -> Resources:
         return Resources(num_cpus=0)  # the Ray Train workers ask for their own CPUs/GPUs
