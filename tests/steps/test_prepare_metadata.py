@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -64,3 +65,32 @@ def test_column_map_and_thresholds_from_the_command_line():
     assert config.prepare_metadata.metadata_filter().required_columns() == ("URL", "WIDTH", "HEIGHT")
     with pytest.raises(ValueError, match="column_map keys must be our column names"):
         load_config("paper", overrides={"prepare_metadata.column_map": '{"url": "link"}'})
+
+
+def test_laion_source_with_a_served_folder_publishes_it_for_the_download(tmp_path):
+    site = tmp_path / "site"
+    (site / "photos").mkdir(parents=True)
+    (site / "photos" / "a.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    source = tmp_path / "laion.parquet"
+    pq.write_table(pa.table({"URL": ["http://127.0.0.1:28999/photos/a.jpg", "http://other.example/b.jpg"],
+                             "TEXT": ["a", "b"], "WIDTH": [1024, 1024], "HEIGHT": [768, 768],
+                             "pwatermark": [0.1, 0.1]}), source)
+    config = PrepareMetadataConfig(source="laion", input_uri=str(source), serve_folder=str(site), serve_port=28999)
+    PrepareMetadataStep().preflight(config)
+    _, out = _execute(tmp_path / "store", config)
+    assert (out / "loopback_site" / "photos" / "a.jpg").read_bytes() == b"\xff\xd8 not really a jpeg"
+    assert json.loads((out / "loopback_site.json").read_text()) == {"host": "127.0.0.1", "port": 28999,
+                                                                   "folder": "loopback_site"}
+    wrong_port = dataclasses.replace(config, serve_port=28998)
+    with pytest.raises(ValueError, match="no kept URL starts with http://127.0.0.1:28998/"):
+        _execute(tmp_path / "store2", wrong_port)
+
+
+def test_served_folder_settings_are_checked():
+    with pytest.raises(ValueError, match="serve_folder is for source='laion'"):
+        PrepareMetadataConfig(source="tiny", serve_folder="/data/site", serve_port=28999)
+    with pytest.raises(ValueError, match="serve_port must be in 1..65535 when serve_folder is set"):
+        PrepareMetadataConfig(source="laion", serve_folder="/data/site")
+    with pytest.raises(ValueError, match="serve_folder='/no/such/site' is not a folder"):
+        PrepareMetadataStep().preflight(PrepareMetadataConfig(source="laion", input_uri="s3://bucket/x.parquet",
+                                                              serve_folder="/no/such/site", serve_port=28999))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +21,10 @@ SITE_FOLDER = "loopback_site"
 METADATA = OutputFile("metadata.parquet", "the filtered, de-duplicated LAION rows img2dataset downloads "
                       "(URL, TEXT, WIDTH, HEIGHT and the other LAION columns present)")
 FUNNEL = OutputFile("funnel.csv", "rows kept and dropped per filter stage")
-SITE_INFO = OutputFile("loopback_site.json", "tiny source: where the photo site is served", required=False)
-SITE = OutputFile(f"{SITE_FOLDER}/", "tiny source: the photos the metadata URLs point at", required=False)
+SITE_INFO = OutputFile("loopback_site.json", "tiny source or serve_folder: where the photo site is served",
+                       required=False)
+SITE = OutputFile(f"{SITE_FOLDER}/", "tiny source or serve_folder: the photos the metadata URLs point at",
+                  required=False)
 
 
 @dataclass
@@ -42,6 +45,10 @@ class PrepareMetadataConfig:
     tiny_num_images: int = 24  # tiny source: number of good photos (plus the broken rows)
     tiny_image_side: int = 640  # tiny source: longer side of the served photos
     tiny_port: int = 18765  # tiny source: loopback HTTP port the photos are served on
+    # laion source: a local folder the download step serves on 127.0.0.1:`serve_port` while it runs, for metadata
+    # whose URLs point there (the paper_mini preset's photos). Copied into this step's output, like the tiny site.
+    serve_folder: str = ""
+    serve_port: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -56,6 +63,12 @@ class PrepareMetadataConfig:
             raise ValueError(f"prepare_metadata.min_side must be >= 0, got {self.min_side}")
         if not 1 <= self.tiny_port <= 65535:
             raise ValueError(f"prepare_metadata.tiny_port must be in 1..65535, got {self.tiny_port}")
+        if self.serve_folder and self.source != "laion":
+            raise ValueError("prepare_metadata.serve_folder is for source='laion' (the tiny source serves its own "
+                             "site on tiny_port); clear serve_folder or set source=laion")
+        if self.serve_folder and not 1 <= self.serve_port <= 65535:
+            raise ValueError(f"prepare_metadata.serve_port must be in 1..65535 when serve_folder is set (the port "
+                             f"the metadata's URLs name), got {self.serve_port}")
         unknown = sorted(set(self.column_map) - set(CANONICAL_COLUMNS))
         if unknown:
             raise ValueError(f"prepare_metadata.column_map keys must be our column names "
@@ -88,6 +101,8 @@ class PrepareMetadataStep(Step[PrepareMetadataConfig]):
         local = uri.removeprefix("file://") if "://" not in uri or uri.startswith("file://") else None
         if local is not None and not glob.glob(local):
             raise ValueError(f"prepare_metadata.input_uri: nothing found at {uri}")
+        if config.serve_folder and not Path(config.serve_folder).is_dir():
+            raise ValueError(f"prepare_metadata.serve_folder={config.serve_folder!r} is not a folder")
 
     def run(self, ctx: StepContext[PrepareMetadataConfig]) -> StepResult:
         cfg = ctx.config
@@ -108,6 +123,8 @@ class PrepareMetadataStep(Step[PrepareMetadataConfig]):
         if site is not None:
             _check_site_answers(site, metadata_path, ctx)
             (ctx.output_dir / str(SITE_INFO)).write_text(json.dumps(site.info(), indent=2))
+        elif cfg.serve_folder:
+            _copy_served_folder(cfg, metadata_path, ctx)
         _write_funnel_csv(funnel, ctx.output_dir / "funnel.csv")
         ctx.log.info("prepare_metadata funnel: %s", ", ".join(f"{stage}={n}" for stage, n in funnel.rows()))
         metrics = {"rows_read": funnel.rows_read, "rows_kept": funnel.rows_kept}
@@ -126,6 +143,25 @@ def _check_site_answers(site: LoopbackSite, metadata_path: Path, ctx: StepContex
     wrong += [f"{url} -> {statuses[url]}" for url in site.missing_urls if statuses.get(url, 404) != 404]
     if wrong:
         raise RuntimeError(f"the tiny photo site does not answer as built: {'; '.join(wrong[:5])}")
+
+
+def _copy_served_folder(cfg: PrepareMetadataConfig, metadata_path: Path, ctx: StepContext) -> None:
+    """Publish `serve_folder` as this step's loopback site, which the download step serves as it serves the tiny one.
+
+    Copied, so the published output is self-contained: what the download read cannot change under its key.
+    """
+    host = "127.0.0.1"
+    prefix = f"http://{host}:{cfg.serve_port}/"
+    urls = pq.read_table(metadata_path, columns=["URL"]).column("URL").to_pylist()
+    served = sum(1 for url in urls if url.startswith(prefix))
+    if not served:
+        raise ValueError(f"prepare_metadata.serve_folder is set but no kept URL starts with {prefix} (e.g. "
+                         f"{urls[0]}); set prepare_metadata.serve_port to the port the metadata's URLs name")
+    shutil.copytree(cfg.serve_folder, ctx.output_dir / SITE_FOLDER)
+    (ctx.output_dir / str(SITE_INFO)).write_text(json.dumps({"host": host, "port": cfg.serve_port,
+                                                            "folder": SITE_FOLDER}, indent=2))
+    ctx.log.info("prepare_metadata: %d of %d kept URLs point at %s, served from a copy of %s during the download",
+                 served, len(urls), prefix, cfg.serve_folder)
 
 
 def _write_funnel_csv(funnel: Funnel, path: Path) -> None:
