@@ -1,9 +1,11 @@
-"""Shared fixtures: one Ray instance for the whole session, and one tiny pipeline run shared by e2e tests."""
+"""Shared fixtures: one Ray instance for the whole session, and one tiny and one paper_mini pipeline run shared by
+the end-to-end tests."""
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -49,21 +51,41 @@ def ray_session():
 @pytest.fixture(scope="session")
 def tiny_store(ray_session, tmp_path_factory) -> Path:
     """The whole tiny pipeline, run once through the CLI entry point; its driver log is kept beside the store."""
+    return _run_pipeline("tiny", tmp_path_factory.mktemp("tiny_run"))
+
+
+@pytest.fixture(scope="session")
+def paper_mini_assets():
+    """The paper_mini models and data: built once per machine (`$VLV_PAPER_MINI_DIR` or ~/.cache/vlv/paper_mini)."""
+    from vlv.paper_mini.build import ensure_paper_mini_assets
+
+    return ensure_paper_mini_assets()
+
+
+@pytest.fixture(scope="session")
+def paper_mini_store(ray_session, paper_mini_assets, tmp_path_factory) -> Path:
+    """The whole paper_mini pipeline, run once through the CLI entry point (assets already built)."""
+    return _run_pipeline("paper_mini", tmp_path_factory.mktemp("paper_mini_run"))
+
+
+def _run_pipeline(preset: str, root: Path) -> Path:
+    """Run `pipelines/full_run.py --preset <preset>` into `root/store`; driver log and wall seconds beside it."""
     from pipelines import full_run
 
-    root = tmp_path_factory.mktemp("tiny_run")
     handler = logging.FileHandler(root / "driver.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root_logger = logging.getLogger()
     level = root_logger.level
     root_logger.addHandler(handler)
     root_logger.setLevel(logging.INFO)  # pytest's own handlers are already there, so basicConfig sets nothing
+    started = time.monotonic()
     try:
-        assert full_run.main(["--preset", "tiny", "--store", str(root / "store")]) == 0
+        assert full_run.main(["--preset", preset, "--store", str(root / "store")]) == 0
     finally:
         root_logger.removeHandler(handler)
         root_logger.setLevel(level)
         handler.close()
+    (root / "seconds.txt").write_text(f"{time.monotonic() - started:.1f}\n")
     return root / "store"
 
 

@@ -17,7 +17,9 @@ from vlv.secrets import redact
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="tiny", help="tiny (CPU, minutes) or paper (real sizes)")
+    parser.add_argument("--preset", default="tiny",
+                        help="tiny (CPU, minutes), paper (real sizes) or paper_mini (the paper's code paths and "
+                             "formats at miniature size: CPU, minutes)")
     parser.add_argument("--config", default=None, help="YAML/JSON/TOML file of config overrides")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value, e.g. --set download.image_size=64 (repeatable)")

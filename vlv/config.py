@@ -22,7 +22,7 @@ from vlv.steps.train_stage2 import TrainStage2Config
 
 @dataclass
 class PipelineConfig:
-    preset: Literal["tiny", "paper"]
+    preset: Literal["tiny", "paper", "paper_mini"]
     prepare_metadata: PrepareMetadataConfig
     download: DownloadConfig
     aesthetic_filter: AestheticFilterConfig

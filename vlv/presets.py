@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from vlv.config import PipelineConfig
 from vlv.models.config import CaptionerConfig, Stage1ModelConfig
+from vlv.paper_mini.build import ensure_paper_mini_assets
+from vlv.paper_mini.layout import INCEPTION_SHA256, SAMPLES_PER_SHARD, PaperMiniAssets, default_assets_dir
 from vlv.steps.aesthetic_filter import AestheticFilterConfig
 from vlv.steps.caption_eval import CaptionEvalConfig, VqaBenchmarkConfig
 from vlv.steps.download import DownloadConfig
@@ -83,6 +86,76 @@ def tiny() -> PipelineConfig:
     )
 
 
+def paper_mini() -> PipelineConfig:
+    """`paper` with only sizes, step counts, worker counts, CPU resources and paths changed: the paper's code paths,
+    model classes, on-disk formats and settings at miniature size, on a CPU in minutes (vlv.paper_mini).
+
+    The assets (miniature models in the paper's formats, LAION-format photo metadata, Gemini output, COCO / VQA
+    files) are built once per machine in `$VLV_PAPER_MINI_DIR` (default ~/.cache/vlv/paper_mini/<version>) before
+    any step runs. Every model is randomly initialised: the numbers mean nothing.
+    """
+    assets = PaperMiniAssets(default_assets_dir())
+    config = paper()
+    config.preset = "paper_mini"
+    data = config.prepare_metadata
+    data.input_uri, data.serve_folder = str(assets.laion_metadata), str(assets.site)
+    config.download = dataclasses.replace(config.download, samples_per_shard=SAMPLES_PER_SHARD, processes_count=1,
+                                          thread_count=8)
+    config.aesthetic_filter = dataclasses.replace(
+        config.aesthetic_filter, clip_model=f"local-dir:{assets.open_clip}", clip_pretrained="",
+        predictor_weights=str(assets.aesthetic_predictor), num_actors=1, cpus_per_actor=1.0, gpus_per_actor=0.0)
+    config.ingest_captions.source = str(assets.gemini_output)
+
+    stage1 = config.train_stage1
+    stage1.model = dataclasses.replace(stage1.model, florence_arch="florence2_large_mini",
+                                       florence_weights=str(assets.florence), sd_arch="sd21_base_mini",
+                                       sd_weights=str(assets.sd21))
+    stage1.deepspeed = _mini_batches(stage1.deepspeed)
+    stage1.loop = _mini_loop(stage1.loop)
+    stage1.ray_train = _mini_ray_train(stage1.ray_train)
+    stage1.shuffle_buffer, stage1.grid_sampling_steps = 8, 2
+    stage2 = config.train_stage2
+    stage2.model = dataclasses.replace(stage2.model, llm_arch="qwen2.5_3b_mini", llm_weights=str(assets.qwen),
+                                       max_new_tokens=24)
+    stage2.deepspeed = _mini_batches(stage2.deepspeed)
+    stage2.loop = _mini_loop(stage2.loop)
+    stage2.ray_train = _mini_ray_train(stage2.ray_train)
+    stage2.shuffle_buffer, stage2.sample_captions = 8, 4
+
+    evaluation = config.caption_eval
+    evaluation.images_dir, evaluation.captions_json = str(assets.coco_images), str(assets.coco_captions)
+    for bench in evaluation.vqa:
+        bench.questions_json = str(assets.vqa_file(bench.name, "val", "questions"))
+        bench.annotations_json = str(assets.vqa_file(bench.name, "val", "annotations"))
+        bench.images_dir = str(assets.coco_images)
+        bench.exemplar_questions_json = str(assets.vqa_file(bench.name, "train", "questions"))
+        bench.exemplar_annotations_json = str(assets.vqa_file(bench.name, "train", "annotations"))
+        bench.exemplar_images_dir = str(assets.coco_train_images)
+    evaluation.num_actors, evaluation.cpus_per_actor, evaluation.gpus_per_actor = 1, 1.0, 0.0
+    # float16 is the paper's GPU setting; diffusers cannot run it on a CPU, which computes in float32.
+    config.eval_fid = dataclasses.replace(
+        config.eval_fid, inception_weights=str(assets.inception), inception_sha256=INCEPTION_SHA256,
+        recon_num_steps=2, t2i_weights=str(assets.sd21), t2i_num_steps=2, t2i_image_size=256, t2i_dtype="float32",
+        num_workers=1, cpus_per_worker=1.0, gpus_per_worker=0.0)
+    config.eval_vqa = dataclasses.replace(config.eval_vqa, llm_path=str(assets.qwen), num_workers=1,
+                                          cpus_per_worker=1.0, gpus_per_worker=0.0)
+    return config
+
+
+def _mini_batches(deepspeed: DeepSpeedConfig) -> DeepSpeedConfig:
+    """One image per worker and step (2 workers, no accumulation, as the paper's 64 x 8); optimizer, schedule
+    kind, precision and ZeRO stage stay the paper's."""
+    return dataclasses.replace(deepspeed, micro_batch_per_worker=1, global_batch=2)
+
+
+def _mini_loop(loop: LoopConfig) -> LoopConfig:
+    return dataclasses.replace(loop, total_steps=3, checkpoint_every=2, log_every=1)
+
+
+def _mini_ray_train(ray_train: RayTrainConfig) -> RayTrainConfig:
+    return dataclasses.replace(ray_train, num_workers=2, use_gpu=False)
+
+
 def _tiny_deepspeed(lr: float) -> DeepSpeedConfig:
     """ZeRO-2, fp32 on CPU; 2 workers x micro-batch 2 = global batch 4; a large lr so the loss visibly falls."""
     return DeepSpeedConfig(zero_stage=2, precision="fp32", micro_batch_per_worker=2, global_batch=4,
@@ -94,4 +167,10 @@ def _tiny_loop() -> LoopConfig:
     return LoopConfig(total_steps=6, checkpoint_every=3, log_every=1, seed=0)
 
 
-PRESETS: dict[str, Callable[[], PipelineConfig]] = {"tiny": tiny, "paper": paper}
+PRESETS: dict[str, Callable[[], PipelineConfig]] = {"tiny": tiny, "paper": paper, "paper_mini": paper_mini}
+
+
+def prepare_preset(config: PipelineConfig) -> None:
+    """What a preset needs on this machine before any step runs: paper_mini builds its assets (once per machine)."""
+    if config.preset == "paper_mini":
+        ensure_paper_mini_assets()

@@ -25,6 +25,7 @@ from vlv.engine.step import Step, StepOutput
 from vlv.engine.store import RunStore, StoreLockedError
 from vlv.job_env import check_job_paths
 from vlv.pipeline import pipeline_steps
+from vlv.presets import prepare_preset
 from vlv.tracking import (
     PipelineTracking,
     check_tracking_reachable,
@@ -101,6 +102,7 @@ def run_pipeline(options: RunOptions) -> PipelineOutcome:
     if not to_run:  # nothing to do: start no Ray, load no model, open no MLflow run
         log.info("every planned step is cached: nothing to run (their MLflow runs are named in each manifest)")
         return PipelineOutcome(plan, [_cached_outcome(store, p) for p in plan], None, store.uri, None)
+    prepare_preset(config)  # e.g. paper_mini's models and data, which the preflight checks below look for
     problems = []
     for planned in to_run:  # every step's problem at once, not one per attempt
         try:

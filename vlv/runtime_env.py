@@ -5,7 +5,9 @@ Set with `setdefault`, so a user's own environment always wins.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 from pathlib import Path
 
 from vlv.engine.storage import STORE_ENV_VARS
@@ -20,8 +22,10 @@ def apply_runtime_defaults() -> None:
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "RAY_USAGE_STATS_ENABLED": "0",
-        # Survives runs, so DeepSpeed's CPU ops compile once per machine, not once per run.
-        "TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "vlv" / "torch_extensions"),
+        # Survives runs, so DeepSpeed's CPU ops compile once per machine and Python environment, not once per run.
+        # One folder per environment: the build files name the environment's include paths, so environments sharing
+        # a folder (several checkouts on one machine) would recompile each other's ops at every run.
+        "TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "vlv" / "torch_extensions" / _environment_id()),
         # Fail fast instead of retrying an unreachable MLflow server for minutes.
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
@@ -59,6 +63,11 @@ def _job_env_var_keys() -> set[str]:
     except (ValueError, AttributeError):
         return set()
     return set((runtime_env.get("env_vars") or {}).keys())
+
+
+def _environment_id() -> str:
+    """A short stable name for this Python environment (its prefix)."""
+    return hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
 
 
 def _has_cuda() -> bool:

@@ -114,13 +114,15 @@ def test_a_wrong_weights_file_is_rejected_by_checksum(tmp_path):
         build_fid_inception(InceptionSpec(weights=str(tmp_path)))
 
 
-def test_weights_file_loads_strictly(extractor, seeded_inception_state_dict, tmp_path, monkeypatch):
-    """A weights file in the published layout (here the seed-0 weights) loads from a folder, strict keys."""
+def test_weights_file_loads_strictly(extractor, seeded_inception_state_dict, tmp_path):
+    """A weights file in the published layout (here the seed-0 weights) loads from a folder, strict keys, when the
+    expected hash is its own; it is then not the official file, so its FIDs are not comparable."""
     path = tmp_path / FID_WEIGHTS_FILE
     torch.save(seeded_inception_state_dict, path)
-    monkeypatch.setattr(inception_mod, "FID_WEIGHTS_SHA256_PREFIX",
-                        hashlib.sha256(path.read_bytes()).hexdigest()[:8])
-    loaded = InceptionFeatureExtractor(InceptionSpec(weights=str(tmp_path), batch_size=4))
-    assert loaded.comparable
+    own_hash = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match="is not the pytorch-fid Inception weights"):
+        InceptionFeatureExtractor(InceptionSpec(weights=str(tmp_path)))  # the default expects the official file
+    loaded = InceptionFeatureExtractor(InceptionSpec(weights=str(tmp_path), batch_size=4, weights_sha256=own_hash))
+    assert not loaded.comparable and loaded.spec.identity == f"inception-sha256-{own_hash}"
     images = _images(2, seed=4)
     assert np.array_equal(loaded.features(images), extractor.features(images))

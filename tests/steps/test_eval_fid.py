@@ -141,6 +141,19 @@ def test_config_validation_and_headline_fallback():
         EvalFidConfig(recon_scheduler="euler")  # type: ignore[arg-type]
 
 
+def test_inception_hash_setting_defaults_to_the_official_file_and_is_checked():
+    from vlv.eval.inception import FID_WEIGHTS_SHA256_PREFIX
+
+    assert EvalFidConfig().inception_sha256 == FID_WEIGHTS_SHA256_PREFIX
+    assert EvalFidConfig().inception_spec().comparable
+    own = "ab" * 32
+    spec = EvalFidConfig(inception_sha256=own).inception_spec()
+    assert spec.weights_sha256 == own and not spec.comparable and spec.identity == f"inception-sha256-{own}"
+    for bad in ("", "6726825", "XYZ12345", "6726825d" * 9):
+        with pytest.raises(ValueError, match="eval_fid.inception_sha256 must be the first 8 to 64 lowercase hex"):
+            EvalFidConfig(inception_sha256=bad)
+
+
 def test_paper_preflight_names_missing_inception_weights_and_t2i_weights(tmp_path):
     with pytest.raises(ValueError, match=r"FID Inception weights pt_inception-2015-12-05-6726825d.pth not found.*"
                                          r"eval_fid.inception_weights"):

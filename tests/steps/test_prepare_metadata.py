@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -92,3 +93,32 @@ def test_a_port_in_rays_worker_range_is_refused_with_the_reason(tmp_path, capsys
     for allowed in ("0", "10001", "20000"):
         assert load_config("tiny", overrides={"prepare_metadata.tiny_port": allowed}).prepare_metadata.tiny_port \
             == int(allowed)
+
+
+def test_laion_source_with_a_served_folder_publishes_it_for_the_download(tmp_path):
+    site = tmp_path / "site"
+    (site / "photos").mkdir(parents=True)
+    (site / "photos" / "a.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    source = tmp_path / "laion.parquet"
+    pq.write_table(pa.table({"URL": ["http://tiny-site.invalid/photos/a.jpg", "http://other.example/b.jpg"],
+                             "TEXT": ["a", "b"], "WIDTH": [1024, 1024], "HEIGHT": [768, 768],
+                             "pwatermark": [0.1, 0.1]}), source)
+    config = PrepareMetadataConfig(source="laion", input_uri=str(source), serve_folder=str(site))
+    PrepareMetadataStep().preflight(config)
+    _, out = _execute(tmp_path / "store", config)
+    assert (out / "loopback_site" / "photos" / "a.jpg").read_bytes() == b"\xff\xd8 not really a jpeg"
+    assert json.loads((out / "loopback_site.json").read_text()) == {"base_url": "http://tiny-site.invalid",
+                                                                   "folder": "loopback_site"}
+    elsewhere = tmp_path / "elsewhere.parquet"
+    pq.write_table(pa.table({"URL": ["http://127.0.0.1:28999/photos/a.jpg"], "TEXT": ["a"], "WIDTH": [1024],
+                             "HEIGHT": [768], "pwatermark": [0.1]}), elsewhere)
+    with pytest.raises(ValueError, match="no kept URL starts with http://tiny-site.invalid/"):
+        _execute(tmp_path / "store2", dataclasses.replace(config, input_uri=str(elsewhere)))
+
+
+def test_served_folder_settings_are_checked():
+    with pytest.raises(ValueError, match="serve_folder is for source='laion'"):
+        PrepareMetadataConfig(source="tiny", serve_folder="/data/site")
+    with pytest.raises(ValueError, match="serve_folder='/no/such/site' is not a folder"):
+        PrepareMetadataStep().preflight(PrepareMetadataConfig(source="laion", input_uri="s3://bucket/x.parquet",
+                                                              serve_folder="/no/such/site"))

@@ -19,6 +19,9 @@ __all__ = ["MetricLogger", "OutputFile", "Resources", "Step", "StepContext", "St
 
 SectionT = TypeVar("SectionT")
 
+# Presets whose models are all randomly initialised: their scores exercise the code paths and mean nothing.
+RANDOM_MODEL_PRESETS = ("tiny", "paper_mini")
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -82,6 +85,11 @@ class StepContext(Generic[SectionT]):
     cache_uri: str = ""
     # Where MLflow lives, for steps that read earlier runs' metric histories through vlv.tracking (report).
     tracking_uri: str | None = None
+
+    @property
+    def random_models(self) -> bool:
+        """True for a preset of randomly initialised models (tiny, paper_mini): its scores compare with nothing."""
+        return self.preset in RANDOM_MODEL_PRESETS
 
     def input(self, step: str) -> StepOutput:
         if step not in self.inputs:

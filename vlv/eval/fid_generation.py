@@ -245,7 +245,7 @@ def fids_against(real: FeatureStats, generated: dict[str, FeatureStats], *, num_
 
 
 def inception_identity(spec: InceptionSpec) -> str:
-    return "pt_inception-2015-12-05" if spec.comparable else f"random-init-seed-{spec.random_init_seed}"
+    return spec.identity
 
 
 def real_stats_key(paths: Sequence[str | Path], spec: InceptionSpec) -> str:

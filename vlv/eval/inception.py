@@ -12,8 +12,9 @@ Preprocessing is pytorch-fid's: PIL `convert("RGB")`, `ToTensor` ([0, 1] floats)
 (`F.interpolate`, `align_corners=False`, no antialiasing), then `2x - 1`. Images are resized one by one (the
 operation is per image, so this equals pytorch-fid's batched resize) and may therefore differ in size.
 
-The `tiny` preset uses seeded random weights of the same architecture: the code path is the real one, the
-numbers are not comparable with anything (`InceptionFeatureExtractor.comparable` is False).
+The `tiny` preset uses seeded random weights of the same architecture, and `paper_mini` loads a weights file of the
+same layout holding seeded random weights, checked against that file's own sha256 (`InceptionSpec.weights_sha256`):
+the code paths are the real ones, the numbers are not comparable with anything (`comparable` is False).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class InceptionSpec:
     config_field: str = "inception_weights"
     device: str = "cpu"
     batch_size: int = 50
+    # What the weights file's sha256 must start with: the official file's prefix, or (paper_mini) the whole hash
+    # of another file of the same layout, so the check stays on for it too.
+    weights_sha256: str = FID_WEIGHTS_SHA256_PREFIX
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
@@ -70,7 +74,14 @@ class InceptionSpec:
     @property
     def comparable(self) -> bool:
         """True when features come from the reference weights, i.e. FIDs compare with published numbers."""
-        return self.random_init_seed is None
+        return self.random_init_seed is None and self.weights_sha256 == FID_WEIGHTS_SHA256_PREFIX
+
+    @property
+    def identity(self) -> str:
+        """Which network computes the features (part of cache keys: other weights, other statistics)."""
+        if self.random_init_seed is not None:
+            return f"random-init-seed-{self.random_init_seed}"
+        return "pt_inception-2015-12-05" if self.comparable else f"inception-sha256-{self.weights_sha256}"
 
 
 def resolve_inception_weights(weights: str, *, config_field: str) -> Path:
@@ -95,17 +106,24 @@ def resolve_inception_weights(weights: str, *, config_field: str) -> Path:
     return candidate
 
 
-def load_fid_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read and checksum the weights file (a truncated or different file would give silently wrong FIDs)."""
+def load_fid_state_dict(path: Path, expected_sha256: str = FID_WEIGHTS_SHA256_PREFIX) -> dict[str, torch.Tensor]:
+    """Read and checksum the weights file (a truncated or different file would give silently wrong FIDs).
+
+    `expected_sha256` is what the file's sha256 must start with: the official file's prefix by default.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
-    if not digest.hexdigest().startswith(FID_WEIGHTS_SHA256_PREFIX):
-        raise ValueError(
-            f"{path} is not the pytorch-fid Inception weights: its sha256 starts with {digest.hexdigest()[:8]}, "
-            f"expected {FID_WEIGHTS_SHA256_PREFIX}. Download {FID_WEIGHTS_FILE} again from {FID_WEIGHTS_URL}."
-        )
+    if not digest.hexdigest().startswith(expected_sha256):
+        found = digest.hexdigest()[:max(8, len(expected_sha256))]
+        if expected_sha256 == FID_WEIGHTS_SHA256_PREFIX:
+            what = "the pytorch-fid Inception weights"
+            fix = f"Download {FID_WEIGHTS_FILE} again from {FID_WEIGHTS_URL}."
+        else:
+            what = "the expected Inception weights file"
+            fix = "Point the weights setting at the file with that hash."
+        raise ValueError(f"{path} is not {what}: its sha256 starts with {found}, expected {expected_sha256}. {fix}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing to the user
@@ -168,13 +186,22 @@ def build_fid_inception(spec: InceptionSpec) -> FidInceptionV3:
         inception = _patched_torchvision_inception()
     if spec.random_init_seed is None:
         path = resolve_inception_weights(spec.weights, config_field=spec.config_field)
-        inception.load_state_dict(load_fid_state_dict(path), strict=True)
+        inception.load_state_dict(load_fid_state_dict(path, spec.weights_sha256), strict=True)
     else:
         _seeded_random_init_(inception, spec.random_init_seed)
     model = FidInceptionV3(inception).eval().to(spec.device)
     for param in model.parameters():
         param.requires_grad_(False)
     return model
+
+
+def seeded_random_fid_state_dict(seed: int) -> dict[str, torch.Tensor]:
+    """A state dict of the weights file's layout with seeded random weights (the paper_mini preset's file)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # construction draws the default inits of the layers the He init leaves alone
+        inception = _patched_torchvision_inception()
+    _seeded_random_init_(inception, seed)
+    return {name: tensor.clone() for name, tensor in inception.state_dict().items()}
 
 
 def _seeded_random_init_(inception: nn.Module, seed: int) -> None:
@@ -221,8 +248,8 @@ class InceptionFeatureExtractor:
         self.spec = spec
         self.model = build_fid_inception(spec)
         if not spec.comparable:
-            log.warning("FID Inception uses seeded random weights (seed %d): FIDs are not comparable with "
-                        "published numbers", spec.random_init_seed)
+            log.warning("FID Inception is not the reference network (%s): FIDs are not comparable with "
+                        "published numbers", spec.identity)
 
     @property
     def comparable(self) -> bool:

@@ -1,8 +1,9 @@
 """Architecture configs shipped with the project (`vlv/models/configs/`), so model shapes are checkable offline.
 
 The `paper` files are the published `config.json` files of the checkpoints we start from; the `tiny` files keep
-the same classes and block types at toy width. Keys starting with `_` (e.g. `_source`) are provenance notes and
-are stripped before a config class sees them.
+the same classes and block types at toy width; the `*_mini` files are the paper files with only their sizes reduced
+(the `paper_mini` preset's checkpoints are built from them). Keys starting with `_` (e.g. `_source`) are provenance
+notes and are stripped before a config class sees them.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from typing import Any
 
 ARCH_DIR = Path(__file__).parent / "configs"
 
-FLORENCE_ARCHS = ("florence2_large", "tiny_florence2")
-DIFFUSION_ARCHS = ("sd21_base", "tiny_sd")
+FLORENCE_ARCHS = ("florence2_large", "florence2_large_mini", "tiny_florence2")
+DIFFUSION_ARCHS = ("sd21_base", "sd21_base_mini", "tiny_sd")
 DIFFUSION_PARTS = ("unet", "vae", "text_encoder", "scheduler")
-LLM_ARCHS = ("qwen2.5_0.5b", "qwen2.5_1.5b", "qwen2.5_3b", "tiny_qwen2")
+LLM_ARCHS = ("qwen2.5_0.5b", "qwen2.5_1.5b", "qwen2.5_3b", "qwen2.5_3b_mini", "tiny_qwen2")
 
 
 def read_arch_json(name: str) -> dict[str, Any]:

@@ -73,6 +73,12 @@ class FlorenceQueryEncoder(nn.Module):
         """Frozen part: (B, N_visual, d_model). No autograd graph is kept (nothing below it trains)."""
         with torch.no_grad():
             dtype = self.florence.vision_tower.convs[0].conv.weight.dtype
+            # DeepSpeed's bf16 casts parameters only; the projector's float32 cosine-embedding buffer would then turn
+            # the bf16 features float32 ahead of a bf16 Linear. Buffers follow the weights' dtype.
+            for module in self.frozen_modules():
+                for buffer in module.buffers():
+                    if buffer.is_floating_point() and buffer.dtype != dtype:
+                        buffer.data = buffer.data.to(dtype)
             return self.florence.get_image_features(pixel_values.to(dtype)).pooler_output
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:

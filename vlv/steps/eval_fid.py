@@ -13,13 +13,15 @@ run together in Ray tasks (`vlv.eval.fid_generation`); real-image statistics com
 row per FID), `recon_grid.png` (originals, then one row per reconstruction CFG) and `caption_grid.png`
 (originals, then one row per caption CFG); metrics `fid_recon_cfg<k>`, `fid_recon` (at `headline_cfg`),
 `fid_cfg<k>` and `fid` (caption FID at `headline_cfg`). A headline CFG missing from a list falls back to that list's
-first value. With a seeded random Inception (tiny) every number is marked as not comparable.
+first value. With Inception weights other than the official file (tiny: seeded random; paper_mini: a seeded random
+file checked against its own hash) every number is marked as not comparable.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,14 +31,19 @@ from vlv.engine.storage import checked_on_this_machine
 from vlv.paths import safe_child
 from vlv.steps.caption_eval import CAPTIONS
 
-NOT_COMPARABLE = ("NOT COMPARABLE: seeded random Inception weights (tiny preset); these numbers mean nothing and "
-                  "compare with no published FID")
+# pytorch-fid's pt_inception-2015-12-05-6726825d.pth: its sha256 starts with the suffix of its name (the same value as
+# vlv.eval.inception.FID_WEIGHTS_SHA256_PREFIX, repeated here because this module must not import torch).
+OFFICIAL_INCEPTION_SHA256 = "6726825d"
+NOT_COMPARABLE = ("NOT COMPARABLE: the Inception weights are not pytorch-fid's official file (tiny / paper_mini "
+                  "presets: seeded random weights); these numbers mean nothing and compare with no published FID")
 
 
 @dataclass
 class EvalFidConfig:
     # pytorch-fid's pt_inception-2015-12-05-6726825d.pth: file, folder holding it, or "" = the torch hub cache.
     inception_weights: str = ""
+    # What the weights file's sha256 must start with: the official file's prefix; paper_mini sets its own file's hash.
+    inception_sha256: str = OFFICIAL_INCEPTION_SHA256
     inception_random_seed: int | None = None  # set (tiny): seeded random Inception, numbers not comparable
     inception_batch_size: int = 50
     max_images: int = 0  # the first N images of caption_eval's set (0 = all of them)
@@ -81,12 +88,17 @@ class EvalFidConfig:
                              f"{self.recon_scheduler!r}")
         if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
             raise ValueError("eval_fid.cpus_per_worker must be > 0 and eval_fid.gpus_per_worker >= 0")
+        if not re.fullmatch(r"[0-9a-f]{8,64}", self.inception_sha256):
+            raise ValueError(f"eval_fid.inception_sha256 must be the first 8 to 64 lowercase hex digits of the "
+                             f"weights file's sha256 (official file: {OFFICIAL_INCEPTION_SHA256}), got "
+                             f"{self.inception_sha256!r}")
 
     def inception_spec(self) -> Any:
         from vlv.eval.inception import InceptionSpec
 
         return InceptionSpec(weights=self.inception_weights, random_init_seed=self.inception_random_seed,
-                             config_field="eval_fid.inception_weights", batch_size=self.inception_batch_size)
+                             config_field="eval_fid.inception_weights", batch_size=self.inception_batch_size,
+                             weights_sha256=self.inception_sha256)
 
     def text_to_image_spec(self) -> Any:
         from vlv.eval.text_to_image import TextToImageSpec
@@ -199,7 +211,7 @@ class EvalFidStep(Step[EvalFidConfig]):
         artifacts = ["fid.csv"]
         originals = {image.image_id: image.path for image in images}
         if generated.sample_ids:
-            note = "" if spec.comparable else " | tiny preset: random models, images mean nothing"
+            note = "" if spec.comparable else " | random models (tiny / paper_mini): images mean nothing"
             sample_paths = [originals[i] for i in generated.sample_ids]
             if recon_scales:
                 save_labelled_grid(ctx.output_dir / "recon_grid.png", sample_paths,

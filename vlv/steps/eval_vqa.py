@@ -25,7 +25,7 @@ from typing import Any, Literal
 from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepResult, WorkerPool
 from vlv.engine.storage import checked_on_this_machine
 
-TINY_WARNING = "tiny-random LLM over random-model captions: these VQA accuracies mean nothing"
+TINY_WARNING = "random LLM over random-model captions (tiny / paper_mini): these VQA accuracies mean nothing"
 
 
 @dataclass
@@ -128,7 +128,8 @@ class EvalVqaStep(Step[EvalVqaConfig]):
         names = cfg.benchmarks or [b.name for b in sets.vqa]
         if not names:
             raise ValueError("eval_vqa: caption_eval captioned no VQA benchmark (caption_eval.vqa is empty)")
-        if cfg.llm == "tiny-random" or sets.tiny:
+        meaningless = cfg.llm == "tiny-random" or sets.tiny or ctx.random_models
+        if meaningless:
             ctx.log.warning(TINY_WARNING)
         captions = read_vqa_captions(upstream / "vqa_captions.parquet")
         datasets, rows = {}, []
@@ -164,8 +165,7 @@ class EvalVqaStep(Step[EvalVqaConfig]):
                              score.num_questions)
         metrics["vqa_accuracy"] = metrics[f"vqa_accuracy_{names[0]}_{max(cfg.shots)}shot"]
         metrics["vqa_questions"] = float(sum(len(d) for d in datasets.values()))
-        write_scores_csv(ctx.output_dir / "vqa_scores.csv", score_rows, comparable=not (cfg.llm == "tiny-random" or
-                                                                                        sets.tiny))
+        write_scores_csv(ctx.output_dir / "vqa_scores.csv", score_rows, comparable=not meaningless)
         scores = [per_question[(r.benchmark, r.shots, r.question_id)] for r in rows]
         pq.write_table(pa.table({
             "benchmark": [r.benchmark for r in rows], "shots": pa.array([r.shots for r in rows], pa.int32()),

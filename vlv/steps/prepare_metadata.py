@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,14 @@ import pyarrow.parquet as pq
 
 from vlv.config_tree import RUNTIME_ONLY
 from vlv.data.laion import CANONICAL_COLUMNS, DEFAULT_BATCH_ROWS, Funnel, MetadataFilter, prepare_laion_metadata
-from vlv.data.loopback_site import LoopbackSite, TinySiteSpec, build_loopback_site, probe_urls, serve_folder
+from vlv.data.loopback_site import (
+    CANONICAL_BASE_URL,
+    LoopbackSite,
+    TinySiteSpec,
+    build_loopback_site,
+    probe_urls,
+    serve_folder,
+)
 from vlv.engine.step import OutputFile, Step, StepContext, StepResult
 from vlv.ports import check_port
 
@@ -22,9 +30,10 @@ SITE_FOLDER = "loopback_site"
 METADATA = OutputFile("metadata.parquet", "the filtered, de-duplicated LAION rows img2dataset downloads "
                       "(URL, TEXT, WIDTH, HEIGHT and the other LAION columns present)")
 FUNNEL = OutputFile("funnel.csv", "rows kept and dropped per filter stage")
-SITE_INFO = OutputFile("loopback_site.json", "tiny source: the photo site's folder and canonical base URL",
+SITE_INFO = OutputFile("loopback_site.json", "tiny source or serve_folder: where the photo site is served",
                        required=False)
-SITE = OutputFile(f"{SITE_FOLDER}/", "tiny source: the photos the metadata URLs point at", required=False)
+SITE = OutputFile(f"{SITE_FOLDER}/", "tiny source or serve_folder: the photos the metadata URLs point at",
+                  required=False)
 
 
 @dataclass
@@ -47,6 +56,10 @@ class PrepareMetadataConfig:
     # tiny source: the 127.0.0.1 port this step serves the photo site on to check it (the download step serves it
     # on a free port of its own); 0 = any free port. Never in the step key: the data holds canonical URLs.
     tiny_port: int = field(default=0, metadata=RUNTIME_ONLY)
+    # laion source: a local folder of photos the metadata names by canonical URLs (http://tiny-site.invalid/...,
+    # the paper_mini preset's photos). Copied into this step's output; the download step serves it like the tiny
+    # site, on a free 127.0.0.1 port, while it runs.
+    serve_folder: str = ""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -60,6 +73,9 @@ class PrepareMetadataConfig:
         if self.min_side < 0:
             raise ValueError(f"prepare_metadata.min_side must be >= 0, got {self.min_side}")
         check_port(self.tiny_port, "prepare_metadata.tiny_port")
+        if self.serve_folder and self.source != "laion":
+            raise ValueError("prepare_metadata.serve_folder is for source='laion' (the tiny source builds and serves "
+                             "its own site); clear serve_folder or set source=laion")
         unknown = sorted(set(self.column_map) - set(CANONICAL_COLUMNS))
         if unknown:
             raise ValueError(f"prepare_metadata.column_map keys must be our column names "
@@ -92,6 +108,8 @@ class PrepareMetadataStep(Step[PrepareMetadataConfig]):
         local = uri.removeprefix("file://") if "://" not in uri or uri.startswith("file://") else None
         if local is not None and not glob.glob(local):
             raise ValueError(f"prepare_metadata.input_uri: nothing found at {uri}")
+        if config.serve_folder and not Path(config.serve_folder).is_dir():
+            raise ValueError(f"prepare_metadata.serve_folder={config.serve_folder!r} is not a folder")
 
     def run(self, ctx: StepContext[PrepareMetadataConfig]) -> StepResult:
         cfg = ctx.config
@@ -111,6 +129,8 @@ class PrepareMetadataStep(Step[PrepareMetadataConfig]):
         if site is not None:
             _check_site_answers(site, metadata_path, cfg.tiny_port, ctx)
             (ctx.output_dir / str(SITE_INFO)).write_text(json.dumps(site.info(), indent=2))
+        elif cfg.serve_folder:
+            _copy_served_folder(cfg, metadata_path, ctx)
         _write_funnel_csv(funnel, ctx.output_dir / "funnel.csv")
         ctx.log.info("prepare_metadata funnel: %s", ", ".join(f"{stage}={n}" for stage, n in funnel.rows()))
         metrics = {"rows_read": funnel.rows_read, "rows_kept": funnel.rows_kept}
@@ -130,6 +150,25 @@ def _check_site_answers(site: LoopbackSite, metadata_path: Path, port: int, ctx:
     wrong += [f"{url} -> {statuses[url]}" for url in site.missing_urls if statuses.get(url, 404) != 404]
     if wrong:
         raise RuntimeError(f"the tiny photo site does not answer as built: {'; '.join(wrong[:5])}")
+
+
+def _copy_served_folder(cfg: PrepareMetadataConfig, metadata_path: Path, ctx: StepContext) -> None:
+    """Publish `serve_folder` as this step's loopback site, which the download step serves as it serves the tiny one.
+
+    Copied, so the published output is self-contained: what the download read cannot change under its key.
+    """
+    prefix = f"{CANONICAL_BASE_URL}/"
+    urls = pq.read_table(metadata_path, columns=["URL"]).column("URL").to_pylist()
+    served = sum(1 for url in urls if url.startswith(prefix))
+    if not served:
+        raise ValueError(f"prepare_metadata.serve_folder is set but no kept URL starts with {prefix} (e.g. "
+                         f"{urls[0] if urls else 'no rows kept'}); the served folder's photos must be named by "
+                         f"canonical URLs {prefix}<path in the folder>")
+    shutil.copytree(cfg.serve_folder, ctx.output_dir / SITE_FOLDER)
+    (ctx.output_dir / str(SITE_INFO)).write_text(json.dumps({"base_url": CANONICAL_BASE_URL, "folder": SITE_FOLDER},
+                                                            indent=2))
+    ctx.log.info("prepare_metadata: %d of %d kept URLs name %s, served from a copy of %s during the download",
+                 served, len(urls), prefix, cfg.serve_folder)
 
 
 def _write_funnel_csv(funnel: Funnel, path: Path) -> None:

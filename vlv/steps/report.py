@@ -3,8 +3,8 @@
 Sections: results beside the paper's numbers (SPEC section 4), the data funnel (from the upstream manifests'
 metrics), training loss curves (metric histories of the training steps' MLflow runs, read through
 `vlv.tracking.metric_history`), reconstruction and caption-FID grids, sample captions with their images, and
-which output of each step the page was built from. Runs on the `tiny` preset carry a prominent caveat: numbers
-from randomly initialised models mean nothing.
+which output of each step the page was built from. Runs on the `tiny` and `paper_mini` presets carry a prominent
+caveat: numbers from randomly initialised models mean nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +25,12 @@ PAPER_VQA_32SHOT = {"vqav2": 63.60, "okvqa": 60.25}
 TINY_CAVEAT = ("tiny preset: every model in this run (captioner, diffusion decoder, Inception, VQA LLM) is "
                "randomly initialised and trained for a few steps on a handful of images. The FID and VQA numbers "
                "below exercise the real code paths but MEAN NOTHING and compare with no published number.")
+PAPER_MINI_CAVEAT = ("paper_mini preset: the paper's code paths, settings and file formats, but every model in this "
+                     "run (Florence-2, SD 2.1 base, Qwen2.5, CLIP ViT-L/14 and the aesthetic predictor, the FID "
+                     "Inception, the VQA LLM) is a miniature, randomly initialised copy, trained for a few steps on a "
+                     "few dozen photos and evaluated on a few. The losses, aesthetic scores, captions, FID and VQA "
+                     "numbers below MEAN NOTHING and compare with no published number.")
+CAVEATS = {"tiny": TINY_CAVEAT, "paper_mini": PAPER_MINI_CAVEAT}
 FUNNEL = (  # (step, metric, stage label)
     ("prepare_metadata", "rows_read", "LAION metadata rows read"),
     ("prepare_metadata", "rows_kept", "passed the metadata filter"),
@@ -60,12 +66,13 @@ class ReportStep(Step[ReportConfig]):
 
     def run(self, ctx: StepContext[ReportConfig]) -> StepResult:
         cfg = ctx.config
-        tiny = ctx.preset == "tiny" or _not_comparable(ctx.inputs)
+        tiny = ctx.random_models or _not_comparable(ctx.inputs)
         sections = [f"<h1>{esc(cfg.title)}</h1>",
                     f'<p class="muted">preset <b>{esc(ctx.preset)}</b> · report key {esc(ctx.key)} · built '
                     f'{esc(dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))}</p>']
         if tiny:
-            sections.append(f'<div class="caveat"><strong>Caveat — {esc(TINY_CAVEAT)}</strong></div>')
+            caveat = CAVEATS.get(ctx.preset, TINY_CAVEAT)
+            sections.append(f'<div class="caveat"><strong>Caveat — {esc(caveat)}</strong></div>')
         sections.append(results_section(ctx.inputs, tiny))
         sections.append(funnel_section(ctx.inputs))
         curves, curve_count = curves_section(ctx.inputs, ctx.tracking_uri, cfg.curve_metrics, ctx.log)
@@ -76,7 +83,7 @@ class ReportStep(Step[ReportConfig]):
         text = page(cfg.title, sections)
         (ctx.output_dir / "report.html").write_text(text, encoding="utf-8")
         ctx.log.info("report.html: %.1f KB, %d training curves%s", len(text) / 1e3, curve_count,
-                     " (tiny caveat shown)" if tiny else "")
+                     " (random-model caveat shown)" if tiny else "")
         return StepResult(metrics={"report_kb": len(text) / 1e3, "report_curves": float(curve_count)},
                           artifacts=["report.html"])
 
