@@ -192,7 +192,7 @@ class ChatClient:
             self.usage.add(retries=1)
             self._note_retry(problem, delay, attempt)
             if self._stop.wait(delay):
-                break
+                raise EndpointError(f"stopped asking {endpoint.url}: another request failed for good")
         raise EndpointError(self._redact(
             f"{endpoint.url} did not answer after {endpoint.max_retries + 1} attempts (last: {problem}): check that "
             f"the server is up and reachable from host {socket.gethostname()} and that {self._setting} is right. "
