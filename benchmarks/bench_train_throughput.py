@@ -59,7 +59,7 @@ def plain_pytorch_samples_per_s(task: Any, deepspeed_config: Any, *, steps: int,
     opt_cfg = deepspeed_config.optimizer
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=opt_cfg.lr,
                                   betas=opt_cfg.betas, eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay)
-    scheduler = build_lr_scheduler_factory(deepspeed_config.schedule)(optimizer)
+    scheduler = build_lr_scheduler_factory(deepspeed_config.schedule, loop_total_steps=steps)(optimizer)
     batches = task.batches(rank=0, world_size=1, batch_size=deepspeed_config.global_batch, start_batch=0)
     generator = torch.Generator().manual_seed(seed)
     started = None

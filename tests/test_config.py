@@ -99,3 +99,18 @@ def test_config_file_type_errors_and_missing_file(tmp_path):
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_config("tiny", str(tmp_path / "broken.json"))
+
+
+def test_full_run_help_lists_every_step_and_preset(capsys):
+    import pytest
+
+    from pipelines import full_run
+    from vlv.pipeline import step_names
+    from vlv.presets import PRESETS
+
+    with pytest.raises(SystemExit) as exited:
+        full_run.main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert all(f"\n  {name} " in out for name in step_names()), out
+    assert all(f"\n  {name} " in out for name in PRESETS), out

@@ -341,7 +341,7 @@ def image_bomb_in_a_shard(env: Env) -> None:
     """With resize_mode "no" a shard keeps originals: the scoring actor must turn a bomb into an error row."""
     from vlv.steps.aesthetic_filter import AestheticFilterConfig, AestheticScoringActor
 
-    config = AestheticFilterConfig(model="tiny-random", threshold=None, keep_top_quantile=0.5)
+    config = AestheticFilterConfig(model="tiny-random", keep="top_quantile", keep_top_quantile=0.5)
     actor = AestheticScoringActor(config=config, device="cpu")
     good = _encode(Image.new("RGB", (48, 32), SOLID), "JPEG")
     batch = {"__key__": ["000000000", "000000001", "000000002"], "__url__": ["/shards/00000.tar"] * 3,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from vlv.logs import configure_logging
@@ -64,6 +65,11 @@ def run_from_args(args: argparse.Namespace, only: Sequence[str] = ()) -> int:
         return _fail(err, args)
     except StepFailed as err:
         return _fail(err, args, code=1)
+    except Exception as err:  # noqa: BLE001 - anything else: one line, the traceback with --verbose
+        if not getattr(args, "verbose", False):
+            _print_error(RuntimeError(f"{type(err).__name__}: {err} (rerun with --verbose for the traceback)"))
+            return 1
+        return _fail(err, args, code=1)
     if options.dry_run:
         print(describe_plan(outcome.plan))
     else:
@@ -92,10 +98,27 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_run_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """The parser of `pipelines/full_run.py` (SPEC section 7 flags)."""
-    parser = _Parser(prog=prog, description=description)
+    """The parser of `pipelines/full_run.py`: the run flags, and the steps and presets in its help."""
+    parser = _Parser(prog=prog, description=description, epilog=steps_and_presets_help(),
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_args(parser)
     return parser
+
+
+def steps_and_presets_help() -> str:
+    """The pipeline's steps in order and the presets, for --help."""
+    from vlv.pipeline import pipeline_steps
+    from vlv.presets import PRESETS
+
+    steps = pipeline_steps()
+    width = max(len(s.name) for s in steps)
+    lines = ["steps, in order (--steps, --from, --force take these names):"]
+    lines += [f"  {s.name:<{width}}  {s.description}" for s in steps]
+    lines += ["", "presets (--preset):"]
+    lines += [f"  {name:<{width}}  {(fn.__doc__ or '').strip().splitlines()[0]}" for name, fn in PRESETS.items()]
+    lines += ["", "examples:", "  python pipelines/full_run.py --preset tiny --dry-run",
+              "  python pipelines/full_run.py --from download --set download.image_size=128 --store /data/vlv_runs"]
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(request)
     request.add_argument("--output", required=True, help="where to write the request JSONL")
     request.add_argument("--model", default="gemini-2.0-flash", help="model named in the requests")
+    request.add_argument("--prompt-file", default=None,
+                         help="UTF-8 text file with the captioning prompt (default: the project's own prompt)")
 
     arena = sub.add_parser("arena", help="caption arena tools (paper Table 2)")
     arena_sub = arena.add_subparsers(dest="arena_command", required=True, parser_class=_Parser)
@@ -250,10 +275,16 @@ def _caption(args: argparse.Namespace) -> int:
 
 
 def _captions_request(args: argparse.Namespace) -> int:
-    from vlv.data.caption_requests import write_caption_requests_for_run
+    from vlv.data.caption_requests import CAPTION_PROMPT, write_caption_requests_for_run
 
     try:
-        count = write_caption_requests_for_run(options_from_args(args), args.output, model=args.model)
+        prompt = CAPTION_PROMPT
+        if args.prompt_file:
+            path = Path(args.prompt_file)
+            if not path.is_file():
+                raise ValueError(f"--prompt-file {path} does not exist")
+            prompt = path.read_text(encoding="utf-8").strip()
+        count = write_caption_requests_for_run(options_from_args(args), args.output, model=args.model, prompt=prompt)
     except ValueError as err:
         _print_error(err)
         return 2

@@ -91,13 +91,28 @@ def load_captioner(folder: str | Path):
     tokenizer = load_caption_tokenizer(cfg, str(_require(folder, TOKENIZER_DIR)))
     captioner = build_captioner(cfg, embedder, tokenizer)
     state = _load_tensors(folder / CAPTIONER_WEIGHTS)
-    expected = dict(captioner.named_parameters())
-    unknown = sorted(set(state) - set(expected))
-    if unknown:
-        raise ValueError(f"{folder / CAPTIONER_WEIGHTS} holds tensors this captioner does not have "
-                         f"({unknown[:3]}...); was it trained with the same llm_arch and stage-1 config?")
+    check_captioner_state(captioner, state, folder / CAPTIONER_WEIGHTS)
     captioner.load_state_dict(state, strict=False)
     return captioner.eval()
+
+
+def check_captioner_state(captioner: Any, state: dict, path: Path) -> None:
+    """The weights file must hold exactly the tensors this captioner trains: a missing one would silently stay
+    at its pretrained (or random) value, an extra one belongs to another model or trainable set."""
+    trainable = sorted(name for name, p in captioner.named_parameters() if p.requires_grad)
+    missing, unexpected = sorted(set(trainable) - set(state)), sorted(set(state) - set(trainable))
+    if missing:
+        raise ValueError(
+            f"{path} lacks {len(missing)} of the {len(trainable)} tensors this captioner trains (e.g. "
+            f"{', '.join(missing[:3])}); captioner_model.json says trainable={captioner.trainable_set!r}. Likely "
+            f"cause: the weights file was written by a run with a smaller trainable set, or copied from another "
+            f"run, or cut short. Point at the folder train_stage2 published, or rerun it (--force train_stage2)")
+    if unexpected:
+        raise ValueError(
+            f"{path} holds {len(unexpected)} tensors this captioner does not train (e.g. "
+            f"{', '.join(unexpected[:3])}); was it trained with the same llm_arch, trainable set and stage-1 "
+            f"folder? (A checkpoint from before stage 2 kept the stage-1 queries and projection frozen also holds "
+            f"those.) Rerun it with --force train_stage2")
 
 
 def caption_images(images: Sequence[Any], folder: str | Path, *, batch_size: int = 8, num_beams: int | None = None,

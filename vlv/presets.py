@@ -23,16 +23,21 @@ from vlv.train.ray_trainer import RayTrainConfig
 
 
 def paper() -> PipelineConfig:
-    """The paper's sizes and hyper-parameters (SPEC sections 2-3); data and weights come from your paths."""
+    """The paper's sizes and hyper-parameters (the official code's where the paper is silent); data and weights
+    come from your paths."""
     return PipelineConfig(
         preset="paper",
         prepare_metadata=PrepareMetadataConfig(source="laion"),
         download=DownloadConfig(image_size=384, processes_count=16, thread_count=64),
-        aesthetic_filter=AestheticFilterConfig(model="pretrained", threshold=5.0, batch_size=256, num_actors=8,
+        # Every image is scored and kept (the source is LAION-2B-en-aesthetic already); the common 5.0 cut:
+        # --set aesthetic_filter.keep=threshold (aesthetic_filter.threshold=5.0 is the default)
+        aesthetic_filter=AestheticFilterConfig(model="pretrained", keep="all", batch_size=256, num_actors=8,
                                                cpus_per_actor=4.0, gpus_per_actor=1.0),
         ingest_captions=IngestCaptionsConfig(format="auto"),
-        train_stage1=TrainStage1Config(),  # official config: ZeRO-2 fp32, 64 x 8 GPUs, 200K steps
-        train_stage2=TrainStage2Config(),  # paper: bf16, batch 64, lr 1e-5 linear, 100K steps, Qwen2.5-3B
+        # official config: ZeRO-2 fp32, 64 x 8 GPUs, WarmupCosineLR over 20K steps cycling through the 200K steps
+        train_stage1=TrainStage1Config(),
+        # paper: bf16, batch 64, lr 1e-5 linear, 100K steps, Qwen2.5-3B; the official optimizer and decay horizon
+        train_stage2=TrainStage2Config(),
         # Evaluation data and weights come from your paths (preflight names every one left empty).
         caption_eval=CaptionEvalConfig(max_images=30_000, batch_size=16, num_actors=8, cpus_per_actor=4.0,
                                        gpus_per_actor=1.0),  # COCO 2014 val 30K; VQAv2 + OK-VQA
@@ -57,7 +62,7 @@ def tiny() -> PipelineConfig:
         prepare_metadata=PrepareMetadataConfig(source="tiny", min_side=256),
         download=DownloadConfig(image_size=64, samples_per_shard=8, processes_count=1, thread_count=4,
                                 timeout_s=5, progress_interval_s=5.0),
-        aesthetic_filter=AestheticFilterConfig(model="tiny-random", threshold=None, keep_top_quantile=0.75,
+        aesthetic_filter=AestheticFilterConfig(model="tiny-random", keep="top_quantile", keep_top_quantile=0.75,
                                                batch_size=8),
         ingest_captions=IngestCaptionsConfig(generate_tiny=True),
         train_stage1=TrainStage1Config(
@@ -88,7 +93,7 @@ def _tiny_deepspeed(lr: float) -> DeepSpeedConfig:
     """ZeRO-2, fp32 on CPU; 2 workers x micro-batch 2 = global batch 4; a large lr so the loss visibly falls."""
     return DeepSpeedConfig(zero_stage=2, precision="fp32", micro_batch_per_worker=2, global_batch=4,
                            optimizer=AdamWConfig(lr=lr, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01),
-                           schedule=LRScheduleConfig(kind="cosine", warmup_steps=1, total_steps=6))
+                           schedule=LRScheduleConfig(kind="cosine", warmup_steps=1))  # decays over the loop
 
 
 def _tiny_loop() -> LoopConfig:

@@ -100,3 +100,25 @@ def test_kept_image_missing_from_its_shard(tmp_path, options):
     with pytest.raises(ValueError, match="1 kept image.*not found in shard 00000.tar.*000000009"):
         write_caption_requests_for_run(options, str(output))
     assert not output.exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_cli_prompt_file_replaces_the_default_prompt(tmp_path, options, capsys):
+    store, plan = plan_run(options)
+    steps = {p.name: p for p in plan}
+    _publish(store, steps["download"], _write_shards)
+    _publish(store, steps["aesthetic_filter"], _write_kept)
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text("Describe the image in one detailed paragraph.\n", encoding="utf-8")
+    output = tmp_path / "r.jsonl"
+    assert main(["captions", "request", "--store", options.store_uri, "--output", str(output),
+                 "--prompt-file", str(prompt_file)]) == 0
+    texts = {json.loads(line)["request"]["contents"][0]["parts"][0]["text"] for line in output.read_text().splitlines()}
+    assert texts == {"Describe the image in one detailed paragraph."}
+    assert main(["captions", "request", "--store", options.store_uri, "--output", str(output),
+                 "--prompt-file", str(tmp_path / "missing.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "--prompt-file" in err and "missing.txt does not exist" in err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n", encoding="utf-8")
+    with pytest.raises(ValueError, match="captioning prompt is empty"):
+        write_caption_requests_for_run(options, str(output), prompt=empty.read_text().strip())

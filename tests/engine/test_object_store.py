@@ -166,3 +166,23 @@ def test_the_runner_on_an_object_store_caches_forces_and_logs_artifacts(ray_sess
     assert again.executed() == ["beta"]
     assert [runs(counter, s) for s in ("alpha", "beta", "gamma")] == [1, 2, 1]
     assert len(store._commit_numbers("beta", first.steps[1].key)) == 2
+
+
+def test_weights_given_as_a_store_uri_are_fetched_once_per_node_and_load(s3_bucket, tmp_path, monkeypatch):
+    import torch
+
+    from vlv.models.aesthetic import load_predictor, random_predictor
+
+    monkeypatch.setenv("VLV_NODE_CACHE", str(tmp_path / "node_cache"))
+    predictor = random_predictor("v2-mlp", seed=3)
+    local = tmp_path / "sac+logos+ava1-l14-linearMSE.pth"
+    torch.save(predictor.state_dict(), local)
+    uri = f"s3://{s3_bucket}/models/sac+logos+ava1-l14-linearMSE.pth"
+    fs, path = filesystem(uri)
+    fs.put_file(str(local), path)
+    loaded = load_predictor("v2-mlp", uri)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), predictor.state_dict().values()))
+    cached = list((tmp_path / "node_cache").rglob("sac+logos+ava1-l14-linearMSE.pth"))
+    assert len(cached) == 1
+    fs.rm_file(path)  # the second load on this node is served by the cache
+    load_predictor("v2-mlp", uri)

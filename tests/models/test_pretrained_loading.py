@@ -73,6 +73,37 @@ def test_florence_checkpoint_in_the_wrong_layout_is_refused(checkpoints, tmp_pat
         build_stage1_model(cfg)
 
 
+# config.json of the remote-code release (microsoft/Florence-2-large), the fields that identify it.
+REMOTE_CODE_CONFIG = {
+    "architectures": ["Florence2ForConditionalGeneration"],
+    "auto_map": {"AutoConfig": "configuration_florence2.Florence2Config",
+                 "AutoModelForCausalLM": "modeling_florence2.Florence2ForConditionalGeneration"},
+    "model_type": "florence2", "projection_dim": 1024, "vocab_size": 51289, "is_encoder_decoder": True,
+    "text_config": {"model_type": "florence2_language", "vocab_size": 51289, "d_model": 1024},
+    "vision_config": {"model_type": "davit", "dim_embed": [256, 512, 1024, 2048], "depths": [1, 1, 9, 1],
+                      "drop_path_rate": 0.1, "projection_dim": 1024},
+}
+
+
+def test_remote_code_florence_checkpoint_is_refused_with_how_to_convert(checkpoints, tmp_path):
+    import json
+
+    for path in (checkpoints["root"] / "florence").iterdir():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    (tmp_path / "config.json").write_text(json.dumps(REMOTE_CODE_CONFIG))
+    cfg = _pretrained_cfg(checkpoints["root"])
+    cfg.florence_weights = str(tmp_path)
+    with pytest.raises(ValueError, match=r"florence_weights=.* is a remote-code Florence-2 checkpoint \(the "
+                                         r"microsoft/Florence-2-large layout.*auto_map in config.json.*"
+                                         r"florence-community/Florence-2-large.*51,328.*"
+                                         r"convert_florence2_original_pytorch_to_hf.py --hf_model_id"):
+        build_stage1_model(cfg)
+    without_auto_map = {k: v for k, v in REMOTE_CODE_CONFIG.items() if k != "auto_map"}  # still a DaViT config
+    (tmp_path / "config.json").write_text(json.dumps(without_auto_map))
+    with pytest.raises(ValueError, match="remote-code Florence-2 checkpoint .*DaViT vision_config"):
+        build_stage1_model(cfg)
+
+
 def test_captioner_loads_llm_and_tokenizer_from_a_folder(tmp_path):
     from transformers import Qwen2ForCausalLM
 

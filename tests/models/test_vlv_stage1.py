@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from tests.models.conftest import uint8_images
 from vlv.models.config import Stage1ModelConfig
+from vlv.models.image_inputs import florence_pixels
 from vlv.models.vlv_stage1 import Stage1Batch, build_caption_embedder, build_stage1_model
 
 TRAINABLE_PREFIXES = ("embedder.encoder.florence.language_model.", "embedder.encoder.queries",
@@ -32,14 +34,51 @@ def test_trainable_set_is_exactly_the_spec_one(tiny_stage1):
         assert any(name.startswith(root) for name in names - expected), root
 
 
-def test_frozen_parts_stay_in_eval_mode_when_training(tiny_stage1):
-    tiny_stage1.train()
-    florence = tiny_stage1.embedder.encoder.florence
-    assert florence.language_model.training and tiny_stage1.embedder.encoder.projection.training
-    for frozen in (florence.vision_tower, florence.multi_modal_projector, tiny_stage1.embedder.clip_text,
-                   tiny_stage1.diffusion.unet, tiny_stage1.diffusion.vae):
-        assert not frozen.training
+@pytest.mark.parametrize("vision_train_mode", [True, False])
+def test_train_mode_of_the_frozen_parts(vision_train_mode):
+    """The frozen vision tower follows frozen_vision_train_mode; every other frozen part stays in eval mode."""
+    cfg = dataclasses.replace(Stage1ModelConfig.tiny(), frozen_vision_train_mode=vision_train_mode)
+    model = build_stage1_model(cfg)
+    model.train()
+    florence = model.embedder.encoder.florence
+    assert florence.language_model.training and model.embedder.encoder.projection.training
+    for vision in (florence.vision_tower, florence.multi_modal_projector):
+        assert all(module.training == vision_train_mode for module in vision.modules())
+    for frozen in (model.embedder.clip_text, model.diffusion.unet, model.diffusion.vae):
         assert not any(module.training for module in frozen.modules())
+    model.eval()
+    assert not any(module.training for module in model.modules())
+
+
+def _visual_tokens(model, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)  # drop path draws from the global RNG, which the training loop seeds per micro-batch
+    pixels = florence_pixels(uint8_images(2, 64), 64)
+    return model.embedder.encoder.visual_tokens(pixels)
+
+
+def test_frozen_vision_train_mode_makes_drop_path_active_and_keeps_weights_bit_identical():
+    model = build_stage1_model(Stage1ModelConfig.tiny())
+    assert model.embedder.encoder.frozen_vision_train_mode  # what the official code did (the paper default)
+    model.train()
+    first, again, other = _visual_tokens(model, 1), _visual_tokens(model, 1), _visual_tokens(model, 2)
+    assert torch.equal(first, again) and not torch.allclose(first, other)
+    model.eval()
+    assert torch.equal(_visual_tokens(model, 1), _visual_tokens(model, 2))
+
+    model.train()
+    fingerprint = model.frozen_state_fingerprint()
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.01)
+    torch.manual_seed(3)
+    loss = model(Stage1Batch(uint8_images(2, 64)), generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    optimizer.step()
+    assert model.frozen_state_fingerprint() == fingerprint
+
+
+def test_without_frozen_vision_train_mode_the_vision_features_are_deterministic():
+    model = build_stage1_model(dataclasses.replace(Stage1ModelConfig.tiny(), frozen_vision_train_mode=False))
+    model.train()
+    assert torch.equal(_visual_tokens(model, 1), _visual_tokens(model, 2))
 
 
 def test_forward_gives_finite_loss_and_grads_reach_only_the_trainable_set():

@@ -79,7 +79,7 @@ def _run(store: Path, upstream: StepOutput, config: AestheticFilterConfig, key: 
     return manifest, Path(RunStore(str(store)).output_uri("aesthetic_filter", key))
 
 
-TINY = AestheticFilterConfig(model="tiny-random", threshold=None, keep_top_quantile=0.5, batch_size=4, seed=0)
+TINY = AestheticFilterConfig(model="tiny-random", keep="top_quantile", keep_top_quantile=0.5, batch_size=4, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -145,12 +145,35 @@ def test_two_runs_are_bit_identical(two_runs):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
 
 
-def test_choose_threshold_keeps_the_top_fraction():
+def test_choose_threshold_for_each_keep_mode():
     scores = np.array([0.5, 0.1, 0.9, 0.3, 0.7], dtype=np.float32)
-    assert choose_threshold(scores, None, 0.4) == pytest.approx(0.7)  # top 2 of 5
-    assert choose_threshold(scores, None, 0.5) == pytest.approx(0.5)  # ceil(2.5) = top 3
-    assert choose_threshold(scores, None, 1.0) == pytest.approx(0.1)  # keep all
-    assert choose_threshold(scores, 5.0, None) == 5.0
+    assert choose_threshold(scores, "top_quantile", 5.0, 0.4) == pytest.approx(0.7)  # top 2 of 5
+    assert choose_threshold(scores, "top_quantile", 5.0, 0.5) == pytest.approx(0.5)  # ceil(2.5) = top 3
+    assert choose_threshold(scores, "top_quantile", 5.0, 1.0) == pytest.approx(0.1)  # the whole fraction
+    assert choose_threshold(scores, "threshold", 5.0, 0.5) == 5.0
+    assert choose_threshold(scores, "all", 5.0, 0.5) == float(np.float32(0.1))  # the lowest score: keeps every row
+
+
+def test_keep_all_keeps_every_scored_image_and_records_their_scores(two_runs, tmp_path):
+    _, out = two_runs[0]
+    scores = pq.read_table(out / "scores.parquet")
+    threshold = choose_threshold(scores["score"].to_numpy(), "all", 5.0, 0.5)
+    kept = _write_kept(out / "scores.parquet", tmp_path / "kept.parquet", threshold)
+    table = pq.read_table(tmp_path / "kept.parquet")
+    assert kept == scores.num_rows and table["key"].to_pylist() == scores["key"].to_pylist()
+    assert table["score"].to_pylist() == scores["score"].to_pylist()
+
+
+def test_paper_keeps_every_image_and_the_5_cut_is_one_set_away():
+    from vlv.config import load_config
+    from vlv.config_tree import parse_set_flags
+
+    paper = load_config("paper").aesthetic_filter
+    assert paper.keep == "all" and paper.model == "pretrained"
+    cut = load_config("paper", overrides=parse_set_flags(["aesthetic_filter.keep=threshold"])).aesthetic_filter
+    assert cut.keep == "threshold" and cut.threshold == 5.0
+    scores = np.array([4.9, 5.0, 6.2], dtype=np.float32)
+    assert choose_threshold(scores, cut.keep, cut.threshold, cut.keep_top_quantile) == 5.0
 
 
 def test_preflight_names_the_missing_predictor_file(tmp_path):
@@ -191,9 +214,13 @@ def test_missing_or_empty_shard_folders_are_clear_errors(tmp_path):
 
 
 def test_config_validation_names_fields():
-    with pytest.raises(ValueError, match="exactly one of threshold"):
-        AestheticFilterConfig(threshold=5.0, keep_top_quantile=0.5)
+    with pytest.raises(ValueError, match="aesthetic_filter.keep must be one of all, threshold, top_quantile"):
+        AestheticFilterConfig(keep="best")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="keep_top_quantile must be in"):
-        AestheticFilterConfig(threshold=None, keep_top_quantile=1.5)
+        AestheticFilterConfig(keep="top_quantile", keep_top_quantile=1.5)
+    with pytest.raises(ValueError, match="keep_top_quantile must be in"):
+        AestheticFilterConfig(keep_top_quantile=0.0)
+    with pytest.raises(ValueError, match="threshold must be a finite number"):
+        AestheticFilterConfig(keep="threshold", threshold=float("nan"))
     with pytest.raises(ValueError, match="aesthetic_filter.model"):
         AestheticFilterConfig(model="clip")  # type: ignore[arg-type]

@@ -10,9 +10,9 @@ from vlv.train.deepspeed_config import (
     AdamWConfig,
     DeepSpeedConfig,
     LRScheduleConfig,
-    WarmupDecaySchedule,
     build_deepspeed_config,
     gradient_accumulation_steps,
+    lr_multiplier,
     stage1_official,
     stage2_paper,
 )
@@ -29,7 +29,7 @@ def test_official_stage1_config_translates_exactly():
     assert ds["optimizer"] == {"type": "AdamW", "params": {
         "lr": 5e-5, "betas": [0.9, 0.99], "eps": 1e-8, "weight_decay": 0.01, "torch_adam": True,
         "adam_w_mode": True}}
-    assert stage1_official().schedule.kind == "cosine"
+    assert stage1_official().schedule.kind == "deepspeed_warmup_cosine"
 
 
 def test_stage2_paper_config_is_bf16_linear_decay_batch_64():
@@ -37,6 +37,7 @@ def test_stage2_paper_config_is_bf16_linear_decay_batch_64():
     ds = build_deepspeed_config(cfg, num_workers=8, on_gpu=True)
     assert ds["bf16"]["enabled"] is True and ds["train_batch_size"] == 64
     assert ds["optimizer"]["params"]["lr"] == 1e-5 and cfg.schedule.kind == "linear"
+    assert ds["gradient_clipping"] == 0.0 and ds["optimizer"]["params"]["betas"] == [0.9, 0.999]
 
 
 def test_accumulation_is_global_over_micro_times_workers():
@@ -101,7 +102,7 @@ def test_schedule_validation():
 
 
 def test_cosine_schedule_values():
-    schedule = WarmupDecaySchedule.from_config(LRScheduleConfig(kind="cosine", warmup_steps=0, total_steps=10))
+    schedule = lr_multiplier(LRScheduleConfig(kind="cosine", warmup_steps=0, total_steps=10), loop_total_steps=99)
     assert schedule(0) == 1.0  # no warm-up asked: the first step runs at the full lr
     assert schedule(5) == pytest.approx(0.5)
     assert schedule(10) == pytest.approx(0.0, abs=1e-12) and schedule(50) == pytest.approx(0.0, abs=1e-12)
@@ -109,8 +110,8 @@ def test_cosine_schedule_values():
 
 
 def test_linear_schedule_with_warmup_and_floor():
-    schedule = WarmupDecaySchedule.from_config(
-        LRScheduleConfig(kind="linear", warmup_steps=4, total_steps=14, min_lr_ratio=0.1))
+    schedule = lr_multiplier(LRScheduleConfig(kind="linear", warmup_steps=4, total_steps=None, min_lr_ratio=0.1),
+                             loop_total_steps=14)
     assert [schedule(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert schedule(4) == pytest.approx(1.0)
     assert schedule(9) == pytest.approx(0.1 + 0.9 * 0.5)
@@ -123,7 +124,8 @@ def test_lambda_lr_applies_the_schedule():
     from vlv.train.deepspeed_config import build_lr_scheduler_factory
 
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
-    scheduler = build_lr_scheduler_factory(LRScheduleConfig(kind="linear", total_steps=4))(optimizer)
+    make = build_lr_scheduler_factory(LRScheduleConfig(kind="linear", total_steps=4), loop_total_steps=99)
+    scheduler = make(optimizer)
     lrs = []
     for _ in range(5):
         lrs.append(optimizer.param_groups[0]["lr"])

@@ -1,10 +1,11 @@
 """Gemini Batch API request JSONL for the kept images of a run (`vlv captions request`). No network call.
 
-One line per kept image: `{"key": <image key>, "request": GenerateContentRequest}` with our captioning prompt
-and the image bytes inline (base64), read from the download step's webdataset shards. Upload the file and
-create the batch with the model of your choice (e.g. `client.batches.create(model="gemini-2.0-flash",
-src=uploaded_file.name)` in google-genai); the Batch API writes a responses file keyed the same way, which
-`ingest_captions` reads (`--set ingest_captions.source=<responses.jsonl>`).
+One line per kept image: `{"key": <image key>, "request": GenerateContentRequest}` with the captioning prompt
+(ours by default, or any text via `vlv captions request --prompt-file`) and the image bytes inline (base64),
+read from the download step's webdataset shards. Upload the file and create the batch with the model of your
+choice (e.g. `client.batches.create(model="gemini-2.0-flash", src=uploaded_file.name)` in google-genai); the Batch
+API writes a responses file keyed the same way, which `ingest_captions` reads
+(`--set ingest_captions.source=<responses.jsonl>`).
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from vlv.paths import child_uri
 
 log = logging.getLogger("vlv.captions")
 
-# The VLV paper (arXiv 2507.07104) says its ~6M captions were written by Gemini 2.0 Flash but does not
-# publish the prompt; this one is ours. It asks for what stage 2 learns to reproduce: one dense paragraph of
-# visible content, layout, style and legible text, without speculation or formatting.
+# The project's own prompt, NOT the paper's: the VLV paper (arXiv 2507.07104) gives the prompt its ~6M Gemini 2.0
+# Flash captions were written with in an appendix of its arXiv HTML version, and the official code release does
+# not contain it; until that text is copied here, pass it with `vlv captions request --prompt-file`. This one asks
+# for what stage 2 learns to reproduce: one dense paragraph of visible content, layout, style and legible text,
+# without speculation or formatting.
 CAPTION_PROMPT = (
     "Describe this image in detail in one paragraph of plain English prose. Cover the main subjects and their "
     "attributes (colours, materials, textures, sizes, counts), where things are and how they relate spatially, "
@@ -102,8 +105,11 @@ def write_caption_requests(kept_uri: str, shards_uri: str, output_path: str, *, 
     return written
 
 
-def write_caption_requests_for_run(options: Any, output_path: str, model: str = "gemini-2.0-flash") -> int:
+def write_caption_requests_for_run(options: Any, output_path: str, model: str = "gemini-2.0-flash", *,
+                                   prompt: str = CAPTION_PROMPT) -> int:
     """`vlv captions request`: requests for the kept images of the run that `options` (a RunOptions) plans."""
+    if not prompt.strip():
+        raise ValueError("the captioning prompt is empty; give the prompt text (e.g. --prompt-file prompt.txt)")
     from vlv.run import plan_run
 
     store, plan = plan_run(options)
@@ -116,7 +122,7 @@ def write_caption_requests_for_run(options: Any, output_path: str, model: str = 
                 f"aesthetic_filter` (same --config/--set/--store) first")
     kept_uri = store.output_uri("aesthetic_filter", keys["aesthetic_filter"]) + "/kept.parquet"
     shards_uri = store.output_uri("download", keys["download"]) + "/shards"
-    count = write_caption_requests(kept_uri, shards_uri, output_path)
+    count = write_caption_requests(kept_uri, shards_uri, output_path, prompt=prompt)
     log.info("wrote %d requests to %s; create the batch with model %s (the lines do not name a model), then "
              "ingest its responses file with --set ingest_captions.source=<responses.jsonl>", count, output_path, model)
     return count

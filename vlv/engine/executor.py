@@ -65,7 +65,19 @@ def connect_ray() -> bool:
         ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": worker_env_vars()})
         return True
     log.info("no RAY_ADDRESS: starting an embedded local Ray")
-    ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
+    for attempt in (1, 2):
+        try:
+            ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
+            return False
+        except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception when its node misses the start limit
+            if "timed out during startup" not in str(err):
+                raise
+            ray.shutdown()
+            if attempt == 2:
+                raise RuntimeError("the embedded Ray did not start: its raylet missed Ray's fixed 30 s start limit "
+                                   "twice (is the machine overloaded?); rerun when it is quieter, or start a Ray "
+                                   "head (infra/local/ray_head.sh start) and set RAY_ADDRESS") from None
+            log.warning("the embedded Ray missed its 30 s start limit (machine busy); trying once more")
     return False
 
 

@@ -15,6 +15,8 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from vlv.engine.storage import local_weights
+
 TextToImageModel = Literal["sd21", "sd35_medium", "tiny"]
 TEXT_TO_IMAGE_MODELS = ("sd21", "sd35_medium", "tiny")
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
@@ -51,12 +53,13 @@ def build_text_to_image(spec: TextToImageSpec, device: str = "cpu") -> Any:
     elif spec.model == "sd21":
         from diffusers import StableDiffusionPipeline
 
-        pipeline = StableDiffusionPipeline.from_pretrained(spec.weights, torch_dtype=dtype, safety_checker=None,
+        pipeline = StableDiffusionPipeline.from_pretrained(local_weights(spec.weights), torch_dtype=dtype,
+                                                           safety_checker=None,
                                                            feature_extractor=None, requires_safety_checker=False)
     else:
         from diffusers import StableDiffusion3Pipeline
 
-        pipeline = StableDiffusion3Pipeline.from_pretrained(spec.weights, torch_dtype=dtype)
+        pipeline = StableDiffusion3Pipeline.from_pretrained(local_weights(spec.weights), torch_dtype=dtype)
     pipeline = pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline

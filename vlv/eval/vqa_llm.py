@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
+from vlv.engine.storage import local_weights
+
 log = logging.getLogger("vlv.eval.vqa_llm")
 
 _PROGRESS_EVERY_S = 30.0
@@ -41,9 +43,10 @@ def build_llm(spec: LlmSpec) -> tuple[Any, Any]:
 
         if not spec.path:
             raise ValueError("eval_vqa.llm_path is not set: put a local transformers causal LM folder there")
-        tokenizer = AutoTokenizer.from_pretrained(spec.path)
+        path = local_weights(spec.path)  # a store URI is fetched to this node once
+        tokenizer = AutoTokenizer.from_pretrained(path)
         dtype = "auto" if spec.dtype == "auto" else getattr(torch, spec.dtype)
-        model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     else:
         from transformers import Qwen2ForCausalLM
 

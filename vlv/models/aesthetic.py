@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from vlv.engine.storage import local_weights
+
 PredictorKind = Literal["v2-mlp", "v1-linear"]
 PREDICTOR_KINDS: tuple[str, ...] = ("v2-mlp", "v1-linear")
 CLIP_L14_EMBED_DIM = 768
@@ -105,7 +107,7 @@ def load_predictor(kind: PredictorKind, path: str | Path, input_dim: int = CLIP_
     where = f"the published file is {published.file_name} from {published.url}"
     if not str(path):
         raise ValueError(f"no weights file given for the {kind} aesthetic predictor; {where}")
-    path = Path(path)
+    path = Path(local_weights(str(path)))  # a store URI is fetched to this node once
     if not path.is_file():
         raise ValueError(f"aesthetic predictor weights {path} do not exist; {where}")
     try:

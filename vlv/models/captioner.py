@@ -2,9 +2,11 @@
 
 Sequence fed to the LLM: [77 prefix embeddings][caption token embeddings + end-of-caption], no text prompt and
 no chat template. Labels are IGNORE on the prefix and on padding; the end-of-caption token is supervised (see
-`caption_tokenizer`). Trainable sets follow the paper's progressive unfreezing (Table 4):
-`mlp`, `mlp+llm`, `mlp+llm+encoder` (encoder = the stage-1 trainable set: Florence transformer, queries,
-projection; DaViT, image projection and the CLIP text encoder stay frozen in every mode).
+`caption_tokenizer`). Trainable sets follow the paper's progressive unfreezing (Table 4): `mlp`, `mlp+llm`,
+`mlp+llm+encoder`, where "encoder" is what the official stage-2 script unfreezes with
+`--unfreeze_florence2_language_model`: Florence's transformer (encoder, decoder, shared embeddings) only. The 77
+queries and the projection stay frozen in every mode, since they define the SD-compatible caption-embedding space
+stage 1 learned; so do DaViT, the image projection and the CLIP text encoder.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class VLVCaptioner(nn.Module):
         if self.llm_trains:
             groups.append(self.llm)
         if self.encoder_trains:
-            groups.extend(self.embedder.trainable_parameters())
+            groups.append(self.embedder.encoder.florence.language_model)
         for param in unique_parameters(groups):
             param.requires_grad_(True)
         self.train(self.training)
@@ -137,7 +139,8 @@ def build_caption_tokenizer(cfg: CaptionerConfig, captions: Sequence[str] | None
         from transformers import AutoTokenizer
 
         cfg.check_weights()
-        tokenizer = AutoTokenizer.from_pretrained(cfg.llm_weights)
+        tokenizer = AutoTokenizer.from_pretrained(require_weights(cfg.llm_weights, "CaptionerConfig.llm_weights",
+                                                                  "the Qwen2.5 base checkpoint"))
         if tokenizer.eos_token_id is None:
             raise ValueError(f"the tokenizer in {cfg.llm_weights} has no eos_token; the captioner needs one")
         return tokenizer

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vlv.engine.storage import local_weights
+
 EmbedderMode = Literal["pretrained", "tiny-random"]
 
 # A toy ViT: 32 px input, 4x4 patches of 8 px, 2 blocks of width 64; the text tower is as small as open_clip
@@ -147,6 +149,10 @@ class ClipImageEmbedder:
                    device: str = "cpu") -> ClipImageEmbedder:
         import open_clip
 
+        if model_name.startswith("local-dir:"):  # the folder may be a store URI: fetch it to this node once
+            model_name = "local-dir:" + local_weights(model_name.removeprefix("local-dir:"))
+        if "://" in pretrained:  # a weights file in the store
+            pretrained = local_weights(pretrained)
         weights = resolve_clip_weights(model_name, pretrained, cache_dir)
         if weights is None:  # local-dir: open_clip reads config and weights from the folder
             model, _, preprocess = open_clip.create_model_and_transforms(model_name, device=device)

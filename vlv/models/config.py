@@ -1,6 +1,6 @@
 """Typed configs of the two VLV models. Torch-free on purpose: step configs (and so the CLI) import them.
 
-`paper()` is SPEC section 2 (Florence-2-large, SD 2.1 base, Qwen2.5); `tiny()` is the same classes at toy width
+`paper()` is the paper's models (Florence-2-large, SD 2.1 base, Qwen2.5); `tiny()` is the same classes at toy width
 with seeded random weights, built from the `tiny_*` architecture files in `vlv/models/configs/`.
 """
 
@@ -36,6 +36,9 @@ class Stage1ModelConfig:
     florence_image_size: int = 768  # Florence2Processor resizes to this (Florence-2-large: 768)
     task_prompt: str = "<MORE_DETAILED_CAPTION>"
     unet_gradient_checkpointing: bool = False
+    # The frozen DaViT tower in train mode while training (its drop path, up to 0.1, active; weights still frozen),
+    # as the official code runs it (the whole model in train mode). False: eval mode, deterministic features.
+    frozen_vision_train_mode: bool = True
 
     def __post_init__(self) -> None:
         _check_choice("init", self.init, _INIT_MODES)

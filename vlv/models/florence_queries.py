@@ -9,7 +9,9 @@ Data flow (transformers' native `Florence2Model`):
          to the encoder states) -> (B, 77, d_model) -> projection Linear -> GELU -> Linear -> z (B, 77, D_clip).
 
 Trainable: the transformer encoder + decoder + shared embeddings (`florence.language_model`), the queries and
-the projection. Frozen (no grads, eval mode): the vision tower and the multi-modal projector.
+the projection. Frozen (no grads): the vision tower and the multi-modal projector. The official code trains with
+the whole model in train mode, so DaViT's stochastic depth (drop path up to 0.1) perturbs the frozen tower's
+features during training; `frozen_vision_train_mode` keeps that (True) or puts the frozen parts in eval mode.
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ class CaptionProjection(nn.Sequential):
 
 
 class FlorenceQueryEncoder(nn.Module):
-    def __init__(self, florence, prompt_ids: list[int], *, num_queries: int, out_dim: int, query_init_std: float):
+    def __init__(self, florence, prompt_ids: list[int], *, num_queries: int, out_dim: int, query_init_std: float,
+                 frozen_vision_train_mode: bool):
         super().__init__()
         self.florence = florence  # transformers Florence2Model
+        self.frozen_vision_train_mode = frozen_vision_train_mode
         d_model = florence.config.text_config.d_model
         self.queries = nn.Parameter(torch.randn(1, num_queries, d_model) * query_init_std)
         self.projection = CaptionProjection(d_model, out_dim)
@@ -62,7 +66,7 @@ class FlorenceQueryEncoder(nn.Module):
     def train(self, mode: bool = True) -> FlorenceQueryEncoder:
         super().train(mode)
         for frozen in self.frozen_modules():
-            frozen.eval()
+            frozen.train(mode and self.frozen_vision_train_mode)  # weights stay frozen either way
         return self
 
     def visual_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -114,20 +118,46 @@ def load_florence(*, arch: str, weights: str | None, init: InitMode, seed: int,
     path = require_weights(weights, weights_field, "the transformers-native Florence-2-large checkpoint "
                            "(florence-community/Florence-2-large; the remote-code microsoft/Florence-2-large "
                            "layout does not load into transformers' Florence2 classes)")
+    check_native_florence_checkpoint(path, weights_field)
     full, info = Florence2ForConditionalGeneration.from_pretrained(path, output_loading_info=True)
     missing = [key for key in info.get("missing_keys", []) if "lm_head" not in key]
     if missing:
         raise ValueError(f"{weights_field}={path!r} is not a transformers-native Florence-2 checkpoint: "
-                         f"{len(missing)} weights missing (e.g. {missing[0]}); use "
-                         f"florence-community/Florence-2-large or convert with transformers' "
-                         f"convert_florence2_original_pytorch_to_hf.py")
+                         f"{len(missing)} weights missing (e.g. {missing[0]}). {FLORENCE_CONVERSION_HINT}")
     return full.model, AutoTokenizer.from_pretrained(path)
 
 
+FLORENCE_CONVERSION_HINT = (
+    "Use florence-community/Florence-2-large (the transformers-native conversion: vocabulary 51,289 + the <image> "
+    "token, padded to 51,328), or convert a remote-code checkpoint with convert_florence2_original_pytorch_to_hf.py "
+    "from transformers' source tree (src/transformers/models/florence2/): python "
+    "convert_florence2_original_pytorch_to_hf.py --hf_model_id <remote-code folder or hub id> "
+    "--pytorch_dump_folder_path <new folder>, then point the setting at the new folder"
+)
+
+
+def check_native_florence_checkpoint(path: str, weights_field: str) -> None:
+    """Refuse the remote-code layout (microsoft/Florence-2-*, loaded with trust_remote_code) from its config alone,
+    before transformers tries to load its weights into classes they do not fit."""
+    from transformers import PretrainedConfig
+
+    try:
+        raw, _ = PretrainedConfig.get_config_dict(path)
+    except OSError:
+        return  # no readable config.json: from_pretrained names what is missing
+    vision_type = (raw.get("vision_config") or {}).get("model_type")
+    if "auto_map" in raw or vision_type == "davit":
+        raise ValueError(
+            f"{weights_field}={path!r} is a remote-code Florence-2 checkpoint (the microsoft/Florence-2-large layout, "
+            f"run with trust_remote_code: {'auto_map in config.json' if 'auto_map' in raw else 'DaViT vision_config'}"
+            f"), which transformers' native Florence2 classes used here do not load. {FLORENCE_CONVERSION_HINT}")
+
+
 def build_florence_query_encoder(*, arch: str, weights: str | None, init: InitMode, seed: int, num_queries: int,
-                                 out_dim: int, query_init_std: float, task_prompt: str) -> FlorenceQueryEncoder:
+                                 out_dim: int, query_init_std: float, task_prompt: str,
+                                 frozen_vision_train_mode: bool) -> FlorenceQueryEncoder:
     florence, tokenizer = load_florence(arch=arch, weights=weights, init=init, seed=seed)
     prompt_ids = florence_prompt_ids(tokenizer, task_prompt)
     with seeded_init(seed + 1):  # queries and projection are new in both modes
         return FlorenceQueryEncoder(florence, prompt_ids, num_queries=num_queries, out_dim=out_dim,
-                                    query_init_std=query_init_std)
+                                    query_init_std=query_init_std, frozen_vision_train_mode=frozen_vision_train_mode)

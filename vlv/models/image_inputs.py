@@ -1,18 +1,21 @@
-"""Image tensors in and out of the models, in torch (no hub processor download needed).
+"""Image tensors in and out of the models (no hub processor download needed).
 
 Batches carry images as uint8 (B, H, W, 3), the way the data loader decodes them. Two views are made from it:
-the Florence-2 processor's view (bicubic resize to its square size, x/255, ImageNet mean/std) and the VAE's
-view ([-1, 1]). Generated images come back as uint8 (B, H, W, 3) for grids and FID.
+the Florence-2 processor's view and the VAE's view ([-1, 1]). Generated images come back as uint8 (B, H, W, 3)
+for grids and FID.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 
-# Florence-2 preprocessor_config.json: image_mean / image_std (ImageNet), rescale_factor 1/255, resample bicubic.
+# Florence-2 preprocessor_config.json (CLIPImageProcessor): resize to size x size with resample 3 (PIL bicubic),
+# rescale_factor 0.00392156862745098 (= 1/255), ImageNet image_mean / image_std, no centre crop.
 FLORENCE_IMAGE_MEAN = (0.485, 0.456, 0.406)
 FLORENCE_IMAGE_STD = (0.229, 0.224, 0.225)
+FLORENCE_RESCALE_FACTOR = 1 / 255
 
 
 def check_uint8_images(images: torch.Tensor, image_size: int | None = None) -> None:
@@ -25,16 +28,22 @@ def check_uint8_images(images: torch.Tensor, image_size: int | None = None) -> N
                          f"{images.shape[1]}x{images.shape[2]}: resize the shorter side and centre-crop first")
 
 
-def florence_pixels(images: torch.Tensor, size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 (B,H,W,3) -> normalised (B,3,size,size), what Florence2Processor gives the vision tower."""
-    pixels = images.permute(0, 3, 1, 2).to(torch.float32)
-    if tuple(pixels.shape[-2:]) != (size, size):
-        pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-        pixels = pixels.clamp(0.0, 255.0)  # the processor resizes uint8 images, so values stay in range
-    pixels = pixels / 255.0
-    mean = torch.tensor(FLORENCE_IMAGE_MEAN, device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(FLORENCE_IMAGE_STD, device=pixels.device).view(1, 3, 1, 1)
-    return ((pixels - mean) / std).to(dtype)
+def florence_pixels(images: torch.Tensor, size: int, dtype: torch.dtype = torch.float32,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """uint8 (B,H,W,3) -> normalised (B,3,size,size) on `device`: the values Florence-2's image processor (its
+    PIL path, the one the official code ran) gives the vision tower, bit for bit.
+
+    Its steps and number types: PIL bicubic resize of the uint8 image (PIL rounds back to uint8), x * 1/255 in
+    float64 then float32, then (x - mean) / std in float32. torch's own bicubic differs from PIL's by up to a few
+    grey levels, so the resize goes through PIL, on the CPU.
+    """
+    array = images.detach().to("cpu").numpy()
+    if tuple(array.shape[1:3]) != (size, size):
+        array = np.stack([np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC)) for image in array])
+    pixels = (torch.from_numpy(array).permute(0, 3, 1, 2).to(torch.float64) * FLORENCE_RESCALE_FACTOR).float()
+    mean = torch.tensor(FLORENCE_IMAGE_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(FLORENCE_IMAGE_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((pixels - mean) / std).to(device=device if device is not None else images.device, dtype=dtype)
 
 
 def vae_pixels(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

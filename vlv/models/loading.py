@@ -9,6 +9,8 @@ from typing import Iterable, Iterator, Literal
 import torch
 from torch import nn
 
+from vlv.engine.storage import local_weights
+
 InitMode = Literal["pretrained", "random"]
 INIT_MODES = ("pretrained", "random")
 
@@ -22,11 +24,15 @@ def seeded_init(seed: int) -> Iterator[None]:
 
 
 def require_weights(value: str | None, field: str, what: str) -> str:
-    """`paper` models load real weights; a missing path must say which field to set and with what."""
+    """`paper` models load real weights; a missing path must say which field to set and with what.
+
+    Returns what a loader opens: a local path or hub id unchanged, a store URI (s3://, gs://) fetched once to
+    this node (`vlv.engine.storage.local_weights`).
+    """
     if not value:
         raise ValueError(f"{field} is not set: put {what} there (a local directory, or a hub id when online), "
                          f"or set init='random' for randomly initialised weights")
-    return value
+    return local_weights(value)
 
 
 def freeze(module: nn.Module) -> None:

@@ -54,7 +54,7 @@ class CaptionEmbedder(nn.Module):
         """z: what stage 1 learns, fed to the CLIP text encoder as token embeddings."""
         check_uint8_images(images, self.image_size)
         queries = self.encoder.queries
-        pixels = florence_pixels(images.to(queries.device), self.florence_image_size, dtype=queries.dtype)
+        pixels = florence_pixels(images, self.florence_image_size, dtype=queries.dtype, device=queries.device)
         return self.encoder(pixels)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -142,7 +142,8 @@ def build_caption_embedder(cfg: Stage1ModelConfig) -> CaptionEmbedder:
     encoder = build_florence_query_encoder(arch=cfg.florence_arch, weights=cfg.florence_weights, init=cfg.init,
                                            seed=cfg.seed, num_queries=cfg.num_queries,
                                            out_dim=clip_text.hidden_size, query_init_std=cfg.query_init_std,
-                                           task_prompt=cfg.task_prompt)
+                                           task_prompt=cfg.task_prompt,
+                                           frozen_vision_train_mode=cfg.frozen_vision_train_mode)
     embedder = CaptionEmbedder(encoder, clip_text, image_size=cfg.image_size,
                                florence_image_size=cfg.florence_image_size)
     return embedder.train()

@@ -2,7 +2,8 @@
 
 Reads the download step's webdataset shards with Ray Data, scores every image in an actor pool (each actor
 loads CLIP and the predictor once), then writes, sorted by (shard, key) so a rerun is bit-identical:
-`scores.parquet` (every decodable image, with its embedding), `kept.parquet` (score >= threshold),
+`scores.parquet` (every decodable image, with its embedding), `kept.parquet` (all of them, or those above a
+threshold or in a top quantile: see `keep`),
 `undecodable.parquet` (key, shard, reason), `score_histogram.png` and `score_summary.csv`.
 
 A broken image never stops the pool: the actor turns it into an `error` row, and the driver splits those off.
@@ -34,6 +35,7 @@ _IO_TASK_CPUS = 0.25
 _ROWS_PER_ROW_GROUP = 8192
 _PROGRESS_EVERY_S = 30.0
 _TINY_WARNING = "tiny-random CLIP and predictor: scores from a random model mean nothing"
+KEEP_MODES = ("all", "threshold", "top_quantile")
 
 
 @dataclass
@@ -49,8 +51,12 @@ class AestheticFilterConfig:
     clip_cache_dir: str = ""
     predictor: Literal["v2-mlp", "v1-linear"] = "v2-mlp"
     predictor_weights: str = ""  # e.g. /models/sac+logos+ava1-l14-linearMSE.pth
-    threshold: float | None = 5.0  # keep score >= threshold ...
-    keep_top_quantile: float | None = None  # ... or keep the top fraction (e.g. 0.5), not both
+    # Which scored images go on: "all" (every decodable image; the scores are still computed and recorded),
+    # "threshold" (score >= threshold) or "top_quantile" (the best keep_top_quantile fraction). The paper starts
+    # from LAION-2B-en-aesthetic, already an aesthetic subset, and cuts on size, aspect and watermark only: "all".
+    keep: Literal["all", "threshold", "top_quantile"] = "all"
+    threshold: float = 5.0  # used when keep="threshold" (v2 predictor scale; common cut-offs 4.5, 5, 6, 6.5)
+    keep_top_quantile: float = 0.5  # used when keep="top_quantile": the fraction kept, in (0, 1]
     batch_size: int = 64
     num_actors: int = 1
     cpus_per_actor: float = 1.0
@@ -65,12 +71,11 @@ class AestheticFilterConfig:
             raise ValueError(f"aesthetic_filter.model must be 'pretrained' or 'tiny-random', got {self.model!r}")
         if self.predictor not in ("v2-mlp", "v1-linear"):
             raise ValueError(f"aesthetic_filter.predictor must be 'v2-mlp' or 'v1-linear', got {self.predictor!r}")
-        if (self.threshold is None) == (self.keep_top_quantile is None):
-            raise ValueError("aesthetic_filter: set exactly one of threshold (e.g. 5.0) and keep_top_quantile "
-                             "(e.g. 0.5); set the other to null")
-        if self.threshold is not None and not math.isfinite(self.threshold):
+        if self.keep not in KEEP_MODES:
+            raise ValueError(f"aesthetic_filter.keep must be one of {', '.join(KEEP_MODES)}, got {self.keep!r}")
+        if not math.isfinite(self.threshold):
             raise ValueError(f"aesthetic_filter.threshold must be a finite number, got {self.threshold}")
-        if self.keep_top_quantile is not None and not 0 < self.keep_top_quantile <= 1:
+        if not 0 < self.keep_top_quantile <= 1:
             raise ValueError(f"aesthetic_filter.keep_top_quantile must be in (0, 1], got {self.keep_top_quantile}")
         if self.batch_size <= 0 or self.num_actors <= 0:
             raise ValueError("aesthetic_filter.batch_size and aesthetic_filter.num_actors must be > 0")
@@ -278,7 +283,7 @@ class AestheticFilterStep(Step[AestheticFilterConfig]):
         if len(outcome.scores) == 0:
             raise ValueError(f"aesthetic_filter: none of the {outcome.undecodable} samples in {len(shard_paths)} "
                              f"shards has a decodable image; reasons in {ctx.output_dir / 'undecodable.parquet'}")
-        threshold = choose_threshold(outcome.scores, cfg.threshold, cfg.keep_top_quantile)
+        threshold = choose_threshold(outcome.scores, cfg.keep, cfg.threshold, cfg.keep_top_quantile)
         kept = _write_kept(ctx.output_dir / "scores.parquet", ctx.output_dir / "kept.parquet", threshold)
         ctx.log.info("threshold %.4f keeps %d of %d images (%d undecodable)", threshold, kept,
                      len(outcome.scores), outcome.undecodable)
@@ -291,13 +296,16 @@ class AestheticFilterStep(Step[AestheticFilterConfig]):
         return StepResult(metrics=metrics, artifacts=["score_histogram.png", "score_summary.csv"])
 
 
-def choose_threshold(scores: Any, threshold: float | None, keep_top_quantile: float | None) -> float:
-    """The absolute threshold, or the score of the ceil(q * n)-th best image (so ties can only keep more)."""
+def choose_threshold(scores: Any, keep: str, threshold: float, keep_top_quantile: float) -> float:
+    """The lowest score kept: the lowest score of all ("all"), the absolute threshold, or the score of the
+    ceil(q * n)-th best image (so ties can only keep more)."""
     import numpy as np
 
-    if threshold is not None:
+    assert len(scores) > 0
+    if keep == "all":
+        return float(np.nanmin(scores))
+    if keep == "threshold":
         return float(np.float32(threshold))
-    assert keep_top_quantile is not None and len(scores) > 0
     rank = max(1, math.ceil(keep_top_quantile * len(scores) - 1e-9))
     return float(np.sort(scores)[::-1][rank - 1])
 

@@ -8,7 +8,6 @@ space in the store, so a rerun after a crash resumes from the last one.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,13 @@ from vlv.engine.step import Resources, Step, StepContext, StepResult, WorkerPool
 from vlv.models.config import Stage1ModelConfig
 from vlv.steps.aesthetic_filter import KEPT
 from vlv.steps.download import SHARDS
-from vlv.train.deepspeed_config import DeepSpeedConfig, build_deepspeed_config, stage1_official
+from vlv.train.deepspeed_config import (
+    DeepSpeedConfig,
+    build_deepspeed_config,
+    describe_schedule,
+    lr_multiplier,
+    stage1_official,
+)
 from vlv.train.loop import EXPORT_FILE, LoopConfig
 from vlv.train.ray_trainer import RayTrainConfig
 
@@ -25,7 +30,8 @@ from vlv.train.ray_trainer import RayTrainConfig
 @dataclass
 class TrainStage1Config:
     model: Stage1ModelConfig = field(default_factory=Stage1ModelConfig.paper)
-    # The lr schedule decays over loop.total_steps (deepspeed.schedule.total_steps is set from it).
+    # The official schedule: DeepSpeed WarmupCosineLR over 20K steps, which cycles through the 200K-step loop.
+    # The single cosine over the whole run: --set train_stage1.deepspeed.schedule.kind=cosine
     deepspeed: DeepSpeedConfig = field(default_factory=stage1_official)
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(total_steps=200_000, checkpoint_every=2_000))
     ray_train: RayTrainConfig = field(default_factory=lambda: RayTrainConfig(num_workers=8, use_gpu=True))
@@ -44,7 +50,7 @@ class TrainStage1Config:
 class TrainStage1Step(Step[TrainStage1Config]):
     name = "train_stage1"
     upstream = ("download", "aesthetic_filter")
-    code_version = "1"
+    code_version = "2"  # 2: Florence pixels resized with PIL bicubic, as its image processor does
     resumable = True
     description = "Train the VLV encoder through the frozen SD 2.1 decoder (DeepSpeed ZeRO on Ray Train)"
     system_metrics = True
@@ -59,6 +65,8 @@ class TrainStage1Step(Step[TrainStage1Config]):
         config.model.check_weights("train_stage1.model")
         build_deepspeed_config(config.deepspeed, num_workers=config.ray_train.num_workers,
                                on_gpu=config.ray_train.use_gpu)
+        # Fails here, before any step runs, on a warm-up longer than the decay horizon.
+        lr_multiplier(config.deepspeed.schedule, loop_total_steps=config.loop.total_steps)
 
     def run(self, ctx: StepContext[TrainStage1Config]) -> StepResult:
         from vlv.inference import STAGE1_WEIGHTS, load_stage1, save_stage1_checkpoint
@@ -73,9 +81,10 @@ class TrainStage1Step(Step[TrainStage1Config]):
             config=ImageStreamConfig(image_size=cfg.model.image_size, shuffle_buffer=cfg.shuffle_buffer,
                                      seed=cfg.loop.seed),
         )
+        ctx.log.info("lr schedule: %s",
+                     describe_schedule(cfg.deepspeed.schedule, loop_total_steps=cfg.loop.total_steps))
         outcome = run_training(
-            task=Stage1Task(stream=stream, model=cfg.model),
-            deepspeed=schedule_over_loop(cfg.deepspeed, cfg.loop),
+            task=Stage1Task(stream=stream, model=cfg.model), deepspeed=cfg.deepspeed,
             loop=cfg.loop, ray_train=cfg.ray_train, storage_path=f"{ctx.scratch_uri}/ray", name="ray_train",
             metric_logger=ctx.metrics, export_dir=ctx.output_dir,
         )
@@ -94,12 +103,6 @@ class TrainStage1Step(Step[TrainStage1Config]):
             artifacts.append("reconstruction_grid.png")
         metrics = training_metrics(outcome)
         return StepResult(metrics=metrics, artifacts=artifacts)
-
-
-def schedule_over_loop(deepspeed: DeepSpeedConfig, loop: LoopConfig) -> DeepSpeedConfig:
-    """The decay runs over the loop's steps, so `--set ...loop.total_steps=N` needs no second override."""
-    return dataclasses.replace(deepspeed, schedule=dataclasses.replace(deepspeed.schedule,
-                                                                       total_steps=loop.total_steps))
 
 
 def train_worker_pool(ray_train: RayTrainConfig) -> WorkerPool:

@@ -21,8 +21,14 @@ from vlv.inference import TOKENIZER_DIR, read_stage1_config
 from vlv.models.config import CaptionerConfig
 from vlv.steps.download import SHARDS
 from vlv.steps.ingest_captions import CAPTIONS
-from vlv.steps.train_stage1 import describe_training, schedule_over_loop, train_worker_pool, training_metrics
-from vlv.train.deepspeed_config import DeepSpeedConfig, build_deepspeed_config, stage2_paper
+from vlv.steps.train_stage1 import describe_training, train_worker_pool, training_metrics
+from vlv.train.deepspeed_config import (
+    DeepSpeedConfig,
+    build_deepspeed_config,
+    describe_schedule,
+    lr_multiplier,
+    stage2_paper,
+)
 from vlv.train.loop import EXPORT_FILE, LoopConfig
 from vlv.train.ray_trainer import RayTrainConfig
 
@@ -30,6 +36,8 @@ from vlv.train.ray_trainer import RayTrainConfig
 @dataclass
 class TrainStage2Config:
     model: CaptionerConfig = field(default_factory=CaptionerConfig.paper)
+    # Linear decay over the official script's horizon (781,250 steps: about 1e-5 throughout a 100K-step run).
+    # Decay to 0 over the run instead: --set train_stage2.deepspeed.schedule.total_steps=null
     deepspeed: DeepSpeedConfig = field(default_factory=stage2_paper)
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(total_steps=100_000, checkpoint_every=2_000))
     ray_train: RayTrainConfig = field(default_factory=lambda: RayTrainConfig(num_workers=8, use_gpu=True))
@@ -47,7 +55,7 @@ class TrainStage2Config:
 class TrainStage2Step(Step[TrainStage2Config]):
     name = "train_stage2"
     upstream = ("download", "ingest_captions", "train_stage1")
-    code_version = "1"
+    code_version = "2"  # 2: "encoder" in the trainable set is Florence's language model only
     resumable = True
     description = "Train the captioner: stage-1 encoder -> MLP -> Qwen2 on Gemini captions (DeepSpeed on Ray Train)"
     system_metrics = True
@@ -62,6 +70,8 @@ class TrainStage2Step(Step[TrainStage2Config]):
         config.model.check_weights("train_stage2.model")
         build_deepspeed_config(config.deepspeed, num_workers=config.ray_train.num_workers,
                                on_gpu=config.ray_train.use_gpu)
+        # Fails here, before any step runs, on a warm-up longer than the decay horizon.
+        lr_multiplier(config.deepspeed.schedule, loop_total_steps=config.loop.total_steps)
 
     def run(self, ctx: StepContext[TrainStage2Config]) -> StepResult:
         from vlv.inference import CAPTIONER_WEIGHTS, load_captioner, save_captioner_checkpoint
@@ -83,8 +93,10 @@ class TrainStage2Step(Step[TrainStage2Config]):
                                      shuffle_buffer=cfg.shuffle_buffer, seed=cfg.loop.seed),
         )
         task = Stage2Task(model=cfg.model, stage1=stage1, tokenizer_uri=tokenizer_uri, stream=stream)
+        ctx.log.info("lr schedule: %s",
+                     describe_schedule(cfg.deepspeed.schedule, loop_total_steps=cfg.loop.total_steps))
         outcome = run_training(
-            task=task, deepspeed=schedule_over_loop(cfg.deepspeed, cfg.loop), loop=cfg.loop,
+            task=task, deepspeed=cfg.deepspeed, loop=cfg.loop,
             ray_train=cfg.ray_train, storage_path=f"{ctx.scratch_uri}/ray", name="ray_train",
             metric_logger=ctx.metrics, export_dir=ctx.output_dir,
         )

@@ -132,7 +132,7 @@ def train_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(spec.loop.seed)
     model = spec.task.build_model()
     engine = initialize_deepspeed(model, deepspeed_config=spec.deepspeed, num_workers=world_size,
-                                  on_gpu=spec.on_gpu)
+                                  on_gpu=spec.on_gpu, loop_total_steps=spec.loop.total_steps)
     engine.train()
     accumulation = engine.gradient_accumulation_steps()
     progress = load_checkpoint(engine, ray.train.get_checkpoint(), world_size=world_size)
@@ -160,8 +160,12 @@ def train_worker(config: dict[str, Any]) -> None:
                             metrics_run_id=getattr(metric_logger, "run_id", None))
 
 
-def initialize_deepspeed(model: Any, *, deepspeed_config: DeepSpeedConfig, num_workers: int, on_gpu: bool) -> Any:
-    """`deepspeed.initialize` on the process group Ray Train already set up (gloo on CPU, nccl on GPU)."""
+def initialize_deepspeed(model: Any, *, deepspeed_config: DeepSpeedConfig, num_workers: int, on_gpu: bool,
+                         loop_total_steps: int) -> Any:
+    """`deepspeed.initialize` on the process group Ray Train already set up (gloo on CPU, nccl on GPU).
+
+    `loop_total_steps` is the lr decay horizon only when the schedule's own total_steps is null.
+    """
     import deepspeed
     import torch
 
@@ -175,7 +179,7 @@ def initialize_deepspeed(model: Any, *, deepspeed_config: DeepSpeedConfig, num_w
                          "check the stage's trainable set")
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=trainable, config=ds_config,
-        lr_scheduler=build_lr_scheduler_factory(deepspeed_config.schedule),
+        lr_scheduler=build_lr_scheduler_factory(deepspeed_config.schedule, loop_total_steps=loop_total_steps),
     )
     return engine
 
