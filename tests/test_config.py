@@ -51,6 +51,24 @@ def test_bad_overrides_fail_with_a_clear_message(item, message):
         load_config("tiny", overrides=parse_set_flags([item]))
 
 
+def test_endpoint_and_arena_settings_from_set_flags(tmp_path):
+    cfg = load_config("paper", overrides=parse_set_flags([
+        "eval_vqa.llm=endpoint", "eval_vqa.endpoint_url=https://api.deepseek.com/v1",
+        "eval_vqa.endpoint_model=deepseek-chat", "eval_vqa.endpoint_api_key_env=DEEPSEEK_API_KEY",
+        "eval_vqa.endpoint_concurrency=16",
+        'eval_arena.other_captioners=[{"name": "gpt4o", "path": "/data/gpt4o.jsonl"}]',
+        "eval_arena.judge_output=/data/judge/*.jsonl"]))
+    assert cfg.eval_vqa.chat_endpoint().url == "https://api.deepseek.com/v1/chat/completions"
+    assert cfg.eval_vqa.endpoint_concurrency == 16 and cfg.eval_vqa.chat_endpoint().max_tokens == 10
+    assert [(c.name, c.path) for c in cfg.eval_arena.other_captioners] == [("gpt4o", "/data/gpt4o.jsonl")]
+    assert cfg.eval_arena.num_images == 200 and cfg.eval_arena.bootstrap_resamples == 10_000
+    with pytest.raises(ValueError, match="eval_vqa.llm' must be one of 'pretrained', 'tiny-random', 'endpoint'"):
+        load_config("tiny", overrides=parse_set_flags(["eval_vqa.llm=deepseek"]))
+    with pytest.raises(ValueError, match="eval_vqa.endpoint_api_key_env must be the NAME of an environment variable"):
+        load_config("paper", overrides=parse_set_flags(["eval_vqa.llm=endpoint",
+                                                        "eval_vqa.endpoint_api_key_env=sk-0123456789abcdef"]))
+
+
 def test_set_without_equals_is_refused():
     with pytest.raises(ValueError, match="--set expects key=value"):
         parse_set_flags(["download.image_size"])

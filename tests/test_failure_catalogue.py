@@ -649,10 +649,52 @@ def security_url_traversal(env: Env) -> None:
     assert found.metrics["images_failed_http_404"] == 1
 
 
+# -- evaluation: the VQA endpoint and the caption arena's judge --------------------------------------------------
+
+
+def vqa_endpoint_down(env: Env) -> None:
+    from vlv.config import load_config
+    from vlv.eval.vqa_endpoint import endpoint_answers
+    from vlv.testing.object_store import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    vqa = load_config("tiny", overrides={
+        "eval_vqa.llm": "endpoint", "eval_vqa.endpoint_url": url, "eval_vqa.endpoint_model": "deepseek-chat",
+        "eval_vqa.endpoint_max_retries": "2", "eval_vqa.endpoint_backoff_s": "0.01"}).eval_vqa
+    expect_error(lambda: endpoint_answers(["Question: what is shown?\nShort answer:"], vqa.chat_endpoint(),
+                                          concurrency=vqa.endpoint_concurrency, cache_uri=str(env.tmp_path),
+                                          chunk_size=vqa.endpoint_cache_chunk),
+                 f"{url}/chat/completions did not answer after 3 attempts (last: connection refused)",
+                 "check that the server is up", "eval_vqa.endpoint_url", "rerun the same command to continue")
+
+
+def arena_score_out_of_range(env: Env) -> None:
+    from tests.steps.eval_upstream import run_step as run_eval_step
+    from tests.steps.test_eval_arena import fake_caption_eval
+    from vlv.steps.eval_arena import EvalArenaConfig, EvalArenaStep
+
+    upstream = fake_caption_eval(env.tmp_path / "caption_eval")
+    replies = [("vlv-101", 5), ("vlv-102", 7), ("vlv-103", 4.5), ("vlv-104", 2), ("vlv-105", -1)]
+    judge = env.tmp_path / "judge.jsonl"
+    judge.write_text("".join(response_line(key, json.dumps({"justification": "seen", "score": score})) + "\n"
+                             for key, score in replies))
+    output = run_eval_step(RunStore(str(env.tmp_path / "store")), EvalArenaStep(),
+                           EvalArenaConfig(num_images=5, judge_output=str(judge)), {"caption_eval": upstream}, "arena")
+    quarantine = pq.read_table(output.local_dir / "quarantine.parquet").to_pylist()
+    assert [(q["key"], q["reason"], q["line_number"], q["detail"]) for q in quarantine] == [
+        ("vlv-102", "bad_score", 2, "score 7 is outside 0-6"),
+        ("vlv-103", "bad_score", 3, "score 4.5 is not an integer"),
+        ("vlv-105", "bad_score", 5, "score -1 is outside 0-6")]
+    judged = pq.read_table(output.local_dir / "arena_judgements.parquet").to_pylist()
+    assert [(j["key"], j["score"]) for j in judged] == [("vlv-101", 5), ("vlv-104", 2)]
+    assert output.manifest.metrics["arena_score"] == 3.5
+
+
 # -- the table ---------------------------------------------------------------------------------------------------
 
 LAION, IMAGES, CAPTIONS, CONFIG, STORE, SECURITY = ("LAION metadata", "Images", "Captions", "Config", "Object store",
                                                  "Security")
+EVALUATION = "Evaluation"
 def _store_error(store_uri: str, endpoint: str) -> str:
     """The one-line error `full_run.py` prints for a store, with AWS_ENDPOINT_URL pointing at `endpoint`."""
     import contextlib
@@ -887,6 +929,13 @@ CASES: tuple[Case, ...] = (
     Case(SECURITY, "url_traversal",
          "a URL with `%2e%2e/` towards a file outside the served folder",
          "`failed_to_download` (HTTP 404): URLs never become file paths", security_url_traversal),
+    Case(EVALUATION, "vqa_endpoint_down",
+         "`eval_vqa.llm=endpoint` with a server that does not answer (refused, timing out, 5xx)",
+         "retried with backoff, then one error naming the URL, the attempts, the last failure and the fix "
+         "(`eval_vqa.endpoint_url`); answers received so far stay cached", vqa_endpoint_down),
+    Case(EVALUATION, "arena_score_out_of_range",
+         "a caption-arena judge line scoring 7, -1 or 4.5",
+         "quarantined `bad_score` with the line and the reason; the other lines scored", arena_score_out_of_range),
 )
 
 

@@ -167,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     request.add_argument("--model", default="gemini-2.0-flash", help="model named in the requests")
     request.add_argument("--prompt-file", default=None,
                          help="UTF-8 text file with the captioning prompt (default: the project's own prompt)")
+
+    arena = sub.add_parser("arena", help="caption arena tools (paper Table 2)")
+    arena_sub = arena.add_subparsers(dest="arena_command", required=True, parser_class=_Parser)
+    arena_request = arena_sub.add_parser(
+        "request", help="write the judge's Gemini Batch API request JSONL for the arena pairs (no network call)")
+    add_config_args(arena_request)
+    arena_request.add_argument("--output", required=True, help="where to write the request JSONL")
+    arena_request.add_argument("--model", default="gemini-2.0-flash", help="the judge model (paper: gemini-2.0-flash)")
     return parser
 
 
@@ -186,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _caption(args)
     if args.command == "captions" and args.captions_command == "request":
         return _captions_request(args)
+    if args.command == "arena" and args.arena_command == "request":
+        return _arena_request(args)
     raise AssertionError(f"unhandled command {args.command}")
 
 
@@ -281,6 +291,18 @@ def _captions_request(args: argparse.Namespace) -> int:
         _print_error(err)
         return 2
     print(f"wrote {count} Gemini batch requests to {args.output}")
+    return 0
+
+
+def _arena_request(args: argparse.Namespace) -> int:
+    from vlv.steps.eval_arena import write_arena_requests_for_run
+
+    try:
+        count = write_arena_requests_for_run(options_from_args(args), args.output, model=args.model)
+    except ValueError as err:
+        _print_error(err)
+        return 2
+    print(f"wrote {count} judge requests to {args.output}")
     return 0
 
 

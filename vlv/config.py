@@ -11,6 +11,7 @@ from vlv.config_tree import apply_overrides, load_config_file, output_settings, 
 from vlv.steps.aesthetic_filter import AestheticFilterConfig
 from vlv.steps.caption_eval import CaptionEvalConfig
 from vlv.steps.download import DownloadConfig
+from vlv.steps.eval_arena import EvalArenaConfig
 from vlv.steps.eval_fid import EvalFidConfig
 from vlv.steps.eval_vqa import EvalVqaConfig
 from vlv.steps.ingest_captions import IngestCaptionsConfig
@@ -32,6 +33,7 @@ class PipelineConfig:
     caption_eval: CaptionEvalConfig
     eval_fid: EvalFidConfig
     eval_vqa: EvalVqaConfig
+    eval_arena: EvalArenaConfig
     report: ReportConfig
     experiment: str = "vlv"  # MLflow experiment name
     # How often Ray reruns a step's task after its node or worker process died (not after an exception in the

@@ -6,6 +6,7 @@ from vlv.engine.step import Step
 from vlv.steps.aesthetic_filter import AestheticFilterStep
 from vlv.steps.caption_eval import CaptionEvalStep
 from vlv.steps.download import DownloadStep
+from vlv.steps.eval_arena import EvalArenaStep
 from vlv.steps.eval_fid import EvalFidStep
 from vlv.steps.eval_vqa import EvalVqaStep
 from vlv.steps.ingest_captions import IngestCaptionsStep
@@ -17,7 +18,7 @@ from vlv.steps.train_stage2 import TrainStage2Step
 
 def pipeline_steps() -> list[Step]:
     return [PrepareMetadataStep(), DownloadStep(), AestheticFilterStep(), IngestCaptionsStep(), TrainStage1Step(),
-            TrainStage2Step(), CaptionEvalStep(), EvalFidStep(), EvalVqaStep(), ReportStep()]
+            TrainStage2Step(), CaptionEvalStep(), EvalFidStep(), EvalVqaStep(), EvalArenaStep(), ReportStep()]
 
 
 def step_names() -> list[str]:

@@ -12,6 +12,7 @@ from vlv.paper_mini.layout import INCEPTION_SHA256, SAMPLES_PER_SHARD, PaperMini
 from vlv.steps.aesthetic_filter import AestheticFilterConfig
 from vlv.steps.caption_eval import CaptionEvalConfig, VqaBenchmarkConfig
 from vlv.steps.download import DownloadConfig
+from vlv.steps.eval_arena import EvalArenaConfig
 from vlv.steps.eval_fid import EvalFidConfig
 from vlv.steps.eval_vqa import EvalVqaConfig
 from vlv.steps.ingest_captions import IngestCaptionsConfig
@@ -50,6 +51,9 @@ def paper() -> PipelineConfig:
                                generation_batch_size=8, num_workers=8, cpus_per_worker=4.0, gpus_per_worker=1.0),
         eval_vqa=EvalVqaConfig(llm="pretrained", llm_dtype="bfloat16", shots=[0, 4, 32], num_workers=8,
                                cpus_per_worker=4.0, gpus_per_worker=1.0),
+        # Table 2: 200 COCO images judged by Gemini 2.0 Flash; the judge's output comes from `vlv arena request`
+        # and a Batch API job (eval_arena.judge_output); GPT-4o / Qwen2.5-VL-7B captions via other_captioners.
+        eval_arena=EvalArenaConfig(num_images=200),
         report=ReportConfig(),
     )
 
@@ -82,6 +86,8 @@ def tiny() -> PipelineConfig:
                                t2i_num_steps=2, t2i_image_size=64, cfg_scales=[1.0, 2.0], generation_batch_size=4,
                                grid_images=4),
         eval_vqa=EvalVqaConfig(llm="tiny-random", shots=[0, 4], max_new_tokens=8, batch_size=16),
+        # 6 of the 8 tiny caption-set images x (VLV, the human reference captions); a generated judge file.
+        eval_arena=EvalArenaConfig(num_images=6, generate_tiny=True),
         report=ReportConfig(),
     )
 

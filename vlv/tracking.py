@@ -31,6 +31,7 @@ HEADLINE_METRICS = (
     ("eval_fid", "fid", "fid"),
     ("eval_fid", "fid_recon", "fid_recon"),
     ("eval_vqa", "vqa_accuracy", "vqa_accuracy"),
+    ("eval_arena", "arena_score", "arena_score"),
 )
 # MLflow 3 opens an experiment in its GenAI view unless this tag says it is about training models.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"

@@ -7,7 +7,7 @@ import pytest
 from vlv.pipeline import pipeline_steps, step_by_name, step_names
 from vlv.presets import paper, tiny
 
-EVAL_STEPS = ["caption_eval", "eval_fid", "eval_vqa", "report"]
+EVAL_STEPS = ["caption_eval", "eval_fid", "eval_vqa", "eval_arena", "report"]
 
 
 def test_eval_steps_follow_training_and_report_reads_every_other_step():
@@ -34,6 +34,7 @@ def test_tiny_preset_passes_preflight_and_keeps_evaluation_small():
     ("caption_eval", "caption_eval.images_dir"),
     ("eval_fid", "FID Inception weights"),
     ("eval_vqa", "eval_vqa.llm_path is not set"),
+    ("eval_arena", "eval_arena.judge_output is empty: write the judge requests with `vlv arena request"),
 ])
 def test_paper_preset_preflight_names_what_is_missing(name, message, monkeypatch, tmp_path):
     monkeypatch.setattr("torch.hub.get_dir", lambda: str(tmp_path))  # no Inception weights in the hub cache

@@ -117,11 +117,23 @@ def test_funnel_curves_grids_and_captions_are_embedded(tiny_report):
     assert output.manifest.artifacts == ("report.html",)
 
 
+def _arena_folder(folder) -> None:
+    (folder / "arena_scores.csv").write_text(
+        "captioner,pairs,scored,mean_score,ci95_low,ci95_high,comparable\n"
+        "vlv,200,198,4.3131,4.1566,4.4646,true\ngpt4o,200,200,4.6000,4.4650,4.7300,true\n")
+    _png(folder, "arena_scores.png", 200)
+
+
 def test_paper_run_with_comparable_numbers_has_no_caveat(tmp_path):
     store, tracking_uri = RunStore(str(tmp_path / "store")), f"sqlite:///{tmp_path / 'mlflow.db'}"
     inputs = _upstream(store, tracking_uri, comparable=True)
+    inputs["eval_arena"] = publish_output(store, "eval_arena", "arena1", _arena_folder)
     output = run_step(store, ReportStep(), ReportConfig(sample_captions=0), inputs, "rep1", preset="paper",
                       tracking_uri=tracking_uri)
     html = (output.local_dir / "report.html").read_text(encoding="utf-8")
     assert 'class="caveat"' not in html and "this run</th>" in html
     assert "<h2>Sample captions</h2>" not in html
+    assert "<h2>Caption arena (judge scores 0-6)</h2>" in html and "Not comparable" not in html
+    assert '<td>vlv</td><td class="num">198</td><td class="num">200</td><td class="num">4.31</td>' \
+           "<td>4.16 - 4.46</td>" in html
+    assert "<td>gpt4o</td>" in html

@@ -51,6 +51,8 @@ CAPTION_SCHEMA = pa.schema([
     ("key", pa.string()), ("caption", pa.string()), ("caption_chars", pa.int32()), ("finish_reason", pa.string()),
     ("prompt_tokens", pa.int64()), ("output_tokens", pa.int64()),
 ])
+# A further per-row rule on accepted candidates (CANDIDATE_SCHEMA): (row index, Reject) for each row it refuses.
+ContentCheck = Callable[[pa.Table], list[tuple[int, Reject]]]
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zstd")
 _DETECT_BYTES = 1 << 20
 
@@ -319,11 +321,11 @@ class _Acceptor:
     """Applies the order-dependent checks (kept key, first caption wins) and writes both tables."""
 
     def __init__(self, captions_path: str, quarantine_path: str, kept: KeptKeys | None, options: IngestOptions,
-                 stats: IngestStats):
+                 stats: IngestStats, content_check: ContentCheck | None = None):
         schema = CAPTION_SCHEMA
         if kept is not None and kept.join is not None:
             schema = pa.schema(list(CAPTION_SCHEMA) + list(kept.join.schema))
-        self.schema, self.kept, self.stats = schema, kept, stats
+        self.schema, self.kept, self.stats, self.content_check = schema, kept, stats, content_check
         self.quarantine = _QuarantineSink(quarantine_path)
         self._writer = pq.ParquetWriter(captions_path, schema, compression=options.compression,
                                         use_dictionary=["finish_reason", "shard"], write_statistics=["key"])
@@ -337,6 +339,14 @@ class _Acceptor:
         rejects = list(block.rejects)
         table = block.candidates
         rows = None
+        if self.content_check is not None and table.num_rows:  # before the key checks: a bad row claims no key
+            failed = self.content_check(table)
+            if failed:
+                lines = table.column("line_number").to_numpy()
+                rejects += [(int(lines[i]), reject) for i, reject in failed]
+                keep = np.ones(table.num_rows, bool)
+                keep[[i for i, _ in failed]] = False
+                table = table.filter(pa.array(keep))
         if table.num_rows:
             keys = table.column("key").combine_chunks()
             if self.kept is not None:
@@ -384,18 +394,21 @@ class _Acceptor:
 def ingest_captions(sources: Sequence[str], captions_path: str, quarantine_path: str, *,
                     kept: KeptKeys | None = None, options: IngestOptions = IngestOptions(),
                     progress: Callable[[IngestStats, str], None] | None = None,
-                    progress_every_s: float = 5.0, source_names: dict[str, str] | None = None) -> IngestStats:
+                    progress_every_s: float = 5.0, source_names: dict[str, str] | None = None,
+                    content_check: ContentCheck | None = None) -> IngestStats:
     """Validate every row of every source; write good captions and the quarantine; return the counts.
 
     `kept`: the kept-image keys (rows with other keys are `unknown_key`; its `join` columns are appended to
     captions.parquet). Without it every key is accepted and de-duplication holds a Python set of keys.
     `source_names`: how a source is named in the quarantine (default: its URI).
+    `content_check`: a further rule on the rows that passed the format checks (e.g. the arena judge's score must
+    be an integer 0-6): it returns (row index, Reject) for each row to quarantine, before the key checks.
     """
     stats = IngestStats()
     started = last_report = time.perf_counter()
     formats = {uri: detect_format(uri, options) for uri in sources}  # fail before writing anything
     threads = options.num_threads or os.cpu_count() or 1
-    acceptor = _Acceptor(captions_path, quarantine_path, kept, options, stats)
+    acceptor = _Acceptor(captions_path, quarantine_path, kept, options, stats, content_check)
     executor = ThreadPoolExecutor(threads, thread_name_prefix="vlv-captions") if threads > 1 else None
     try:
         for uri in sources:

@@ -12,11 +12,18 @@ caption, answer, score; at most `results_csv_rows` rows per benchmark and shot c
 `vqa_predictions_<benchmark>_<k>shot.json` in the official results format. Accuracies are percentages, as the
 official script prints them. Metrics `vqa_accuracy_<benchmark>_<k>shot` (+ `_<answer type>`) and
 `vqa_accuracy` = the largest shot count of the first benchmark.
+
+The answerer is a local transformers model (`llm=pretrained`, `tiny-random`) run over Ray tasks, or an
+OpenAI-compatible chat endpoint (`llm=endpoint`: DeepSeek's API for the paper's DeepSeek-V3, or a vLLM / SGLang
+server), asked from this step's own task with `endpoint_concurrency` requests in flight; its answers are cached
+in the store (`vlv.eval.vqa_endpoint`) and its cost is logged as it goes and published as the metrics
+`vqa_endpoint_{calls,retries,answered,cache_hits,prompt_tokens,completion_tokens}`.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,20 +31,23 @@ from typing import Any, Literal
 
 from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepResult, WorkerPool
 from vlv.engine.storage import checked_on_this_machine
+from vlv.eval.chat_endpoint import ChatEndpoint, EndpointUsage, check_api_key_env_name, read_api_key
 
+ENDPOINT_METRIC_PREFIX = "vqa_endpoint"
 TINY_WARNING = "random LLM over random-model captions (tiny / paper_mini): these VQA accuracies mean nothing"
 
 
 @dataclass
 class EvalVqaConfig:
     # "pretrained": a local transformers causal LM folder in llm_path. "tiny-random": a toy Qwen2 with seeded
-    # random weights and a byte-level tokenizer (tiny preset; answers are noise).
-    llm: Literal["pretrained", "tiny-random"] = "pretrained"
+    # random weights and a byte-level tokenizer (tiny preset; answers are noise). "endpoint": an OpenAI-compatible
+    # chat server at endpoint_url (DeepSeek's API for the paper's DeepSeek-V3; vLLM; SGLang).
+    llm: Literal["pretrained", "tiny-random", "endpoint"] = "pretrained"
     llm_path: str = ""
     llm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     benchmarks: list[str] = field(default_factory=list)  # caption_eval's benchmarks to score; empty = all
     shots: list[int] = field(default_factory=lambda: [0, 4, 32])
-    max_new_tokens: int = 10
+    max_new_tokens: int = 10  # also the endpoint's max_tokens
     batch_size: int = 8
     num_workers: int = 1
     cpus_per_worker: float = 1.0
@@ -47,19 +57,42 @@ class EvalVqaConfig:
     # "official": GT-Vision-Lab/VQA vqaEval.py as it is today (2021: answers normalised only when the ten humans
     # disagree, then on both sides). "evalai": the EvalAI challenge server's script (prediction always normalised).
     answer_processing: Literal["official", "evalai"] = "official"
+    # llm="endpoint": base URL as OpenAI clients take it (requests go to <base>/chat/completions), the model name,
+    # and the NAME of the environment variable holding the API key (never the key; "" = the server needs none).
+    endpoint_url: str = ""  # e.g. https://api.deepseek.com/v1, http://127.0.0.1:8000/v1
+    endpoint_model: str = ""  # e.g. deepseek-chat (DeepSeek-V3)
+    endpoint_api_key_env: str = ""  # e.g. DEEPSEEK_API_KEY
+    endpoint_concurrency: int = 8  # requests in flight
+    endpoint_timeout_s: float = 120.0  # per attempt
+    endpoint_max_retries: int = 8  # on 429, 5xx, timeouts and dropped connections (exponential backoff, jitter)
+    endpoint_backoff_s: float = 1.0  # the first retry's wait (at most); doubles each retry up to the max below
+    endpoint_max_backoff_s: float = 60.0
+    endpoint_cache_chunk: int = 200  # answers per cache file: a crash loses at most this many (or one minute's)
 
     def __post_init__(self) -> None:
-        if self.llm == "tiny-random" and self.llm_path:
-            raise ValueError("eval_vqa.llm_path is ignored while eval_vqa.llm='tiny-random'; to answer with that "
+        if self.llm != "pretrained" and self.llm_path:
+            raise ValueError(f"eval_vqa.llm_path is ignored while eval_vqa.llm={self.llm!r}; to answer with that "
                              "model add --set eval_vqa.llm=pretrained")
+        given = [name for name in ("endpoint_url", "endpoint_model", "endpoint_api_key_env") if getattr(self, name)]
+        if self.llm != "endpoint" and given:
+            raise ValueError(f"eval_vqa.{given[0]} is ignored while eval_vqa.llm={self.llm!r}; to answer through "
+                             "that server add --set eval_vqa.llm=endpoint")
+        if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
+            raise ValueError(f"eval_vqa.endpoint_url must start with http:// or https:// (e.g. "
+                             f"https://api.deepseek.com/v1), got {self.endpoint_url!r}")
+        check_api_key_env_name(self.endpoint_api_key_env, "eval_vqa.endpoint_api_key_env")
         if not self.shots or any(k < 0 for k in self.shots) or len(set(self.shots)) != len(self.shots):
             raise ValueError(f"eval_vqa.shots must be distinct shot counts >= 0 (paper: [0, 4, 32]), got "
                              f"{self.shots}")
-        for name in ("max_new_tokens", "batch_size", "num_workers"):
+        for name in ("max_new_tokens", "batch_size", "num_workers", "endpoint_concurrency", "endpoint_cache_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"eval_vqa.{name} must be >= 1, got {getattr(self, name)}")
         if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0 or self.results_csv_rows < 0:
             raise ValueError("eval_vqa.cpus_per_worker must be > 0, gpus_per_worker and results_csv_rows >= 0")
+        if self.endpoint_timeout_s <= 0 or self.endpoint_max_retries < 0 or self.endpoint_backoff_s < 0 \
+                or self.endpoint_max_backoff_s < self.endpoint_backoff_s:
+            raise ValueError("eval_vqa.endpoint_timeout_s must be > 0, endpoint_max_retries >= 0 and 0 <= "
+                             "endpoint_backoff_s <= endpoint_max_backoff_s")
         if self.answer_processing not in ("official", "evalai"):
             raise ValueError(f"eval_vqa.answer_processing must be 'official' (GT-Vision-Lab vqaEval.py, 2021) or "
                              f"'evalai' (the EvalAI challenge server), got {self.answer_processing!r}")
@@ -71,6 +104,12 @@ class EvalVqaConfig:
                        max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
                        device="cuda" if self.gpus_per_worker > 0 else "cpu",
                        num_threads=max(1, int(self.cpus_per_worker)))
+
+    def chat_endpoint(self) -> ChatEndpoint:
+        return ChatEndpoint(base_url=self.endpoint_url, model=self.endpoint_model,
+                            api_key_env=self.endpoint_api_key_env, max_tokens=self.max_new_tokens,
+                            timeout_s=self.endpoint_timeout_s, max_retries=self.endpoint_max_retries,
+                            backoff_s=self.endpoint_backoff_s, max_backoff_s=self.endpoint_max_backoff_s)
 
 
 @dataclass(frozen=True)
@@ -95,9 +134,13 @@ class EvalVqaStep(Step[EvalVqaConfig]):
                OutputFile("vqa_results.csv", "a sample of answers for MLflow"))
 
     def resources(self, config: EvalVqaConfig) -> Resources:
+        if config.llm == "endpoint":
+            return Resources(num_cpus=1)  # this task sends the requests (threads waiting on the network)
         return Resources(num_cpus=0)  # the answer tasks ask for their own CPUs/GPUs
 
     def worker_pools(self, config: EvalVqaConfig) -> tuple[WorkerPool, ...]:
+        if config.llm == "endpoint":
+            return ()
         return (WorkerPool("LLM answer task", "tasks", config.num_workers, config.cpus_per_worker,
                            config.gpus_per_worker),)
 
@@ -105,6 +148,15 @@ class EvalVqaStep(Step[EvalVqaConfig]):
         return {"eval_vqa.llm_path": config.llm_path} if config.llm == "pretrained" else {}
 
     def preflight(self, config: EvalVqaConfig) -> None:
+        if config.llm == "endpoint":
+            for name, example in (("endpoint_url", "https://api.deepseek.com/v1"), ("endpoint_model", "deepseek-chat")):
+                if not getattr(config, name):
+                    raise ValueError(f"eval_vqa.{name} is not set (eval_vqa.llm=endpoint): e.g. --set eval_vqa."
+                                     f"{name}={example} (DeepSeek-V3, with eval_vqa.endpoint_api_key_env="
+                                     "DEEPSEEK_API_KEY), or a vLLM / SGLang server's http://<host>:<port>/v1")
+            if not os.environ.get("RAY_ADDRESS"):  # on a cluster the step's node reads it (checked there)
+                read_api_key(config.chat_endpoint(), "eval_vqa.endpoint_api_key_env")
+            return
         if config.llm != "pretrained":
             return
         if not config.llm_path:
@@ -120,6 +172,7 @@ class EvalVqaStep(Step[EvalVqaConfig]):
 
         from vlv.eval.eval_sets import load_split, read_eval_sets
         from vlv.eval.vqa_accuracy import score_vqa
+        from vlv.eval.vqa_endpoint import endpoint_answers
         from vlv.eval.vqa_llm import distributed_answers
 
         cfg = ctx.config
@@ -139,11 +192,21 @@ class EvalVqaStep(Step[EvalVqaConfig]):
             exemplar_set = load_split(bench.exemplars)
             rows += build_prompt_rows(name, datasets[name], exemplar_set, captions, cfg.shots, cfg.seed)
         ctx.log.info("VQA answer processing: %s", cfg.answer_processing)
-        ctx.log.info("answering %d prompts (%d benchmarks x shots %s) with the %s LLM over %d task(s)", len(rows),
-                     len(names), cfg.shots, cfg.llm, cfg.num_workers)
-        answers = distributed_answers([row.prompt for row in rows], cfg.llm_spec(), num_workers=cfg.num_workers,
-                                      num_cpus_per_worker=cfg.cpus_per_worker, num_gpus_per_worker=cfg.gpus_per_worker)
         metrics: dict[str, float] = {}
+        prompts = [row.prompt for row in rows]
+        if cfg.llm == "endpoint":
+            ctx.log.info("answering %d prompts (%d benchmarks x shots %s) with %s at %s", len(rows), len(names),
+                         cfg.shots, cfg.endpoint_model, cfg.endpoint_url)
+            answers, usage = endpoint_answers(prompts, cfg.chat_endpoint(), concurrency=cfg.endpoint_concurrency,
+                                              cache_uri=ctx.cache_uri, chunk_size=cfg.endpoint_cache_chunk,
+                                              progress=lambda u, total: _log_endpoint_cost(ctx, u, total))
+            metrics.update(usage.metrics(ENDPOINT_METRIC_PREFIX))
+        else:
+            ctx.log.info("answering %d prompts (%d benchmarks x shots %s) with the %s LLM over %d task(s)",
+                         len(rows), len(names), cfg.shots, cfg.llm, cfg.num_workers)
+            answers = distributed_answers(prompts, cfg.llm_spec(), num_workers=cfg.num_workers,
+                                          num_cpus_per_worker=cfg.cpus_per_worker,
+                                          num_gpus_per_worker=cfg.gpus_per_worker)
         score_rows: list[tuple[str, int, str, int, float]] = []
         per_question: dict[tuple[str, int, int], float] = {}
         for name in names:
@@ -175,6 +238,14 @@ class EvalVqaStep(Step[EvalVqaConfig]):
         }), ctx.output_dir / "vqa_results.parquet")
         write_results_csv(ctx.output_dir / "vqa_results.csv", rows, answers, scores, cfg.results_csv_rows)
         return StepResult(metrics=metrics, artifacts=["vqa_scores.csv", "vqa_results.csv"])
+
+
+def _log_endpoint_cost(ctx: StepContext[EvalVqaConfig], usage: EndpointUsage, total: int) -> None:
+    """The endpoint's cost so far: a log line, and the counters as MLflow metrics by prompts done."""
+    done = usage.answered + usage.cache_hits
+    ctx.log.info("VQA endpoint: %d/%d distinct prompts done; %s", done, total, usage.describe())
+    for name, value in usage.metrics(ENDPOINT_METRIC_PREFIX).items():
+        ctx.metrics.log_metric(name, value, step=done)
 
 
 def read_vqa_captions(path: Path) -> dict[tuple[str, str], dict[int, str]]:

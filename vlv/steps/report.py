@@ -57,7 +57,7 @@ class ReportConfig:
 class ReportStep(Step[ReportConfig]):
     name = "report"
     upstream = ("prepare_metadata", "download", "aesthetic_filter", "ingest_captions", "train_stage1",
-                "train_stage2", "caption_eval", "eval_fid", "eval_vqa")
+                "train_stage2", "caption_eval", "eval_fid", "eval_vqa", "eval_arena")
     code_version = "1"
     description = "One self-contained HTML report: results vs paper, data funnel, curves, grids, captions"
 
@@ -74,6 +74,7 @@ class ReportStep(Step[ReportConfig]):
             caveat = CAVEATS.get(ctx.preset, TINY_CAVEAT)
             sections.append(f'<div class="caveat"><strong>Caveat — {esc(caveat)}</strong></div>')
         sections.append(results_section(ctx.inputs, tiny))
+        sections.append(arena_section(ctx.inputs))
         sections.append(funnel_section(ctx.inputs))
         curves, curve_count = curves_section(ctx.inputs, ctx.tracking_uri, cfg.curve_metrics, ctx.log)
         sections.append(curves)
@@ -124,6 +125,25 @@ def results_section(inputs: dict[str, StepOutput], tiny: bool) -> str:
     return ("<h2>Results beside the paper</h2>" + table(header, rows)
             + '<p class="muted">Paper: caption FID with SD 3.5 Medium, 40 steps, on COCO 2014 val (30K); '
               "VQA with 32-shot prompts. — = not reported there or not run here. " + esc(settings) + "</p>")
+
+
+def arena_section(inputs: dict[str, StepOutput]) -> str:
+    """Paper Table 2 as this run measured it: eval_arena's scores table and chart (nothing if it did not run)."""
+    if "eval_arena" not in inputs or not inputs["eval_arena"].has("arena_scores.csv"):
+        return ""
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(inputs["eval_arena"].read_text("arena_scores.csv"))))
+    cells = [[r["captioner"], int(r["scored"]), int(r["pairs"]),
+              float(r["mean_score"]) if r["mean_score"] else None,
+              f"{float(r['ci95_low']):.2f} - {float(r['ci95_high']):.2f}" if r["mean_score"] else None] for r in rows]
+    note = "" if all(r["comparable"] == "true" for r in rows) else \
+        '<p class="muted">Not comparable with the paper: the tiny preset generates the judge\'s scores.</p>'
+    chart = _png_of(inputs, "eval_arena", "arena_scores.png")
+    return ("<h2>Caption arena (judge scores 0-6)</h2>"
+            + table(["captioner", "scored", "pairs", "mean score", "bootstrap 95% interval"], cells) + note
+            + (png_img(chart, "caption arena scores") if chart else ""))
 
 
 def _settings_note(inputs: dict[str, StepOutput]) -> str:
