@@ -16,7 +16,6 @@ Both must give the same scores (checked). Ends with `result: step_over_bare <rat
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import tarfile
@@ -25,40 +24,14 @@ import time
 from pathlib import Path
 
 from vlv.runtime_env import apply_runtime_defaults
+from vlv.testing.photo_shards import write_photo_shards
 
 TARGET = 0.7
-PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg"]
 
 
-def write_shards(folder: Path, count: int, per_shard: int, side: int = 384) -> list[str]:
-    """`count` 384 px JPEG crops of the scikit-image photos in img2dataset's tar layout (key.jpg/.txt/.json)."""
-    import numpy as np
-    import skimage.data
-    from PIL import Image
-
-    photos = [Image.open(Path(skimage.data.data_dir) / name).convert("RGB") for name in PHOTOS]
-    rng = np.random.default_rng(0)
-    paths: list[str] = []
-    for shard in range((count + per_shard - 1) // per_shard):
-        path = folder / f"{shard:05d}.tar"
-        with tarfile.open(path, "w") as tar:
-            for row in range(shard * per_shard, min(count, (shard + 1) * per_shard)):
-                photo = photos[row % len(photos)]
-                crop = int(rng.integers(min(photo.size) // 2, min(photo.size) + 1))
-                left = int(rng.integers(0, photo.width - crop + 1))
-                top = int(rng.integers(0, photo.height - crop + 1))
-                image = photo.crop((left, top, left + crop, top + crop)).resize((side, side), Image.BICUBIC)
-                encoded = io.BytesIO()
-                image.save(encoded, format="JPEG", quality=95)
-                key = f"{shard:05d}{row % per_shard:04d}"
-                members = {"jpg": encoded.getvalue(), "txt": f"photo {row}".encode(),
-                           "json": json.dumps({"url": f"http://example.invalid/{row}.jpg"}).encode()}
-                for suffix, data in members.items():
-                    info = tarfile.TarInfo(f"{key}.{suffix}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-        paths.append(str(path))
-    return paths
+def write_shards(folder: Path, count: int, per_shard: int) -> list[str]:
+    samples = write_photo_shards(folder, count, per_shard)
+    return [str(folder / name) for name in sorted({name for name, _ in samples})]
 
 
 def write_models(folder: Path, arch: str) -> tuple[str, str]:
