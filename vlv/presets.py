@@ -145,6 +145,8 @@ def paper_mini() -> PipelineConfig:
         num_workers=1, cpus_per_worker=1.0, gpus_per_worker=0.0)
     config.eval_vqa = dataclasses.replace(config.eval_vqa, llm_path=str(assets.qwen), num_workers=1,
                                           cpus_per_worker=1.0, gpus_per_worker=0.0)
+    # No Gemini judge offline: the arena judges with generated scores, as in tiny, so its path runs end to end.
+    config.eval_arena = dataclasses.replace(config.eval_arena, num_images=6, generate_tiny=True)
     return config
 
 

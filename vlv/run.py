@@ -199,6 +199,9 @@ def _do_step(step: Step, planned: PlannedStep, config: PipelineConfig, store: Ru
     inputs = {}
     for up, up_key in planned.upstream_keys.items():
         given = store.output(up, up_key)
+        if given is None and up in step.optional_upstream:
+            log.info("step %-16s runs without %s (not produced: it waits for an outside input)", planned.name, up)
+            continue
         assert given is not None, "upstream steps run first or are checked by the planner"
         inputs[up] = given
         _check_input(planned.name, given, tracking, run_id)

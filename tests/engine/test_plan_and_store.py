@@ -116,3 +116,23 @@ def test_manifest_round_trips_json():
     manifest = Manifest("a", "k", "1", {"x": 1}, {"up": "u"}, (), {"m": 1.5}, ("t.csv",))
     assert Manifest.from_json(manifest.to_json()) == manifest
     assert dataclasses.asdict(Manifest.from_json(manifest.to_json()))["artifacts"] == ("t.csv",)
+
+
+def test_a_step_waiting_for_an_outside_input_is_skipped_and_its_optional_reader_runs(tmp_path):
+    """The paper preset's arena waits for a judge's Batch API output; the report runs without it; naming the arena
+    (--steps/--force) plans it, so its preflight says what is missing; with the output given it runs."""
+    from vlv.config import load_config
+    from vlv.pipeline import pipeline_steps
+
+    store = RunStore(str(tmp_path))
+    plan = {p.name: p for p in make_plan(pipeline_steps(), load_config("paper"), store)}
+    assert plan["eval_arena"].action == "skip" and plan["eval_arena"].waiting
+    assert plan["eval_arena"].reason.startswith("waiting for the judge's output (eval_arena.judge_output)")
+    assert plan["report"].action == "run" and "eval_arena" in plan["report"].upstream_keys
+    assert make_plan(pipeline_steps(), load_config("paper"), store, force=["eval_arena"])[9].action == "run"
+    given = load_config("paper", overrides={"eval_arena.judge_output": "/data/arena_responses.jsonl"})
+    planned = {p.name: p for p in make_plan(pipeline_steps(), given, store)}
+    assert planned["eval_arena"].action == "run" and not planned["eval_arena"].waiting
+    assert planned["report"].key != plan["report"].key  # the report with the arena is another output
+    with pytest.raises(ValueError, match="needs the output of step 'prepare_metadata'"):
+        make_plan(pipeline_steps(), load_config("paper"), store, only=["report"])  # required upstreams still count

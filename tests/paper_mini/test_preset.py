@@ -42,6 +42,7 @@ CHANGED = {
     "eval_fid.gpus_per_worker": CPU,
     "eval_vqa.llm_path": PATH, "eval_vqa.num_workers": WORKERS, "eval_vqa.cpus_per_worker": CPU,
     "eval_vqa.gpus_per_worker": CPU,
+    "eval_arena.num_images": SIZE, "eval_arena.generate_tiny": PATH,  # no judge offline: generated scores
 }
 
 

@@ -28,6 +28,7 @@ class PlannedStep:
     reason: str
     section: dict[str, Any]
     forced: bool = False  # by --force/--from: runs even if another invocation publishes it meanwhile
+    waiting: bool = False  # skipped because it waits for an outside input (Step.waiting_for)
 
 
 def step_key(name: str, code_version: str, section: dict[str, Any], upstream_keys: dict[str, str]) -> str:
@@ -84,8 +85,11 @@ def make_plan(
         upstream_keys = {up: keys[up] for up in step.upstream}
         key = step_key(step.name, step.code_version, output_settings(getattr(config, step.name)), upstream_keys)
         keys[step.name] = key
+        waiting = step.waiting_for(getattr(config, step.name))
         if step.name not in selected:
             action, reason = "skip", "not selected by --steps"
+        elif waiting and step.name not in set(only) | set(force) and not store.is_published(step.name, key):
+            action, reason = "skip", f"waiting for {waiting}"
         elif step.name in forced:
             action, reason = "run", "forced" if step.name in force else f"downstream of --from {from_step}"
         elif store.is_published(step.name, key):
@@ -93,13 +97,17 @@ def make_plan(
         else:
             action, reason = "run", "no published output for this key"
         plan.append(PlannedStep(step.name, key, upstream_keys, action, reason, section,
-                                forced=action == "run" and step.name in forced))
+                                forced=action == "run" and step.name in forced,
+                                waiting=action == "skip" and reason.startswith("waiting for")))
 
     by_name = {p.name: p for p in plan}
+    steps_by_name = {s.name: s for s in steps}
     for planned in plan:
         if planned.action != "run":
             continue
         for up, up_key in planned.upstream_keys.items():
+            if by_name[up].waiting and up in steps_by_name[planned.name].optional_upstream:
+                continue  # runs without it
             if by_name[up].action == "skip" and not store.is_published(up, up_key):
                 raise ValueError(
                     f"step '{planned.name}' needs the output of step '{up}' (key {up_key}), which is not in "

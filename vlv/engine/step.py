@@ -110,6 +110,9 @@ class Step(Generic[SectionT]):
 
     name: ClassVar[str]
     upstream: ClassVar[tuple[str, ...]] = ()
+    # Upstream steps this one also runs without, when they wait for an input nobody has given yet (see
+    # `waiting_for`): the report without the caption arena until the judge's output exists.
+    optional_upstream: ClassVar[tuple[str, ...]] = ()
     # Bump when the step's output for the same config changes meaning; it is part of the cache key.
     code_version: ClassVar[str] = "1"
     # True when a crashed attempt's staging folder should be kept and continued (e.g. img2dataset incremental).
@@ -137,6 +140,12 @@ class Step(Generic[SectionT]):
         id (org/name) is left to the loader. Empty values are skipped (`preflight` says which must be set).
         """
         return {}
+
+    def waiting_for(self, config: SectionT) -> str:
+        """What outside input this step still waits for ("" = none): such a step is planned as skipped, with this
+        reason, unless named by --steps or --force (then its preflight says what is missing). For inputs made
+        between two invocations, like a Batch API job's output."""
+        return ""
 
     def preflight(self, config: SectionT) -> None:
         """Raise ValueError before any work starts if this step cannot run (missing input, missing weights)."""

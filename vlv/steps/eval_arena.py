@@ -105,6 +105,12 @@ class EvalArenaStep(Step[EvalArenaConfig]):
         paths = {f"eval_arena.other_captioners[{c.name}].path": c.path for c in config.other_captioners}
         return {**paths, "eval_arena.rubric_file": config.rubric_file}  # read by this step's task, on its node
 
+    def waiting_for(self, config: EvalArenaConfig) -> str:
+        if config.generate_tiny or config.judge_output.strip():
+            return ""
+        return (f"the judge's output (eval_arena.judge_output): write the requests with `{REQUEST_COMMAND}`, run "
+                "them as a Gemini Batch API job, then rerun with --set eval_arena.judge_output=<responses.jsonl>")
+
     def preflight(self, config: EvalArenaConfig) -> None:
         from vlv.data.caption_ingest import expand_sources
         from vlv.eval.arena import load_rubric

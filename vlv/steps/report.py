@@ -58,6 +58,7 @@ class ReportStep(Step[ReportConfig]):
     name = "report"
     upstream = ("prepare_metadata", "download", "aesthetic_filter", "ingest_captions", "train_stage1",
                 "train_stage2", "caption_eval", "eval_fid", "eval_vqa", "eval_arena")
+    optional_upstream = ("eval_arena",)  # the arena waits for a judge's Batch API output; the report does not
     code_version = "1"
     description = "One self-contained HTML report: results vs paper, data funnel, curves, grids, captions"
 
