@@ -81,8 +81,7 @@ class EvalFidConfig:
     recon_scheduler: Literal["ddpm", "ddim"] = "ddpm"
     recon_cfg_scales: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 4.0])  # paper: CFG 1-4
     t2i_model: Literal["sd21", "sd35_medium", "tiny"] = "sd21"  # paper Table 1 used sd35_medium
-    # A diffusers pipeline folder or hub id (stabilityai/stable-diffusion-3.5-medium, ...-2-1-base); never fetched
-    # by tests
+    # A diffusers pipeline folder, or a hub id loaded when online: stabilityai/stable-diffusion-3.5-medium, ...
     t2i_weights: str = ""
     t2i_num_steps: int = 40
     t2i_image_size: int = 512  # sd35_medium: 1024, its native size (multiples of 16)
