@@ -26,10 +26,10 @@ TINY_CAVEAT = ("tiny preset: every model in this run (captioner, diffusion decod
                "randomly initialised and trained for a few steps on a handful of images. The FID and VQA numbers "
                "below exercise the real code paths but MEAN NOTHING and compare with no published number.")
 PAPER_MINI_CAVEAT = ("paper_mini preset: the paper's code paths, settings and file formats, but every model in this "
-                     "run (Florence-2, SD 2.1 base, Qwen2.5, CLIP ViT-L/14 and the aesthetic predictor, the FID "
-                     "Inception, the VQA LLM) is a miniature, randomly initialised copy, trained for a few steps on a "
-                     "few dozen photos and evaluated on a few. The losses, aesthetic scores, captions, FID and VQA "
-                     "numbers below MEAN NOTHING and compare with no published number.")
+                     "run (Florence-2, SD 2.1 base, SD 3.5 Medium, Qwen2.5, CLIP ViT-L/14 and the aesthetic predictor, "
+                     "the FID Inception, the VQA LLM) is a miniature, randomly initialised copy, trained for a few "
+                     "steps on a few dozen photos and evaluated on a few. The losses, aesthetic scores, captions, FID "
+                     "and VQA numbers below MEAN NOTHING and compare with no published number.")
 CAVEATS = {"tiny": TINY_CAVEAT, "paper_mini": PAPER_MINI_CAVEAT}
 FUNNEL = (  # (step, metric, stage label)
     ("prepare_metadata", "rows_read", "LAION metadata rows read"),
