@@ -518,6 +518,11 @@ def config_zero_stage_4(env: Env) -> None:
                  "got 4")
 
 
+def config_sd35_in_fp16(env: Env) -> None:
+    expect_error(lambda: _load("paper", **{"eval_fid.t2i_dtype": "float16"}), "eval_fid.t2i_dtype=float16",
+                 "t2i_model=sd35_medium", "T5-XXL text encoder overflows", "--set eval_fid.t2i_dtype=bfloat16")
+
+
 def config_port_in_ray_worker_range(env: Env) -> None:
     expect_error(lambda: _load(**{"prepare_metadata.tiny_port": "18765"}), "prepare_metadata.tiny_port=18765",
                  "Ray's worker port range 10002-19999", "hands those ports to its worker processes",
@@ -878,6 +883,10 @@ CASES: tuple[Case, ...] = (
     Case(CONFIG, "zero_stage_4",
          "`deepspeed.zero_stage=4`",
          "error listing stages 0-3", config_zero_stage_4),
+    Case(CONFIG, "sd35_in_fp16",
+         "`--set eval_fid.t2i_dtype=float16` with SD 3.5 Medium (`paper`)",
+         "error: its T5-XXL encoder overflows in float16; use `eval_fid.t2i_dtype=bfloat16` as its model card",
+         config_sd35_in_fp16),
     Case(CONFIG, "port_in_ray_worker_range",
          "`--set prepare_metadata.tiny_port=18765`, a port in Ray's worker range",
          "error naming the range 10002-19999 and why (Ray hands those ports to its workers); 0 = any free port",

@@ -80,7 +80,8 @@ def test_fid_has_a_row_per_cfg_value_and_is_marked_not_comparable(paper_mini_sto
     rows = list(csv.DictReader(open(folder / "fid.csv", encoding="utf-8")))
     for kind in ("reconstruction", "caption"):
         assert [float(row["guidance_scale"]) for row in rows if row["kind"] == kind] == [1.0, 2.0, 3.0, 4.0], kind
-    assert {row["generator"] for row in rows if row["kind"] == "caption"} == {"sd21"}
+    captions = {(row["generator"], row["captioner"]) for row in rows if row["kind"] == "caption"}
+    assert captions == {("sd35_medium", "vlv")}
     assert all(row["comparable"] == "false" and float(row["fid"]) > 0 for row in rows)
     metrics = _child_runs(paper_mini_store)["eval_fid"].data.metrics
     assert {f"fid_{kind}cfg{k}" for kind in ("", "recon_") for k in (1, 2, 3, 4)} <= set(metrics)

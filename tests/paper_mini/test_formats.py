@@ -166,7 +166,7 @@ def test_inception_file_loads_only_with_its_own_hash(config, tmp_path):
 def test_text_to_image_pipelines_generate_from_captions(config, paper_mini_assets, model, dtype):
     from vlv.eval.text_to_image import TextToImageSpec, build_text_to_image, generate_from_captions
 
-    weights = config.eval_fid.t2i_weights if model == "sd21" else str(paper_mini_assets.sd35)
+    weights = str(paper_mini_assets.sd21) if model == "sd21" else config.eval_fid.t2i_weights  # paper_mini: sd35
     spec = TextToImageSpec(model=model, weights=weights, image_size=64, num_steps=2, dtype=dtype)
     pipeline = build_text_to_image(spec)
     assert next(pipeline.transformer.parameters() if model == "sd35_medium" else

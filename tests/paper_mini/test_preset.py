@@ -38,7 +38,7 @@ CHANGED = {
         "exemplar_images_dir")},
     "eval_fid.inception_weights": PATH, "eval_fid.inception_sha256": PATH, "eval_fid.recon_num_steps": STEPS,
     "eval_fid.t2i_weights": PATH, "eval_fid.t2i_num_steps": STEPS, "eval_fid.t2i_image_size": SIZE,
-    "eval_fid.t2i_dtype": CPU, "eval_fid.num_workers": WORKERS, "eval_fid.cpus_per_worker": CPU,
+    "eval_fid.num_workers": WORKERS, "eval_fid.cpus_per_worker": CPU,
     "eval_fid.gpus_per_worker": CPU,
     "eval_vqa.llm_path": PATH, "eval_vqa.num_workers": WORKERS, "eval_vqa.cpus_per_worker": CPU,
     "eval_vqa.gpus_per_worker": CPU,

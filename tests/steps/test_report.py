@@ -15,7 +15,7 @@ from tests.steps.eval_upstream import publish_output, run_step
 from vlv.engine.store import RunStore
 from vlv.eval.eval_sets import EVAL_SETS_FILE
 from vlv.steps.caption_eval import CaptionEvalConfig, VqaBenchmarkConfig, resolve_eval_sets
-from vlv.steps.report import PAPER_CAPTION_FID_CFG2, TINY_CAVEAT, ReportConfig, ReportStep
+from vlv.steps.report import TINY_CAVEAT, ReportConfig, ReportStep
 
 LOSSES = [1.0, 0.8, 0.55, 0.5]
 DATA_METRICS = {
@@ -25,7 +25,8 @@ DATA_METRICS = {
     "ingest_captions": {"captions_ok": 30.0, "captions_quarantined": 6.0},
 }
 FID_METRICS = {"fid": 123.4, "fid_recon": 200.5, "fid_recon_cfg1": 210.75, "fid_recon_cfg2": 200.5,
-               "fid_cfg1": 150.25, "fid_cfg2": 123.4, "fid_images": 8.0}
+               "fid_cfg1": 150.25, "fid_cfg2": 123.4, "fid_caption_gpt4o_cfg1": 140.5, "fid_caption_gpt4o_cfg2": 99.5,
+               "fid_caption_gpt4o": 99.5, "fid_images": 8.0}
 VQA_METRICS = {"vqa_accuracy": 12.5, "vqa_accuracy_tiny_0shot": 10.0, "vqa_accuracy_tiny_4shot": 12.5,
                "vqa_accuracy_tiny_4shot_yes_no": 30.0, "vqa_questions": 28.0}
 
@@ -56,14 +57,17 @@ def _upstream(store: RunStore, tracking_uri: str, *, comparable: bool) -> dict:
     inputs = {name: publish_output(store, name, f"{name[:4]}{suffix}", lambda f: None, metrics=metrics)
               for name, metrics in DATA_METRICS.items()}
     inputs["train_stage1"] = publish_output(store, "train_stage1", f"s1{suffix}",
-                                            lambda f: _png(f, "reconstruction_grid.png", 40), mlflow_run_id=run_id)
-    inputs["train_stage2"] = publish_output(store, "train_stage2", f"s2{suffix}", lambda f: None)
+                                            lambda f: _png(f, "reconstruction_grid.png", 40), mlflow_run_id=run_id,
+                                            config={"model": {"num_queries": 77}})
+    inputs["train_stage2"] = publish_output(store, "train_stage2", f"s2{suffix}", lambda f: None,
+                                            config={"model": {"trainable": "mlp+llm", "llm_arch": "tiny_qwen2"}})
     inputs["caption_eval"] = publish_output(store, "caption_eval", f"ce{suffix}", _caption_eval_folder)
     inputs["eval_fid"] = publish_output(
         store, "eval_fid", f"fid{suffix}", lambda f: (_png(f, "recon_grid.png", 90), _png(f, "caption_grid.png", 160)),
         metrics={**FID_METRICS, "fid_comparable": 1.0 if comparable else 0.0},
-        config={"t2i_model": "tiny", "t2i_num_steps": 2, "recon_scheduler": "ddpm", "recon_num_steps": 2,
-                "recon_cfg_scales": [1.0, 2.0], "headline_cfg": 2.0})
+        config={"t2i_model": "tiny", "t2i_num_steps": 2, "t2i_image_size": 64, "t2i_dtype": "float32",
+                "recon_scheduler": "ddpm", "recon_num_steps": 2, "recon_cfg_scales": [1.0, 2.0], "headline_cfg": 2.0,
+                "other_captioners": [{"name": "gpt4o", "path": "/data/gpt4o.jsonl"}], "reference_captions": False})
     inputs["eval_vqa"] = publish_output(store, "eval_vqa", f"vqa{suffix}", lambda f: None, metrics=VQA_METRICS,
                                         config={"llm": "tiny-random", "shots": [0, 4], "answer_processing": "official"})
     return inputs
@@ -79,12 +83,16 @@ def tiny_report(tmp_path_factory):
     return output, (output.local_dir / "report.html").read_text(encoding="utf-8")
 
 
-def test_results_table_sits_beside_the_paper_numbers(tiny_report):
+def _row(html: str, *cells: str) -> str:
+    """The rest of the table row whose first cells are `cells` (HTML of what follows them)."""
+    head = "".join(f"<td>{cell}</td>" for cell in cells)
+    return re.search(rf"<tr>{re.escape(head)}(.*?)</tr>", html).group(1)
+
+
+def test_this_runs_numbers_are_listed(tiny_report):
     _, html = tiny_report
-    for value in list(PAPER_CAPTION_FID_CFG2.values()) + [63.60, 60.25]:
-        assert f">{value:.2f}<" in html
-    row = re.search(r"<tr><td>caption FID, CFG 2 \(lower is better\)</td>(.*?)</tr>", html).group(1)
-    assert row.startswith('<td class="num">123.40</td><td class="num">6.64</td>')
+    assert _row(html, "caption FID, CFG 2") == '<td class="num">123.40</td>'
+    assert _row(html, "caption FID of gpt4o&#x27;s captions, CFG 1") == '<td class="num">140.50</td>'
     assert "<td>reconstruction FID (stage 1)</td><td class=\"num\">200.50</td>" in html
     assert "<td>reconstruction FID, CFG 1</td><td class=\"num\">210.75</td>" in html
     assert "Reconstructions sampled with DDPM (2 steps), CFG [1.0, 2.0], headline at CFG 2." in html
@@ -92,6 +100,23 @@ def test_results_table_sits_beside_the_paper_numbers(tiny_report):
     assert "<td>tiny accuracy %, 4-shot</td><td class=\"num\">12.50</td>" in html
     assert "yes_no" not in html  # per-answer-type metrics stay out of the headline table
     assert "tiny (2 steps) on 8 images" in html
+
+
+def test_the_papers_tables_carry_this_runs_numbers_in_the_matching_cells(tiny_report):
+    _, html = tiny_report
+    for number in range(1, 6):
+        assert f"<h3>Table {number}. " in html
+    assert _row(html, "VLV", "paper") == "<td>not available offline</td><td>6.64 †‡</td>" \
+                                         "<td>not available offline</td><td>not available offline</td>"
+    assert _row(html, "VLV", "this run") == '<td class="num">150.25</td><td class="num">123.40</td>' \
+                                            "<td>not run</td><td>not run</td>"  # Table 1, CFG 1-4
+    assert _row(html, "GPT-4o", "this run").startswith('<td class="num">140.50</td><td class="num">99.50</td>')
+    assert _row(html, "77 queries", "this run") == '<td class="num">200.50</td>'  # Table 4: fid_recon
+    assert _row(html, "MLP + LLM", "this run") == '<td class="num">123.40</td>'  # caption FID at CFG 2
+    assert _row(html, "36 images", "this run").startswith('<td class="num">150.25</td>')
+    assert _row(html, "tiny_qwen2", "this run").startswith('<td class="num">150.25</td>')  # Table 5's decoder rows
+    assert "63.60 †‡" in html and "60.25 ‡" in html and "‡ the reference numbers" in html
+    assert "NOT comparable (random models)" in html
 
 
 def test_tiny_caveat_is_prominent(tiny_report):

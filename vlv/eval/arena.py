@@ -151,13 +151,14 @@ def write_judge_requests(pairs: Sequence[ArenaPair], images_dir: str, output_pat
 
 # -- which pairs --------------------------------------------------------------------------------------------
 
-def read_captioner_file(path: str, name: str) -> tuple[dict[int, str], dict[str, str]]:
+def read_captioner_file(path: str, name: str, *, section: str = "eval_arena") -> tuple[dict[int, str], dict[str, str]]:
     """A captioner's captions file: plain JSONL or CSV rows with `caption` and `image_id` and/or `file_name`.
 
     Returns (captions by image_id, captions by file_name); the first caption of an image wins. A row that cannot
-    be read is an error naming the file and line: these files are small and made by hand or by a script.
+    be read is an error naming the file and line: these files are small and made by hand or by a script. The
+    caption arena and caption FID (`section` eval_fid) read them alike; errors name `<section>.other_captioners`.
     """
-    setting = f"eval_arena.other_captioners[{name}].path"
+    setting = f"{section}.other_captioners[{name}].path"
     try:
         with fsspec.open(path, "rb", compression="infer") as handle:
             text = handle.read().decode("utf-8-sig")

@@ -6,9 +6,9 @@ returns exact float64 sums (`FeatureStats`), which merge by addition into the st
 same arithmetic as `distributed_feature_stats`). Images never travel, except the few kept for sample grids.
 
 Generators: `ReconstructionGenerator` (image -> stage-1 caption embeddings -> frozen SD sampling) and
-`CaptionGenerator` (caption text -> a text-to-image pipeline), each one pass per CFG value with the same noise
-seeds, and `IdentityGenerator` (the originals themselves: FID against the real statistics must then be ~0, which
-tests the plumbing).
+`CaptionGenerator` (caption text -> a text-to-image pipeline, for each of its `CaptionSource`s: VLV's captions and
+other captioners'), each one pass per CFG value with the same noise seeds, and `IdentityGenerator` (the originals
+themselves: FID against the real statistics must then be ~0, which tests the plumbing).
 
 Real-image statistics are computed from the image FILES with `distributed_feature_stats` (pytorch-fid's way)
 and cached under a key made of the files' content hashes and the Inception's identity, so a rerun with another
@@ -25,11 +25,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from vlv.engine.storage import filesystem, read_bytes
+from vlv.eval.arena import VLV
 from vlv.eval.fid import FeatureStats, distributed_feature_stats, fid_from_stats, split_evenly
 from vlv.eval.inception import InceptionFeatureExtractor, InceptionSpec
 from vlv.eval.text_to_image import TextToImageSpec
@@ -62,12 +63,42 @@ class ReconstructionGenerator:
 
 
 @dataclass(frozen=True)
+class CaptionSource:
+    """Whose captions a caption generator draws: the evaluation images' own (VLV's, `captions` None) or another
+    captioner's, by image id."""
+
+    name: str = VLV
+    captions: Mapping[int, str] | None = None
+
+    def caption(self, image: EvalImage) -> str:
+        return image.caption if self.captions is None else self.captions[image.image_id]
+
+    def restricted_to(self, images: Sequence[EvalImage]) -> CaptionSource:
+        """Only the captions of `images` (what one task needs), so a task does not carry the whole file."""
+        if self.captions is None:
+            return self
+        return CaptionSource(self.name, {image.image_id: self.captions[image.image_id] for image in images})
+
+
+@dataclass(frozen=True)
 class CaptionGenerator:
+    """Caption FID: every source's captions through one text-to-image pipeline (loaded once per task), per CFG."""
+
     spec: TextToImageSpec
     guidance_scales: tuple[float, ...]
+    sources: tuple[CaptionSource, ...] = (CaptionSource(),)
 
     def labels(self) -> list[str]:
-        return [cfg_label(scale) for scale in self.guidance_scales]
+        return list(self.passes())
+
+    def passes(self) -> dict[str, tuple[CaptionSource, float]]:
+        """label -> (whose captions, guidance scale), sources in order, each over every scale."""
+        return {caption_label(source.name, scale): (source, scale) for source in self.sources
+                for scale in self.guidance_scales}
+
+    def restricted_to(self, images: Sequence[EvalImage]) -> CaptionGenerator:
+        return CaptionGenerator(self.spec, self.guidance_scales,
+                                tuple(source.restricted_to(images) for source in self.sources))
 
 
 @dataclass(frozen=True)
@@ -87,6 +118,11 @@ def cfg_label(scale: float) -> str:
 
 def recon_label(scale: float) -> str:
     return f"recon_{cfg_label(scale)}"
+
+
+def caption_label(captioner: str, scale: float) -> str:
+    """`cfg<k>` for VLV's captions (the headline caption FID), `caption_<captioner>_cfg<k>` for the others."""
+    return cfg_label(scale) if captioner == VLV else f"caption_{captioner}_{cfg_label(scale)}"
 
 
 @dataclass(frozen=True)
@@ -172,9 +208,14 @@ def _build_generate(generator: Generator, device: str):
     from vlv.eval.text_to_image import build_text_to_image, generate_from_captions
 
     pipeline = build_text_to_image(generator.spec, device)
-    scales = dict(zip(generator.labels(), generator.guidance_scales))
-    return lambda batch, label, seed: generate_from_captions(
-        pipeline, [image.caption for image in batch], spec=generator.spec, guidance_scale=scales[label], seed=seed)
+    passes = generator.passes()
+
+    def from_captions(batch, label, seed):
+        source, scale = passes[label]
+        return generate_from_captions(pipeline, [source.caption(image) for image in batch], spec=generator.spec,
+                                      guidance_scale=scale, seed=seed)
+
+    return from_captions
 
 
 def _read_rgb(path: str) -> np.ndarray:
@@ -207,8 +248,8 @@ def generated_feature_stats(generators: Sequence[Generator], images: Sequence[Ev
 
         inception = replace(inception, device="cuda")
     chunks = split_evenly(list(images), num_workers)
-    jobs = [GenerationJob(generator=generator, images=tuple(chunk), inception=inception, batch_size=batch_size,
-                          seed=seed, keep_samples=keep_samples if i == 0 else 0, device=device,
+    jobs = [GenerationJob(generator=_for_chunk(generator, chunk), images=tuple(chunk), inception=inception,
+                          batch_size=batch_size, seed=seed, keep_samples=keep_samples if i == 0 else 0, device=device,
                           num_threads=max(1, int(num_cpus_per_worker)))
             for generator in generators for i, chunk in enumerate(chunks)]
     results = map_chunks_with_tasks(run_generation_job, jobs, num_cpus=num_cpus_per_worker,
@@ -224,6 +265,10 @@ def generated_feature_stats(generators: Sequence[Generator], images: Sequence[Ev
                 samples[label] = kept
                 sample_ids = sample_ids or result.sample_ids
     return GeneratedSets(stats=merged, samples=samples, sample_ids=sample_ids)
+
+
+def _for_chunk(generator: Generator, chunk: Sequence[EvalImage]) -> Generator:
+    return generator.restricted_to(chunk) if isinstance(generator, CaptionGenerator) else generator
 
 
 def _fid_task(pair: tuple[FeatureStats, FeatureStats]) -> float:

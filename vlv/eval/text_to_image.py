@@ -1,7 +1,8 @@
 """Text-to-image pipelines for caption FID (paper Table 1): captions in, uint8 images out.
 
 - `sd21`: diffusers `StableDiffusionPipeline` from a local folder or hub id (stabilityai/stable-diffusion-2-1-base);
-- `sd35_medium`: `StableDiffusion3Pipeline` (stabilityai/stable-diffusion-3.5-medium, the paper's choice);
+- `sd35_medium`: `StableDiffusion3Pipeline` (stabilityai/stable-diffusion-3.5-medium, the paper's choice), in
+  bfloat16 as its model card runs it: float16 is refused, because its T5-XXL text encoder overflows in float16;
 - `tiny`: a `StableDiffusionPipeline` assembled from the tiny SD components of `vlv/models` (seeded random UNet,
   VAE and CLIP text encoder) with the offline CLIP tokenizer and a DDIM scheduler on the SD 2.1 schedule: the
   real diffusers code path at toy width, its images mean nothing.
@@ -42,6 +43,9 @@ class TextToImageSpec:
         if self.num_steps < 1 or self.image_size < 8 or self.image_size % 8:
             raise ValueError(f"text-to-image num_steps must be >= 1 and image_size a multiple of 8, got "
                              f"{self.num_steps} and {self.image_size}")
+        if self.model == "sd35_medium" and self.dtype == "float16":
+            raise ValueError("SD 3.5 Medium in float16: its T5-XXL text encoder overflows (NaN or black images); "
+                             "use dtype bfloat16, as its model card does (or float32)")
 
 
 def build_text_to_image(spec: TextToImageSpec, device: str = "cpu") -> Any:

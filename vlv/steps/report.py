@@ -1,10 +1,12 @@
 """Step `report`: one self-contained HTML page (`report.html`) summarising a pipeline run.
 
-Sections: results beside the paper's numbers (SPEC section 4), the data funnel (from the upstream manifests'
-metrics), training loss curves (metric histories of the training steps' MLflow runs, read through
-`vlv.tracking.metric_history`), reconstruction and caption-FID grids, sample captions with their images, and
-which output of each step the page was built from. Runs on the `tiny` and `paper_mini` presets carry a prominent
-caveat: numbers from randomly initialised models mean nothing.
+Sections: this run's evaluation numbers, the paper's Tables 1 to 5 with this run's matching numbers beside the
+paper's rows (`vlv.eval.paper_tables`; each paper value marked with where it was read, or "not available
+offline"), the caption arena's scores, the data funnel (from the upstream manifests' metrics), training loss
+curves (metric histories of the training steps' MLflow runs, read through `vlv.tracking.metric_history`),
+reconstruction and caption-FID grids, sample captions with their images, and which output of each step the page
+was built from. Runs on the `tiny` and `paper_mini` presets carry a prominent caveat: numbers from randomly
+initialised models mean nothing.
 """
 
 from __future__ import annotations
@@ -15,21 +17,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vlv.engine.step import Resources, Step, StepContext, StepOutput, StepResult
+from vlv.eval.arena import VLV
+from vlv.eval.paper_tables import RunNumbers, paper_tables, sources_note
 from vlv.eval.report_html import Cell, bar_chart_png, esc, line_plot_png, page, png_img, table
 from vlv.paths import safe_child
 
-# SPEC section 4 (paper, arXiv 2507.07104 v2).
-PAPER_CAPTION_FID_CFG2 = {"VLV (paper)": 6.64, "GPT-4o": 6.20, "Gemini 2.0 Flash": 5.87, "Qwen2.5-VL-7B": 6.98,
-                          "Florence-2-L": 7.51}
-PAPER_VQA_32SHOT = {"vqav2": 63.60, "okvqa": 60.25}
 TINY_CAVEAT = ("tiny preset: every model in this run (captioner, diffusion decoder, Inception, VQA LLM) is "
                "randomly initialised and trained for a few steps on a handful of images. The FID and VQA numbers "
                "below exercise the real code paths but MEAN NOTHING and compare with no published number.")
 PAPER_MINI_CAVEAT = ("paper_mini preset: the paper's code paths, settings and file formats, but every model in this "
-                     "run (Florence-2, SD 2.1 base, Qwen2.5, CLIP ViT-L/14 and the aesthetic predictor, the FID "
-                     "Inception, the VQA LLM) is a miniature, randomly initialised copy, trained for a few steps on a "
-                     "few dozen photos and evaluated on a few. The losses, aesthetic scores, captions, FID and VQA "
-                     "numbers below MEAN NOTHING and compare with no published number.")
+                     "run (Florence-2, SD 2.1 base, SD 3.5 Medium, Qwen2.5, CLIP ViT-L/14 and the aesthetic predictor, "
+                     "the FID Inception, the VQA LLM) is a miniature, randomly initialised copy, trained for a few "
+                     "steps on a few dozen photos and evaluated on a few. The losses, aesthetic scores, captions, FID "
+                     "and VQA numbers below MEAN NOTHING and compare with no published number.")
 CAVEATS = {"tiny": TINY_CAVEAT, "paper_mini": PAPER_MINI_CAVEAT}
 FUNNEL = (  # (step, metric, stage label)
     ("prepare_metadata", "rows_read", "LAION metadata rows read"),
@@ -59,8 +59,8 @@ class ReportStep(Step[ReportConfig]):
     upstream = ("prepare_metadata", "download", "aesthetic_filter", "ingest_captions", "train_stage1",
                 "train_stage2", "caption_eval", "eval_fid", "eval_vqa", "eval_arena")
     optional_upstream = ("eval_arena",)  # the arena waits for a judge's Batch API output; the report does not
-    code_version = "1"
-    description = "One self-contained HTML report: results vs paper, data funnel, curves, grids, captions"
+    code_version = "2"  # 2: the paper's Tables 1-5 beside this run's numbers
+    description = "One self-contained HTML report: the paper's tables beside this run's, data funnel, curves, grids"
 
     def resources(self, config: ReportConfig) -> Resources:
         return Resources(num_cpus=0.5)
@@ -75,6 +75,7 @@ class ReportStep(Step[ReportConfig]):
             caveat = CAVEATS.get(ctx.preset, TINY_CAVEAT)
             sections.append(f'<div class="caveat"><strong>Caveat — {esc(caveat)}</strong></div>')
         sections.append(results_section(ctx.inputs, tiny))
+        sections.append(paper_tables_section([run_numbers(ctx.inputs)], tiny))
         sections.append(arena_section(ctx.inputs))
         sections.append(funnel_section(ctx.inputs))
         curves, curve_count = curves_section(ctx.inputs, ctx.tracking_uri, cfg.curve_metrics, ctx.log)
@@ -100,32 +101,74 @@ def _not_comparable(inputs: dict[str, StepOutput]) -> bool:
 
 
 def results_section(inputs: dict[str, StepOutput], tiny: bool) -> str:
+    """Every FID and VQA number of this run (the paper's tables below put them beside the paper's)."""
     fid, vqa = _metrics(inputs, "eval_fid"), _metrics(inputs, "eval_vqa")
-    others = list(PAPER_CAPTION_FID_CFG2)
-    header = ["metric", "this run" + (" (not comparable)" if tiny else "")] + others
-    rows: list[list[Any]] = [["caption FID, CFG 2 (lower is better)", fid.get("fid_cfg2")]
-                             + [PAPER_CAPTION_FID_CFG2[name] for name in others]]
+    rows: list[list[Any]] = []
     for name, value in sorted(fid.items()):
-        if name.startswith("fid_cfg") and name != "fid_cfg2":
-            rows.append([f"caption FID, CFG {name.removeprefix('fid_cfg')}", value] + [None] * len(others))
+        if name.startswith("fid_cfg"):
+            rows.append([f"caption FID, CFG {name.removeprefix('fid_cfg')}", value])
+    for name, value in sorted(fid.items()):
+        if name.startswith("fid_caption_") and "_cfg" in name:
+            captioner, scale = name.removeprefix("fid_caption_").rsplit("_cfg", 1)
+            rows.append([f"caption FID of {captioner}'s captions, CFG {scale}", value])
     if "fid_recon" in fid:
-        rows.append(["reconstruction FID (stage 1)", fid["fid_recon"]] + [None] * len(others))
+        rows.append(["reconstruction FID (stage 1)", fid["fid_recon"]])
     for name, value in sorted(fid.items()):
         if name.startswith("fid_recon_cfg"):
-            rows.append([f"reconstruction FID, CFG {name.removeprefix('fid_recon_cfg')}", value]
-                        + [None] * len(others))
-    for bench, paper in PAPER_VQA_32SHOT.items():
-        label = {"vqav2": "VQAv2", "okvqa": "OK-VQA"}[bench]
-        rows.append([f"{label} accuracy %, 32-shot", vqa.get(f"vqa_accuracy_{bench}_32shot"), paper]
-                    + [None] * (len(others) - 1))
+            rows.append([f"reconstruction FID, CFG {name.removeprefix('fid_recon_cfg')}", value])
     for name, value in sorted(vqa.items()):
         match = _VQA_METRIC.match(name)
-        if match and not (match["bench"] in PAPER_VQA_32SHOT and match["shots"] == "32"):
-            rows.append([f"{match['bench']} accuracy %, {match['shots']}-shot", value] + [None] * len(others))
+        if match:
+            rows.append([f"{match['bench']} accuracy %, {match['shots']}-shot", value])
     settings = _settings_note(inputs)
-    return ("<h2>Results beside the paper</h2>" + table(header, rows)
-            + '<p class="muted">Paper: caption FID with SD 3.5 Medium, 40 steps, on COCO 2014 val (30K); '
-              "VQA with 32-shot prompts. — = not reported there or not run here. " + esc(settings) + "</p>")
+    return ("<h2>This run's numbers</h2>"
+            + table(["metric", "this run" + (" (not comparable)" if tiny else "")], rows)
+            + '<p class="muted">FID: lower is better. — = not run. ' + esc(settings) + "</p>")
+
+
+def run_numbers(inputs: dict[str, StepOutput], label: str = "this run") -> RunNumbers:
+    """This run's metrics and the settings the paper's tables vary, from the upstream manifests."""
+    metrics: dict[str, float] = {}
+    for step in ("eval_fid", "eval_vqa", "eval_arena"):
+        metrics.update(_metrics(inputs, step))
+    settings: dict[str, Any] = {}
+
+    def config(step: str) -> dict[str, Any]:
+        return dict(inputs[step].manifest.config) if step in inputs else {}
+
+    model1, model2 = config("train_stage1").get("model", {}), config("train_stage2").get("model", {})
+    for key, section, name in (("train_stage1.num_queries", model1, "num_queries"),
+                               ("train_stage2.trainable", model2, "trainable"),
+                               ("train_stage2.llm_arch", model2, "llm_arch")):
+        if name in section:
+            settings[key] = section[name]
+    if "images_kept" in _metrics(inputs, "aesthetic_filter"):
+        settings["training_images"] = int(_metrics(inputs, "aesthetic_filter")["images_kept"])
+    fid_config = config("eval_fid")
+    for name in ("t2i_model", "t2i_num_steps", "t2i_image_size", "t2i_dtype"):
+        if name in fid_config:
+            settings[f"eval_fid.{name}"] = fid_config[name]
+    vqa_config = config("eval_vqa")
+    if "llm" in vqa_config:
+        detail = vqa_config.get("endpoint_model") if vqa_config["llm"] == "endpoint" else vqa_config.get("llm_path")
+        settings["eval_vqa.llm"] = vqa_config["llm"] + (f" ({detail})" if detail else "")
+    captioners = [c["name"] for c in fid_config.get("other_captioners", [])]
+    if fid_config.get("reference_captions"):
+        captioners.insert(0, "coco_reference")
+    return RunNumbers(label, metrics, settings, tuple(c for c in captioners if c != VLV))
+
+
+def paper_tables_section(runs: list[RunNumbers], tiny: bool) -> str:
+    """The paper's Tables 1-5, each paper row followed by the runs' matching numbers."""
+    parts = ["<h2>The paper's tables beside this run</h2>",
+             '<p class="muted">Paper values carry a mark for where they were read (the paper itself could not be '
+             'read offline): ' + esc(sources_note()) + ' "not available offline": no offline source gives the value; '
+             '"not run": this run did not produce that number.'
+             + (" This run's numbers are NOT comparable (random models)." if tiny else "") + "</p>"]
+    for paper_table in paper_tables(runs):
+        parts.append(f"<h3>{esc(paper_table.title)}</h3>" + table(paper_table.header, paper_table.rows))
+        parts += [f'<p class="muted">{esc(note)}</p>' for note in paper_table.notes]
+    return "".join(parts)
 
 
 def arena_section(inputs: dict[str, StepOutput]) -> str:
