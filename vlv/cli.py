@@ -1,4 +1,4 @@
-"""The `vlv` command and the flags every entry point shares (SPEC section 7).
+"""The `vlv` command and the flags every entry point shares (docs/DESIGN.md section 4.5).
 
 `pipelines/full_run.py` and `vlv run` take the same flags; `vlv status` reports step states for a config.
 """

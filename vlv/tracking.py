@@ -76,7 +76,7 @@ def headline_metrics(step_metrics: Mapping[str, Mapping[str, float]]) -> dict[st
 
 
 def default_tracking_uri(store_local_root: Path | None) -> str:
-    """MLFLOW_TRACKING_URI if set, else a SQLite database inside a local store (SPEC section 7)."""
+    """MLFLOW_TRACKING_URI if set, else a SQLite database inside a local store (docs/DESIGN.md section 5)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
@@ -168,7 +168,7 @@ class MlflowMetricLogger:
 
 
 class PipelineTracking:
-    """Parent/child run layout of SPEC section 7 on top of `MlflowClient`."""
+    """Parent/child run layout of docs/DESIGN.md section 5 on top of `MlflowClient`."""
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | None):
         from mlflow.tracking import MlflowClient

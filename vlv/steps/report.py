@@ -1,6 +1,6 @@
 """Step `report`: one self-contained HTML page (`report.html`) summarising a pipeline run.
 
-Sections: results beside the paper's numbers (SPEC section 4), the data funnel (from the upstream manifests'
+Sections: results beside the paper's numbers (docs/DESIGN.md section 6), the data funnel (from the upstream manifests'
 metrics), training loss curves (metric histories of the training steps' MLflow runs, read through
 `vlv.tracking.metric_history`), reconstruction and caption-FID grids, sample captions with their images, and
 which output of each step the page was built from. Runs on the `tiny` and `paper_mini` presets carry a prominent
@@ -18,7 +18,7 @@ from vlv.engine.step import Resources, Step, StepContext, StepOutput, StepResult
 from vlv.eval.report_html import Cell, bar_chart_png, esc, line_plot_png, page, png_img, table
 from vlv.paths import safe_child
 
-# SPEC section 4 (paper, arXiv 2507.07104 v2).
+# The paper's numbers (arXiv 2507.07104 v2; docs/DESIGN.md section 6).
 PAPER_CAPTION_FID_CFG2 = {"VLV (paper)": 6.64, "GPT-4o": 6.20, "Gemini 2.0 Flash": 5.87, "Qwen2.5-VL-7B": 6.98,
                           "Florence-2-L": 7.51}
 PAPER_VQA_32SHOT = {"vqav2": 63.60, "okvqa": 60.25}
