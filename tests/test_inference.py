@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.steps.eval_upstream import write_captioner_folder, write_stage1_folder
-from vlv.inference import CAPTIONER_WEIGHTS, load_captioner
+from vlv.models.trained_folder import CAPTIONER_WEIGHTS, load_captioner
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from vlv.config import PipelineConfig
+from vlv.pipeline_config import PipelineConfig
 
 
 @dataclass(frozen=True)

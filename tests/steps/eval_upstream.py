@@ -35,8 +35,8 @@ def publish_output(store: RunStore, step: str, key: str, build: Callable[[Path],
 def write_stage1_folder(folder: Path) -> None:
     from safetensors.torch import save_file
 
-    from vlv.inference import save_stage1_checkpoint
     from vlv.models.config import Stage1ModelConfig
+    from vlv.models.trained_folder import save_stage1_checkpoint
     from vlv.models.vlv_stage1 import build_caption_embedder
 
     cfg = Stage1ModelConfig.tiny()
@@ -50,9 +50,9 @@ def write_stage1_folder(folder: Path) -> None:
 def write_captioner_folder(folder: Path, stage1_dir: Path) -> None:
     from safetensors.torch import save_file
 
-    from vlv.inference import load_caption_embedder, save_captioner_checkpoint
     from vlv.models.captioner import build_caption_tokenizer, build_captioner
     from vlv.models.config import CaptionerConfig
+    from vlv.models.trained_folder import load_caption_embedder, save_captioner_checkpoint
 
     cfg = dataclasses.replace(CaptionerConfig.tiny(), max_new_tokens=12, num_beams=2)
     tokenizer = build_caption_tokenizer(cfg, CAPTIONS)

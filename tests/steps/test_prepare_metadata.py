@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from vlv.config import load_config
+from vlv.data.laion import MetadataFilter
 from vlv.engine.executor import StepRequest, execute_step
 from vlv.engine.plan import make_plan
 from vlv.engine.store import RunStore
@@ -58,6 +59,13 @@ def test_laion_source_publishes_metadata_funnel_and_metrics(tmp_path):
     assert manifest.metrics["rows_read"] == 4 and manifest.metrics["dropped_duplicate_url"] == 1
     assert manifest.artifacts == ("funnel.csv",)
     assert not (out / "loopback_site.json").exists()
+
+
+def test_the_default_thresholds_are_the_papers_pre_filter():
+    """paper_mini builds its photo site against `MetadataFilter()`: the step's defaults must be that filter."""
+    assert PrepareMetadataConfig().metadata_filter() == MetadataFilter(min_side=512, min_aspect=0.5, max_aspect=2.0,
+                                                                       max_pwatermark=0.5, max_punsafe=None)
+    assert MetadataFilter() == PrepareMetadataConfig().metadata_filter()
 
 
 def test_column_map_and_thresholds_from_the_command_line():
