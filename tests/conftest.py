@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from vlv.runtime_env import apply_runtime_defaults
+from vlv.testing.fake_secrets import FAKE_SECRETS
 from vlv.testing.object_store import S3Server, free_port
 
 apply_runtime_defaults()
@@ -18,15 +19,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("RAY_ADDRESS", None)
 os.environ.pop("VLV_STORE", None)
 
-# Fake credentials, set before Ray starts so every worker inherits them too: after the shared tiny run,
-# tests/test_secrets.py scans MLflow, the store, the artifacts and the logs for these exact strings.
-FAKE_SECRETS = {
-    "GEMINI_API_KEY": "fake-gemini-AIzaSyD3adb33fCaf3-0123456789abcdef",
-    "GOOGLE_API_KEY": "fake-google-AIzaSyC0ffeeC0ffee-fedcba9876543210",
-    "AWS_ACCESS_KEY_ID": "AKIAFAKE7EXAMPLE0KEY",
-    "AWS_SECRET_ACCESS_KEY": "fake/aws+Secret0Key1Never2Logged3Anywhere4",
-    "HF_TOKEN": "hf_fakeTokenNeverLoggedAnywhere0123456789",
-}
+# Fake credentials, set before Ray starts so every worker inherits them too (see vlv.testing.fake_secrets).
 os.environ.update(FAKE_SECRETS)
 
 # The S3-compatible test server's endpoint, set before Ray starts so every worker talks to it too (the server

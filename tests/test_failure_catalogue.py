@@ -669,9 +669,9 @@ def vqa_endpoint_down(env: Env) -> None:
 
 
 def arena_score_out_of_range(env: Env) -> None:
-    from tests.steps.eval_upstream import run_step as run_eval_step
     from tests.steps.test_eval_arena import fake_caption_eval
     from vlv.steps.eval_arena import EvalArenaConfig, EvalArenaStep
+    from vlv.testing.builders import run_step as run_eval_step
 
     upstream = fake_caption_eval(env.tmp_path / "caption_eval")
     replies = [("vlv-101", 5), ("vlv-102", 7), ("vlv-103", 4.5), ("vlv-104", 2), ("vlv-105", -1)]

@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.steps.eval_upstream import run_step
 from vlv.cli import main
 from vlv.data.caption_synthetic import response_line
 from vlv.engine.manifest import Manifest, list_files
@@ -25,6 +24,7 @@ from vlv.eval.eval_sets import EVAL_SETS_FILE, EvalSets, read_eval_sets
 from vlv.presets import paper, tiny
 from vlv.run import RunOptions, plan_run
 from vlv.steps.eval_arena import ArenaCaptionerConfig, EvalArenaConfig, EvalArenaStep
+from vlv.testing.builders import run_step
 
 IMAGE_IDS = (101, 102, 103, 104, 105, 106)
 
