@@ -13,6 +13,7 @@ import pytest
 from vlv.runtime_env import apply_runtime_defaults
 from vlv.testing.fake_secrets import FAKE_SECRETS
 from vlv.testing.object_store import S3Server, free_port
+from vlv.testing.step_inputs import write_kept_output
 
 apply_runtime_defaults()
 os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -28,6 +29,12 @@ S3_PORT = free_port()
 os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{S3_PORT}"
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_ENDPOINT_URL_S3", None)
+
+
+@pytest.fixture
+def kept_output(tmp_path):
+    """A fake aesthetic_filter output: kept.parquet of `vlv.testing.step_inputs.KEPT_KEYS` (ingest_captions' input)."""
+    return write_kept_output(tmp_path / "aesthetic_filter")
 
 
 @pytest.fixture(scope="session")
