@@ -122,8 +122,7 @@ def measure(mode: str, path: Path, rows: int) -> dict:
 
 
 def generate(rows: int, path: Path, faulty: float) -> None:
-    sys.path.insert(0, str(HERE))
-    from make_gemini_rows import write_rows
+    from vlv.testing.gemini_rows import write_rows
 
     started = time.time()
     write_rows(rows, str(path), faulty=faulty)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,8 +29,7 @@ def build_task(name: str, scratch: Path) -> Any:
         from vlv.train.toy_task import ToyRegressionTask
 
         return ToyRegressionTask(in_dim=256, hidden=1024, out_dim=256, depth=4)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for the tests' helpers
-    from tests.train.tiny_tasks import tiny_stage1_task
+    from vlv.testing.tiny_training import tiny_stage1_task
 
     return tiny_stage1_task(scratch / "stage1")
 

@@ -32,10 +32,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vlv.pipeline import step_names  # noqa: E402
-from vlv.testing.driver_faults import (  # noqa: E402
+from vlv.pipeline import step_names
+from vlv.testing.driver_faults import (
     DATA_STEPS,
     Driver,
     file_digests,

@@ -11,22 +11,16 @@ from pathlib import Path
 import pytest
 
 from vlv.runtime_env import apply_runtime_defaults
+from vlv.testing.fake_secrets import FAKE_SECRETS
 from vlv.testing.object_store import S3Server, free_port
+from vlv.testing.step_inputs import write_kept_output
 
 apply_runtime_defaults()
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("RAY_ADDRESS", None)
 os.environ.pop("VLV_STORE", None)
 
-# Fake credentials, set before Ray starts so every worker inherits them too: after the shared tiny run,
-# tests/test_secrets.py scans MLflow, the store, the artifacts and the logs for these exact strings.
-FAKE_SECRETS = {
-    "GEMINI_API_KEY": "fake-gemini-AIzaSyD3adb33fCaf3-0123456789abcdef",
-    "GOOGLE_API_KEY": "fake-google-AIzaSyC0ffeeC0ffee-fedcba9876543210",
-    "AWS_ACCESS_KEY_ID": "AKIAFAKE7EXAMPLE0KEY",
-    "AWS_SECRET_ACCESS_KEY": "fake/aws+Secret0Key1Never2Logged3Anywhere4",
-    "HF_TOKEN": "hf_fakeTokenNeverLoggedAnywhere0123456789",
-}
+# Fake credentials, set before Ray starts so every worker inherits them too (see vlv.testing.fake_secrets).
 os.environ.update(FAKE_SECRETS)
 
 # The S3-compatible test server's endpoint, set before Ray starts so every worker talks to it too (the server
@@ -35,6 +29,12 @@ S3_PORT = free_port()
 os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{S3_PORT}"
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_ENDPOINT_URL_S3", None)
+
+
+@pytest.fixture
+def kept_output(tmp_path):
+    """A fake aesthetic_filter output: kept.parquet of `vlv.testing.step_inputs.KEPT_KEYS` (ingest_captions' input)."""
+    return write_kept_output(tmp_path / "aesthetic_filter")
 
 
 @pytest.fixture(scope="session")

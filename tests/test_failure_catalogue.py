@@ -29,11 +29,6 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.data.test_laion import _row as laion_row
-from tests.data.test_laion import _write as write_parquet
-from tests.steps.test_download import _request
-from tests.steps.test_ingest_captions import KEYS, kept_output, run_step  # noqa: F401 - kept_output: a fixture
-from tests.steps.test_prepare_metadata import _execute as run_prepare_metadata
 from vlv.data.caption_synthetic import blocked_line, error_line, response_line
 from vlv.data.loopback_site import NOT_A_PHOTO, PHOTO_SOURCES, make_photo, serve_folder, truncate_jpeg
 from vlv.engine.executor import execute_step
@@ -43,6 +38,15 @@ from vlv.ports import free_port
 from vlv.steps.download import DownloadConfig, DownloadStep
 from vlv.steps.ingest_captions import IngestCaptionsConfig
 from vlv.steps.prepare_metadata import PrepareMetadataConfig
+from vlv.testing.step_inputs import (
+    KEPT_KEYS,
+    fake_caption_eval,
+    laion_row,
+    run_ingest_captions,
+    run_prepare_metadata,
+    step_request,
+    write_parquet,
+)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- failure-modes:start -->", "<!-- failure-modes:end -->"
@@ -275,7 +279,7 @@ def image_download(tmp_path_factory) -> ImageDownload:
     download_config = DownloadConfig(image_size=IMAGE_SIZE, samples_per_shard=8, processes_count=1, thread_count=4,
                             timeout_s=5, progress_interval_s=5.0)
     with serve_folder(site, "127.0.0.1", port):
-        request = _request(DownloadStep(), "dl-odd", download_config, store, {"prepare_metadata": upstream})
+        request = step_request(DownloadStep(), "dl-odd", download_config, store, {"prepare_metadata": upstream})
         download = execute_step(request)
     shards = Path(RunStore(str(store)).output_uri("download", "dl-odd")) / "shards"
     outcome, images, key_to_name = {}, {}, {}
@@ -369,18 +373,18 @@ def image_zero_bytes(env: Env) -> None:
     _failed(env, "empty.jpg", "empty_file", "!buf.empty()")
 
 
-# -- captions: through the ingest_captions step (20 kept keys, KEYS) -----------------------------------------
+# -- captions: through the ingest_captions step (20 kept keys, KEPT_KEYS) -----------------------------------------
 
 
 def _good_line(i: int) -> str:
-    return response_line(KEYS[i], f"Caption {i}: a red boat on a calm lake at dawn.")
+    return response_line(KEPT_KEYS[i], f"Caption {i}: a red boat on a calm lake at dawn.")
 
 
 def _ingest(env: Env, lines: list[str | bytes], *, newline: bytes = b"\n", prefix: bytes = b"",
             name: str = "captions.jsonl", **config) -> tuple[dict[str, float], list[dict], list[dict]]:
     path = env.tmp_path / name
     path.write_bytes(prefix + newline.join(x.encode() if isinstance(x, str) else x for x in lines) + newline)
-    manifest, out = run_step(env.tmp_path, env.fixture("kept_output"),
+    manifest, out = run_ingest_captions(env.tmp_path, env.fixture("kept_output"),
                              IngestCaptionsConfig(source=str(path), **config))
     return (manifest.metrics, pq.read_table(out / "captions.parquet").to_pylist(),
             pq.read_table(out / "quarantine.parquet").to_pylist())
@@ -390,7 +394,7 @@ def _assert_quarantined(env: Env, bad: list[str | bytes], reason: str, detail: s
     """Two good lines, the bad ones, one good line: each bad line quarantined with its line number and reason."""
     lines = [_good_line(0), _good_line(1), *bad, _good_line(2)]
     metrics, captions, quarantine = _ingest(env, lines)
-    assert [c["key"] for c in captions] == KEYS[:3], "every good row is kept"
+    assert [c["key"] for c in captions] == KEPT_KEYS[:3], "every good row is kept"
     assert [(q["reason"], q["line_number"]) for q in quarantine] == [(reason, 3 + i) for i in range(len(bad))]
     assert metrics[f"quarantined_{reason}"] == len(bad)
     assert all(detail in q["detail"] for q in quarantine), quarantine
@@ -406,7 +410,7 @@ def caption_bom_crlf(env: Env) -> None:
     metrics, captions, quarantine = _ingest(env, [_good_line(i) for i in range(3)], newline=b"\r\n",
                                             prefix=b"\xef\xbb\xbf")
     assert quarantine == [] and metrics["captions_ok"] == 3
-    assert [c["key"] for c in captions] == KEYS[:3] and not any(c["caption"].endswith("\r") for c in captions)
+    assert [c["key"] for c in captions] == KEPT_KEYS[:3] and not any(c["caption"].endswith("\r") for c in captions)
 
 
 def caption_wrong_encodings(env: Env) -> None:
@@ -415,7 +419,8 @@ def caption_wrong_encodings(env: Env) -> None:
     _assert_quarantined(env, [latin1, surrogate], "bad_encoding", "UTF-8")
     utf16 = env.tmp_path / "utf16.jsonl"
     utf16.write_text("\n".join(_good_line(i) for i in range(3)) + "\n", encoding="utf-16")
-    expect_error(lambda: run_step(env.tmp_path, env.fixture("kept_output"), IngestCaptionsConfig(source=str(utf16))),
+    expect_error(lambda: run_ingest_captions(env.tmp_path, env.fixture("kept_output"),
+                                             IngestCaptionsConfig(source=str(utf16))),
                  "is UTF-16 text", "iconv -f UTF-16 -t UTF-8")
 
 
@@ -426,28 +431,28 @@ def caption_path_keys(env: Env) -> None:
 
 
 def caption_error_rows(env: Env) -> None:
-    quarantine = _assert_quarantined(env, [error_line(KEYS[3], 429, "Resource exhausted")], "error_row", "429")
-    assert quarantine[0]["key"] == KEYS[3]
+    quarantine = _assert_quarantined(env, [error_line(KEPT_KEYS[3], 429, "Resource exhausted")], "error_row", "429")
+    assert quarantine[0]["key"] == KEPT_KEYS[3]
 
 
 def caption_blocked(env: Env) -> None:
-    _assert_quarantined(env, [blocked_line(KEYS[3], "PROHIBITED_CONTENT"),
-                              response_line(KEYS[4], "partial", finish_reason="SAFETY")], "blocked")
+    _assert_quarantined(env, [blocked_line(KEPT_KEYS[3], "PROHIBITED_CONTENT"),
+                              response_line(KEPT_KEYS[4], "partial", finish_reason="SAFETY")], "blocked")
 
 
 def caption_empty(env: Env) -> None:
-    _assert_quarantined(env, [response_line(KEYS[3], "  \n "), response_line(KEYS[4], "")], "empty")
+    _assert_quarantined(env, [response_line(KEPT_KEYS[3], "  \n "), response_line(KEPT_KEYS[4], "")], "empty")
 
 
 def caption_max_tokens(env: Env) -> None:
-    _assert_quarantined(env, [response_line(KEYS[3], "A caption cut short", finish_reason="MAX_TOKENS",
+    _assert_quarantined(env, [response_line(KEPT_KEYS[3], "A caption cut short", finish_reason="MAX_TOKENS",
                                             output_tokens=1024)], "max_tokens", "1024")
 
 
 def caption_duplicates(env: Env) -> None:
-    lines = [_good_line(0), _good_line(1), response_line(KEYS[0], "second caption"), _good_line(2)]
+    lines = [_good_line(0), _good_line(1), response_line(KEPT_KEYS[0], "second caption"), _good_line(2)]
     metrics, captions, quarantine = _ingest(env, lines)
-    assert [(q["reason"], q["line_number"], q["key"]) for q in quarantine] == [("duplicate_key", 3, KEYS[0])]
+    assert [(q["reason"], q["line_number"], q["key"]) for q in quarantine] == [("duplicate_key", 3, KEPT_KEYS[0])]
     assert captions[0]["caption"].startswith("Caption 0") and len(captions) == 3  # the first one wins
 
 
@@ -460,16 +465,18 @@ def caption_huge_line(env: Env) -> None:
     path = env.tmp_path / "huge.jsonl"
     with open(path, "wb") as out:
         out.write(_good_line(0).encode() + b"\n")
-        out.write(f'{{"key": "{KEYS[1]}", "response": {{"candidates": [{{"content": {{"parts": [{{"text": "'.encode())
+        out.write(f'{{"key": "{KEPT_KEYS[1]}", "response": {{"candidates": [{{"content": {{"parts": [{{"text": "'
+                  .encode())
         block = b"z" * (1 << 20)
         for _ in range(100):
             out.write(block)
         out.write(b'"}]}}]}}\n' + _good_line(2).encode() + b"\n")
-    manifest, out = run_step(env.tmp_path, env.fixture("kept_output"), IngestCaptionsConfig(source=str(path)))
+    manifest, out = run_ingest_captions(env.tmp_path, env.fixture("kept_output"),
+                                        IngestCaptionsConfig(source=str(path)))
     quarantine = pq.read_table(out / "quarantine.parquet").to_pylist()
-    assert [(q["reason"], q["line_number"], q["key"]) for q in quarantine] == [("line_too_long", 2, KEYS[1])]
+    assert [(q["reason"], q["line_number"], q["key"]) for q in quarantine] == [("line_too_long", 2, KEPT_KEYS[1])]
     assert "104,857," in quarantine[0]["detail"] and "max_line_bytes" in quarantine[0]["detail"]
-    assert pq.read_table(out / "captions.parquet").column("key").to_pylist() == [KEYS[0], KEYS[2]]
+    assert pq.read_table(out / "captions.parquet").column("key").to_pylist() == [KEPT_KEYS[0], KEPT_KEYS[2]]
 
 
 # -- config: loading (presets, files, --set) and preflight ---------------------------------------------------
@@ -674,9 +681,8 @@ def vqa_endpoint_down(env: Env) -> None:
 
 
 def arena_score_out_of_range(env: Env) -> None:
-    from tests.steps.eval_upstream import run_step as run_eval_step
-    from tests.steps.test_eval_arena import fake_caption_eval
     from vlv.steps.eval_arena import EvalArenaConfig, EvalArenaStep
+    from vlv.testing.builders import run_step as run_eval_step
 
     upstream = fake_caption_eval(env.tmp_path / "caption_eval")
     replies = [("vlv-101", 5), ("vlv-102", 7), ("vlv-103", 4.5), ("vlv-104", 2), ("vlv-105", -1)]

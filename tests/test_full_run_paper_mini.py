@@ -105,7 +105,8 @@ def test_captioner_loads_and_captions_a_photo(paper_mini_store, tmp_path):
     import skimage.data
     from PIL import Image
 
-    from vlv.inference import caption_images, read_captioner_config
+    from vlv.inference import caption_images
+    from vlv.models.trained_folder import read_captioner_config
 
     photo = tmp_path / "coffee.png"
     Image.fromarray(skimage.data.coffee()).save(photo)

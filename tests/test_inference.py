@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.steps.eval_upstream import write_captioner_folder, write_stage1_folder
-from vlv.inference import CAPTIONER_WEIGHTS, load_captioner
+from vlv.models.trained_folder import CAPTIONER_WEIGHTS, load_captioner
+from vlv.testing.builders import write_captioner_folder, write_stage1_folder
 
 
 @pytest.fixture(scope="module")

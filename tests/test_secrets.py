@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAKE_SECRETS
 from vlv.secrets import MASK, RedactingFilter, redact, secret_values
+from vlv.testing.fake_secrets import FAKE_SECRETS
 
 
 def _files_containing_secrets(root: Path) -> list[str]:

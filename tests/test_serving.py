@@ -22,8 +22,6 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from tests.conftest import FAKE_SECRETS
-from tests.steps.eval_upstream import write_captioner_folder, write_stage1_folder
 from vlv.inference import caption_images
 from vlv.ports import free_port, in_ray_worker_range
 from vlv.serving import (
@@ -37,6 +35,8 @@ from vlv.serving import (
     image_bytes,
     log_captioner_model,
 )
+from vlv.testing.builders import write_captioner_folder, write_stage1_folder
+from vlv.testing.fake_secrets import FAKE_SECRETS
 
 SERVE_READY_DEADLINE_S = 600  # a bound against a hung server, not a speed requirement
 

@@ -1,4 +1,4 @@
-"""The `vlv` command and the flags every entry point shares (SPEC section 7).
+"""The `vlv` command and the flags every entry point shares (docs/DESIGN.md section 4.5).
 
 `pipelines/full_run.py` and `vlv run` take the same flags; `vlv status` reports step states for a config.
 """
@@ -277,7 +277,8 @@ def _caption(args: argparse.Namespace) -> int:
 
 
 def _captions_request(args: argparse.Namespace) -> int:
-    from vlv.data.caption_requests import CAPTION_PROMPT, write_caption_requests_for_run
+    from vlv.batch_requests import write_caption_requests_for_run
+    from vlv.data.caption_requests import CAPTION_PROMPT
 
     try:
         prompt = CAPTION_PROMPT
@@ -295,7 +296,7 @@ def _captions_request(args: argparse.Namespace) -> int:
 
 
 def _arena_request(args: argparse.Namespace) -> int:
-    from vlv.steps.eval_arena import write_arena_requests_for_run
+    from vlv.batch_requests import write_arena_requests_for_run
 
     try:
         count = write_arena_requests_for_run(options_from_args(args), args.output, model=args.model)

@@ -1,66 +1,26 @@
-"""The root configuration: one typed section per step, composed here (each section lives beside its step)."""
+"""Loading the root configuration: a preset, then a config file, then `--set` overrides, every key and type checked.
+
+The root config itself (`PipelineConfig`, one typed section per step) is in `vlv.pipeline_config`, which the
+presets build; this module sits above both.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Mapping
 
-from vlv.config_tree import apply_overrides, load_config_file, output_settings, to_dict
-from vlv.steps.aesthetic_filter import AestheticFilterConfig
-from vlv.steps.caption_eval import CaptionEvalConfig
-from vlv.steps.download import DownloadConfig
-from vlv.steps.eval_arena import EvalArenaConfig
-from vlv.steps.eval_fid import EvalFidConfig
-from vlv.steps.eval_vqa import EvalVqaConfig
-from vlv.steps.ingest_captions import IngestCaptionsConfig
-from vlv.steps.prepare_metadata import PrepareMetadataConfig
-from vlv.steps.report import ReportConfig
-from vlv.steps.train_stage1 import TrainStage1Config
-from vlv.steps.train_stage2 import TrainStage2Config
-
-
-@dataclass
-class PipelineConfig:
-    preset: Literal["tiny", "paper", "paper_mini"]
-    prepare_metadata: PrepareMetadataConfig
-    download: DownloadConfig
-    aesthetic_filter: AestheticFilterConfig
-    ingest_captions: IngestCaptionsConfig
-    train_stage1: TrainStage1Config
-    train_stage2: TrainStage2Config
-    caption_eval: CaptionEvalConfig
-    eval_fid: EvalFidConfig
-    eval_vqa: EvalVqaConfig
-    eval_arena: EvalArenaConfig
-    report: ReportConfig
-    experiment: str = "vlv"  # MLflow experiment name
-    # How often Ray reruns a step's task after its node or worker process died (not after an exception in the
-    # step); the rerun continues what the attempt left in the store. Training survives worker loss on its own.
-    step_max_retries: int = 2
-
-    def __post_init__(self) -> None:
-        if self.step_max_retries < 0:
-            raise ValueError(f"step_max_retries must be >= 0, got {self.step_max_retries}")
-
-    def config_hash(self) -> str:
-        """Of the settings outputs depend on: two runs that differ only in a port have the same hash."""
-        return hashlib.sha256(json.dumps(output_settings(self), sort_keys=True).encode()).hexdigest()[:16]
+from vlv.config_tree import apply_overrides, flatten, load_config_file, to_dict
+from vlv.pipeline_config import PipelineConfig
+from vlv.presets import PRESETS
 
 
 def load_config(preset: str, config_file: str | None = None, overrides: Mapping[str, Any] | None = None
                 ) -> PipelineConfig:
     """Preset, then a config file (nested mapping), then `--set` overrides; every key and type checked."""
-    from vlv.presets import PRESETS
-
     if preset not in PRESETS:
         raise ValueError(f"unknown preset '{preset}'; valid presets: {', '.join(PRESETS)}")
     base = to_dict(PRESETS[preset]())
     merged: dict[str, Any] = {}
     if config_file:
-        from vlv.config_tree import flatten
-
         file_data = load_config_file(config_file)
         if "preset" in file_data and file_data["preset"] != preset:
             raise ValueError(f"config file {config_file} says preset={file_data['preset']!r} but --preset is "

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from vlv.config import PipelineConfig
+from vlv.pipeline_config import PipelineConfig
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def _norm(name: str) -> str:
 class Workload:
     """The paper's figures and the throughput constants; `basis` says where each comes from."""
 
-    # Paper (SPEC section 2-3).
+    # Paper (docs/DESIGN.md section 1, the paper's scale).
     stage1_steps: int = 200_000
     stage1_global_batch: int = 512
     stage1_gpu_hours_reference: float = 770.0  # about 4 days on 8 x RTX 6000 Ada

@@ -1,4 +1,4 @@
-"""The pipeline: its steps in dependency order (SPEC section 5). Adding a step means adding it here."""
+"""The pipeline: its steps in dependency order (docs/DESIGN.md section 1). Adding a step means adding it here."""
 
 from __future__ import annotations
 

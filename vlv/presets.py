@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from vlv.config import PipelineConfig
 from vlv.models.config import CaptionerConfig, Stage1ModelConfig
 from vlv.paper_mini.build import ensure_paper_mini_assets
 from vlv.paper_mini.layout import INCEPTION_SHA256, SAMPLES_PER_SHARD, PaperMiniAssets, default_assets_dir
+from vlv.pipeline_config import PipelineConfig
 from vlv.steps.aesthetic_filter import AestheticFilterConfig
 from vlv.steps.caption_eval import CaptionEvalConfig, VqaBenchmarkConfig
 from vlv.steps.download import DownloadConfig

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from vlv.config import PipelineConfig
 from vlv.engine.cluster import StepDemand, current_cluster, fit_problems, missing_paths_on_nodes
 from vlv.engine.executor import StepRequest, connect_ray, submit_step
 from vlv.engine.manifest import verify_files
@@ -25,6 +24,7 @@ from vlv.engine.step import Step, StepOutput
 from vlv.engine.store import RunStore, StoreLockedError
 from vlv.job_env import check_job_paths
 from vlv.pipeline import pipeline_steps
+from vlv.pipeline_config import PipelineConfig
 from vlv.presets import prepare_preset
 from vlv.tracking import (
     PipelineTracking,
@@ -235,11 +235,22 @@ def _do_step(step: Step, planned: PlannedStep, config: PipelineConfig, store: Ru
     tracking.finish_child(run_id, "executed", manifest, output)
     _log_lineage(tracking, run_id, inputs, steps_by_name)
     if step.registered_model and output is not None:
-        tracking.register_model(run_id, output, step.registered_model)
+        _register_model(tracking, run_id, output, step.registered_model)
     log.info("step %-16s done in %.1fs: %s", planned.name, time.time() - started,
              ", ".join(f"{k}={v:g}" for k, v in manifest.metrics.items()))
     return StepOutcome(planned.name, planned.key, "executed", output.uri if output else output_uri,
                        dict(manifest.metrics), run_id)
+
+
+def _register_model(tracking: PipelineTracking, run_id: str, output: StepOutput, name: str) -> str:
+    """Log a published captioner folder as a pyfunc model into its step's run and register a new version of
+    `name` (`mlflow.pyfunc.load_model("models:/<name>/<version>")`, `mlflow models serve`); returns it. Here,
+    not in `vlv.tracking`: the model wraps the captioner code, which sits above the engine layer."""
+    from vlv.serving import log_captioner_model  # imports mlflow
+
+    registered = log_captioner_model(tracking.client, run_id, output.local_folder(), registered_name=name)
+    tracking.client.set_tag(run_id, "vlv.registered_model", f"{registered.name}/{registered.version}")
+    return registered.version
 
 
 def _log_lineage(tracking: PipelineTracking, run_id: str, inputs: dict[str, StepOutput],

@@ -32,7 +32,8 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from vlv.inference import caption_images, load_captioner, read_captioner_config
+from vlv.inference import caption_images
+from vlv.models.trained_folder import load_captioner, read_captioner_config
 from vlv.secrets import redact
 
 REGISTERED_NAME = "vlv-captioner"

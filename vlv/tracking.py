@@ -1,7 +1,9 @@
 """MLflow bookkeeping for a pipeline invocation: one parent run, one child run per planned step.
 
-Steps never import this module: the runner opens and closes runs, and workers get a `MlflowMetricLogger`
-(tracking URI + run id) through their `StepContext` to log metrics by step (training loss, for example).
+Part of the engine layer. Only the runner opens and closes runs; the executor gives workers a `MlflowMetricLogger`
+(tracking URI + run id) through their `StepContext` to log metrics by step (training loss, for example). Steps
+never open, close or tag runs: the one thing they take from here is `metric_history`, to read the curves of
+earlier steps' runs (the report's loss plots).
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def headline_metrics(step_metrics: Mapping[str, Mapping[str, float]]) -> dict[st
 
 
 def default_tracking_uri(store_local_root: Path | None) -> str:
-    """MLFLOW_TRACKING_URI if set, else a SQLite database inside a local store (SPEC section 7)."""
+    """MLFLOW_TRACKING_URI if set, else a SQLite database inside a local store (docs/DESIGN.md section 5)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
@@ -168,7 +170,7 @@ class MlflowMetricLogger:
 
 
 class PipelineTracking:
-    """Parent/child run layout of SPEC section 7 on top of `MlflowClient`."""
+    """Parent/child run layout of docs/DESIGN.md section 5 on top of `MlflowClient`."""
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | None):
         from mlflow.tracking import MlflowClient
@@ -248,15 +250,6 @@ class PipelineTracking:
                     parent = str(Path(rel).parent)
                     self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
         self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
-
-    def register_model(self, run_id: str, output: StepOutput, name: str) -> str:
-        """Log a published captioner folder as a pyfunc model into its step's run and register a new version of
-        `name` (`mlflow.pyfunc.load_model("models:/<name>/<version>")`, `mlflow models serve`); returns it."""
-        from vlv.serving import log_captioner_model
-
-        registered = log_captioner_model(self.client, run_id, output.local_folder(), registered_name=name)
-        self.client.set_tag(run_id, "vlv.registered_model", f"{registered.name}/{registered.version}")
-        return registered.version
 
     def log_lineage(self, run_id: str, datasets: Sequence[LineageDataset]) -> None:
         """The step's inputs as MLflow datasets (the Inputs tab): name, content digest, where they live, size."""

@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from vlv.batch_requests import write_caption_requests_for_run
 from vlv.cli import main
-from vlv.data.caption_requests import CAPTION_PROMPT, write_caption_requests_for_run
+from vlv.data.caption_requests import CAPTION_PROMPT
 from vlv.engine.manifest import Manifest, list_files
 from vlv.presets import tiny
 from vlv.run import RunOptions, plan_run

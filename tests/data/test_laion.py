@@ -9,19 +9,9 @@ import pytest
 
 from vlv.data.laion import CANONICAL_COLUMNS, Funnel, MetadataFilter, prepare_laion_metadata
 from vlv.data.url_dedup import SeenUrlHashes, first_occurrences, hash_urls
+from vlv.testing.step_inputs import laion_row, write_parquet
 
 PAPER = MetadataFilter(min_side=512, min_aspect=0.5, max_aspect=2.0, max_pwatermark=0.5)
-
-
-def _row(url="http://a.example/1.jpg", text="a dog", width=800, height=600, pwatermark=0.1, punsafe=0.01,
-         **extra):
-    return {"URL": url, "TEXT": text, "WIDTH": width, "HEIGHT": height, "similarity": 0.3, "hash": 7,
-            "punsafe": punsafe, "pwatermark": pwatermark, "aesthetic": 6.0, **extra}
-
-
-def _write(path, rows, schema=None):
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
-    return str(path)
 
 
 def _prepare(tmp_path, input_uri, rule=PAPER, column_map=None, batch_rows=65536):
@@ -32,24 +22,24 @@ def _prepare(tmp_path, input_uri, rule=PAPER, column_map=None, batch_rows=65536)
 
 def test_funnel_counts_every_drop_reason(tmp_path):
     rows = [
-        _row(url="http://ok.example/1.jpg"),
-        _row(url="https://ok.example/2.jpg", width=1024, height=1024),
-        _row(url=None),  # invalid_url
-        _row(url="ftp://files.example/3.jpg"),  # invalid_url
-        _row(url="data:image/png;base64,AAAA"),  # invalid_url
-        _row(url="http://x.example/4.jpg", width=None),  # invalid_size
-        _row(url="http://x.example/5.jpg", width=-800),  # invalid_size
-        _row(url="http://x.example/6.jpg", height=0),  # invalid_size
-        _row(url="http://x.example/7.jpg", width=600, height=512),  # too_small: shorter side must be > 512
-        _row(url="http://x.example/8.jpg", width=2100, height=1000),  # bad_aspect (2.1)
-        _row(url="http://x.example/9.jpg", width=600, height=1300),  # bad_aspect (0.46)
-        _row(url="http://x.example/10.jpg", pwatermark=None),  # invalid_pwatermark
-        _row(url="http://x.example/11.jpg", pwatermark=1.7),  # invalid_pwatermark (not a probability)
-        _row(url="http://x.example/12.jpg", pwatermark=0.5),  # watermarked: keep only < 0.5
-        _row(url="http://ok.example/1.jpg", text="the same URL again"),  # duplicate_url
-        _row(url="http://ok.example/13.jpg", width=2000, height=1000),  # kept: aspect 2.0 is inside
+        laion_row(url="http://ok.example/1.jpg"),
+        laion_row(url="https://ok.example/2.jpg", width=1024, height=1024),
+        laion_row(url=None),  # invalid_url
+        laion_row(url="ftp://files.example/3.jpg"),  # invalid_url
+        laion_row(url="data:image/png;base64,AAAA"),  # invalid_url
+        laion_row(url="http://x.example/4.jpg", width=None),  # invalid_size
+        laion_row(url="http://x.example/5.jpg", width=-800),  # invalid_size
+        laion_row(url="http://x.example/6.jpg", height=0),  # invalid_size
+        laion_row(url="http://x.example/7.jpg", width=600, height=512),  # too_small: shorter side must be > 512
+        laion_row(url="http://x.example/8.jpg", width=2100, height=1000),  # bad_aspect (2.1)
+        laion_row(url="http://x.example/9.jpg", width=600, height=1300),  # bad_aspect (0.46)
+        laion_row(url="http://x.example/10.jpg", pwatermark=None),  # invalid_pwatermark
+        laion_row(url="http://x.example/11.jpg", pwatermark=1.7),  # invalid_pwatermark (not a probability)
+        laion_row(url="http://x.example/12.jpg", pwatermark=0.5),  # watermarked: keep only < 0.5
+        laion_row(url="http://ok.example/1.jpg", text="the same URL again"),  # duplicate_url
+        laion_row(url="http://ok.example/13.jpg", width=2000, height=1000),  # kept: aspect 2.0 is inside
     ]
-    funnel, table = _prepare(tmp_path, _write(tmp_path / "in.parquet", rows))
+    funnel, table = _prepare(tmp_path, write_parquet(tmp_path / "in.parquet", rows))
     assert funnel == Funnel(rows_read=16, invalid_url=3, invalid_size=3, too_small=1, bad_aspect=2,
                             invalid_pwatermark=2, watermarked=1, duplicate_url=1, rows_kept=3)
     assert table.column_names == list(CANONICAL_COLUMNS)
@@ -60,8 +50,8 @@ def test_funnel_counts_every_drop_reason(tmp_path):
 
 
 def test_punsafe_filter_only_when_set(tmp_path):
-    rows = [_row(url=f"http://a.example/{i}.jpg", punsafe=p) for i, p in enumerate([0.05, 0.95, None])]
-    path = _write(tmp_path / "in.parquet", rows)
+    rows = [laion_row(url=f"http://a.example/{i}.jpg", punsafe=p) for i, p in enumerate([0.05, 0.95, None])]
+    path = write_parquet(tmp_path / "in.parquet", rows)
     funnel, _ = _prepare(tmp_path, path)
     assert funnel.rows_kept == 3 and funnel.unsafe == 0
     strict = MetadataFilter(min_side=512, max_punsafe=0.5)
@@ -78,7 +68,7 @@ def test_wrong_types_are_dropped_and_counted_not_fatal(tmp_path):
         {"URL": "http://a.example/2.jpg", "TEXT": "x", "WIDTH": "wide", "HEIGHT": "600", "pwatermark": "0.1"},
         {"URL": "http://a.example/3.jpg", "TEXT": "x", "WIDTH": "700", "HEIGHT": "600", "pwatermark": "n/a"},
     ]
-    funnel, table = _prepare(tmp_path, _write(tmp_path / "in.parquet", rows, schema))
+    funnel, table = _prepare(tmp_path, write_parquet(tmp_path / "in.parquet", rows, schema))
     assert (funnel.rows_kept, funnel.invalid_size, funnel.invalid_pwatermark) == (1, 1, 1)
     assert table.schema.field("WIDTH").type == pa.int64()
     assert table.column("WIDTH").to_pylist() == [640]
@@ -90,7 +80,7 @@ def test_release_aliases_are_recognised(tmp_path):
              "NSFW": "UNLIKELY", "prob_watermark": 0.2, "AESTHETIC_SCORE": 6.5, "hash": 9007199254740993},
             {"url": "http://a.example/2.jpg", "caption": "nsfw", "width": 900, "height": 700,
              "NSFW": "NSFW", "prob_watermark": 0.2, "AESTHETIC_SCORE": 5.0, "hash": 1}]
-    funnel, table = _prepare(tmp_path, _write(tmp_path / "in.parquet", rows),
+    funnel, table = _prepare(tmp_path, write_parquet(tmp_path / "in.parquet", rows),
                              rule=MetadataFilter(min_side=512, max_punsafe=0.5))
     assert funnel.rows_kept == 1 and funnel.unsafe == 1
     kept = table.to_pylist()[0]
@@ -104,7 +94,7 @@ def test_explicit_column_map_wins(tmp_path):
     rows = [{"image_link": "http://a.example/1.jpg", "alt_words": "a boat", "w": 1000, "h": 800, "wm": 0.1,
              "url": "http://decoy.example/ignored.jpg"}]
     column_map = {"URL": "image_link", "TEXT": "alt_words", "WIDTH": "w", "HEIGHT": "h", "pwatermark": "wm"}
-    funnel, table = _prepare(tmp_path, _write(tmp_path / "in.parquet", rows), column_map=column_map)
+    funnel, table = _prepare(tmp_path, write_parquet(tmp_path / "in.parquet", rows), column_map=column_map)
     assert funnel.rows_kept == 1
     assert table.column("URL").to_pylist() == ["http://a.example/1.jpg"]
     assert table.column("TEXT").to_pylist() == ["a boat"]
@@ -112,7 +102,7 @@ def test_explicit_column_map_wins(tmp_path):
 
 def test_missing_needed_column_names_it_the_columns_found_and_the_fix(tmp_path):
     rows = [{"URL": "http://a.example/1.jpg", "TEXT": "x", "WIDTH": 900, "HEIGHT": 700}]
-    path = _write(tmp_path / "in.parquet", rows)
+    path = write_parquet(tmp_path / "in.parquet", rows)
     with pytest.raises(ValueError) as info:
         _prepare(tmp_path, path)
     message = str(info.value)
@@ -124,7 +114,7 @@ def test_missing_needed_column_names_it_the_columns_found_and_the_fix(tmp_path):
 
 
 def test_column_map_to_absent_column_is_an_error(tmp_path):
-    path = _write(tmp_path / "in.parquet", [_row()])
+    path = write_parquet(tmp_path / "in.parquet", [laion_row()])
     with pytest.raises(ValueError, match="maps URL to 'link'.*columns are: URL, TEXT"):
         _prepare(tmp_path, path, column_map={"URL": "link"})
 
@@ -143,7 +133,7 @@ def test_empty_and_non_parquet_files_are_named(tmp_path):
 
 
 def test_nothing_kept_is_an_error_with_the_funnel(tmp_path):
-    path = _write(tmp_path / "in.parquet", [_row(width=100, height=100)])
+    path = write_parquet(tmp_path / "in.parquet", [laion_row(width=100, height=100)])
     with pytest.raises(ValueError, match="no row .* passed the filter.*too_small=1"):
         _prepare(tmp_path, path)
 
@@ -151,10 +141,10 @@ def test_nothing_kept_is_an_error_with_the_funnel(tmp_path):
 def test_folder_and_glob_stream_in_small_batches_with_dedup_across_files(tmp_path):
     folder = tmp_path / "laion"
     folder.mkdir()
-    first = [_row(url=f"http://a.example/{i}.jpg", text=f"first {i}") for i in range(25)]
-    second = [_row(url=f"http://a.example/{i}.jpg", text=f"second {i}") for i in range(20, 40)]
-    _write(folder / "part-00000.parquet", first)
-    _write(folder / "part-00001.parquet", second)
+    first = [laion_row(url=f"http://a.example/{i}.jpg", text=f"first {i}") for i in range(25)]
+    second = [laion_row(url=f"http://a.example/{i}.jpg", text=f"second {i}") for i in range(20, 40)]
+    write_parquet(folder / "part-00000.parquet", first)
+    write_parquet(folder / "part-00001.parquet", second)
     (folder / "_SUCCESS").write_text("")
     (folder / "_stats.json").write_text("{}")
     for uri in (str(folder), str(folder / "part-*.parquet")):

@@ -10,7 +10,7 @@ import pytest
 
 from pipelines import full_run
 from vlv import cli
-from vlv.inference import STAGE1_WEIGHTS
+from vlv.models.trained_folder import STAGE1_WEIGHTS
 from vlv.testing.driver_faults import ancestors, file_digests, published
 
 

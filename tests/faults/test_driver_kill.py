@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from vlv.inference import STAGE1_WEIGHTS
+from vlv.models.trained_folder import STAGE1_WEIGHTS
 from vlv.testing.driver_faults import (
     MID_STEP,
     ancestors,

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from pipelines import full_run
-from tests.conftest import FAKE_SECRETS
 from vlv.job_env import RAY_JOB_ENV_VAR
 from vlv.pipeline import step_names
+from vlv.testing.fake_secrets import FAKE_SECRETS
 
 REPO = Path(__file__).resolve().parents[2]
 RAY_HEAD = REPO / "infra" / "local" / "ray_head.sh"

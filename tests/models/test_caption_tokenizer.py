@@ -9,13 +9,13 @@ import sys
 
 import torch
 
-from tests.models.conftest import CAPTIONS
 from vlv.models.caption_tokenizer import (
     IGNORE_INDEX,
     build_caption_labels,
     tokenize_captions,
     train_caption_tokenizer,
 )
+from vlv.testing.builders import CAPTIONS
 
 _TRAIN_IN_SUBPROCESS = (
     "import hashlib, json, sys; from vlv.models.caption_tokenizer import train_bpe; "

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from tests.models.conftest import CAPTIONS, uint8_images
 from vlv.models.caption_tokenizer import IGNORE_INDEX
 from vlv.models.captioner import build_caption_tokenizer, build_captioner
 from vlv.models.config import CaptionerConfig, Stage1ModelConfig
 from vlv.models.vlv_stage1 import build_caption_embedder
+from vlv.testing.builders import CAPTIONS, uint8_images
 
 
 def _build(trainable: str = "mlp+llm+encoder"):

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.models.conftest import uint8_images
 from vlv.models.diffusion import build_diffusion
 from vlv.models.image_inputs import pixels_to_uint8, vae_pixels
+from vlv.testing.builders import uint8_images
 
 
 @pytest.fixture(scope="module")

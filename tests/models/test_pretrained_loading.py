@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.models.conftest import CAPTIONS, uint8_images
 from vlv.models import arch_configs
 from vlv.models.captioner import build_caption_tokenizer, build_captioner
 from vlv.models.clip_text import build_clip_tokenizer
 from vlv.models.config import CaptionerConfig, Stage1ModelConfig
 from vlv.models.loading import seeded_init
 from vlv.models.vlv_stage1 import Stage1Batch, build_stage1_model
+from vlv.testing.builders import CAPTIONS, uint8_images
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ import dataclasses
 
 import pytest
 
-from tests.models.conftest import CAPTIONS
 from vlv.models.captioner import build_caption_tokenizer, build_captioner
 from vlv.models.config import CaptionerConfig, Stage1ModelConfig
 from vlv.models.vlv_stage1 import build_caption_embedder
+from vlv.testing.builders import CAPTIONS
 
 FLORENCE_LM = "embedder.encoder.florence.language_model."
 QUERIES, PROJECTION = "embedder.encoder.queries", "embedder.encoder.projection."

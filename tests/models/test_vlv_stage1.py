@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from tests.models.conftest import uint8_images
 from vlv.models.config import Stage1ModelConfig
 from vlv.models.image_inputs import florence_pixels
 from vlv.models.vlv_stage1 import Stage1Batch, build_caption_embedder, build_stage1_model
+from vlv.testing.builders import uint8_images
 
 TRAINABLE_PREFIXES = ("embedder.encoder.florence.language_model.", "embedder.encoder.queries",
                       "embedder.encoder.projection.")

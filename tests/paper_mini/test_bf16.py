@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.models.conftest import uint8_images
 from vlv.config import load_config
+from vlv.testing.builders import uint8_images
 
 
 @pytest.fixture(scope="module")

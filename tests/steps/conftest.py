@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.steps.eval_upstream import publish_output, run_step, write_captioner_folder, write_stage1_folder
 from vlv.engine.store import RunStore
+from vlv.testing.builders import publish_output, run_step, write_captioner_folder, write_stage1_folder
 
 
 @pytest.fixture(scope="session")

@@ -9,11 +9,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.steps.eval_upstream import run_step
 from vlv.eval.coco_captions import load_coco_captions, select_images
 from vlv.eval.eval_sets import read_eval_sets
-from vlv.inference import caption_images, load_captioner
+from vlv.inference import caption_images
+from vlv.models.trained_folder import load_captioner
 from vlv.steps.caption_eval import CaptionEvalConfig, CaptionEvalStep, CaptioningActor, VqaBenchmarkConfig
+from vlv.testing.builders import run_step
 
 TINY_VAL_IMAGES, TINY_EXEMPLAR_IMAGES = 8, 5
 

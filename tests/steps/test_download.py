@@ -26,12 +26,13 @@ from PIL import Image
 from vlv.data.download_stats import read_download_counts
 from vlv.data.img2dataset_runner import Img2DatasetJob, run_img2dataset
 from vlv.data.loopback_site import CANONICAL_BASE_URL, serve_folder
-from vlv.engine.executor import StepRequest, execute_step, submit_step
+from vlv.engine.executor import execute_step, submit_step
 from vlv.engine.step import Resources, StepOutput
 from vlv.engine.store import RunStore
 from vlv.ports import free_port
 from vlv.steps.download import DownloadConfig, DownloadStep, img2dataset_job, split_metadata
 from vlv.steps.prepare_metadata import PrepareMetadataConfig, PrepareMetadataStep
+from vlv.testing.step_inputs import step_request
 
 GOOD_PHOTOS = 6
 BROKEN_ROWS = 5  # 2 x 404, truncated JPEG, HTML as image/jpeg, X-Robots-Tag: noai
@@ -41,14 +42,8 @@ DOWNLOAD = DownloadConfig(image_size=32, samples_per_shard=4, processes_count=1,
 TINY_SOURCE = PrepareMetadataConfig(source="tiny", min_side=64, tiny_num_images=GOOD_PHOTOS, tiny_image_side=160)
 
 
-def _request(step, key: str, config, store: Path, inputs: dict[str, StepOutput]) -> StepRequest:
-    return StepRequest(step=step, key=key, preset="tiny", section=config, section_dict=dataclasses.asdict(config),
-                       upstream_keys={name: out.key for name, out in inputs.items()}, inputs=inputs,
-                       store_uri=str(store), tracking_uri=None, mlflow_run_id=None, on_cluster=False)
-
-
 def _download(store: Path, prepared: StepOutput, key: str, config: DownloadConfig = DOWNLOAD):
-    manifest = execute_step(_request(DownloadStep(), key, config, store, {"prepare_metadata": prepared}))
+    manifest = execute_step(step_request(DownloadStep(), key, config, store, {"prepare_metadata": prepared}))
     return manifest, Path(RunStore(str(store)).output_uri("download", key))
 
 
@@ -61,7 +56,7 @@ def _member_names(tar_path: Path) -> list[str]:
 def prepared(tmp_path_factory) -> tuple[Path, StepOutput]:
     store = tmp_path_factory.mktemp("store")
     config = TINY_SOURCE
-    manifest = execute_step(_request(PrepareMetadataStep(), "pm0", config, store, {}))
+    manifest = execute_step(step_request(PrepareMetadataStep(), "pm0", config, store, {}))
     output = StepOutput("prepare_metadata", "pm0", RunStore(str(store)).output_uri("prepare_metadata", "pm0"),
                         manifest)
     return store, output
@@ -138,7 +133,7 @@ def test_rerun_inside_a_ray_task_keeps_a_crashed_attempts_finished_shards(ray_se
     (staging / "shards" / "00001.tar").write_bytes(b"half a tar")  # unfinished: no stats file, so redone
 
     whole = dataclasses.replace(DOWNLOAD, metadata_part_rows=1_000_000)
-    request = _request(DownloadStep(), "dl-resume", whole, store, {"prepare_metadata": upstream})
+    request = step_request(DownloadStep(), "dl-resume", whole, store, {"prepare_metadata": upstream})
     manifest = submit_step(request, Resources(num_cpus=1))
     out = Path(RunStore(str(store)).output_uri("download", "dl-resume"))
     kept = json.loads((out / "shards" / "00000_stats.json").read_text())
@@ -162,7 +157,7 @@ def test_two_sites_on_different_ports_give_identical_outputs(prepared, downloade
     _, first = downloaded
     ports = [free_port(), free_port()]
     config = dataclasses.replace(TINY_SOURCE, tiny_port=ports[0])
-    manifest = execute_step(_request(PrepareMetadataStep(), "pm-port", config, tmp_path, {}))
+    manifest = execute_step(step_request(PrepareMetadataStep(), "pm-port", config, tmp_path, {}))
     again = StepOutput("prepare_metadata", "pm-port", RunStore(str(tmp_path)).output_uri("prepare_metadata",
                                                                                           "pm-port"), manifest)
     assert _digests(again.local_dir) == _digests(first_prepared.local_dir)

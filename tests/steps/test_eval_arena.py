@@ -8,40 +8,21 @@ import json
 import shutil
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
-from tests.steps.eval_upstream import run_step
 from vlv.cli import main
 from vlv.data.caption_synthetic import response_line
 from vlv.engine.manifest import Manifest, list_files
-from vlv.engine.step_output import output_of_folder
 from vlv.engine.store import RunStore
 from vlv.eval.arena import bootstrap_interval
 from vlv.eval.arena_tiny import write_tiny_judge_output
-from vlv.eval.eval_sets import EVAL_SETS_FILE, EvalSets, read_eval_sets
+from vlv.eval.eval_sets import read_eval_sets
 from vlv.presets import paper, tiny
 from vlv.run import RunOptions, plan_run
 from vlv.steps.eval_arena import ArenaCaptionerConfig, EvalArenaConfig, EvalArenaStep
-
-IMAGE_IDS = (101, 102, 103, 104, 105, 106)
-
-
-def fake_caption_eval(folder: Path) -> object:
-    """A caption_eval output (not tiny) of six images with JPEG files, as the arena reads it."""
-    images = folder / "images"
-    images.mkdir(parents=True)
-    for i in IMAGE_IDS:
-        Image.new("RGB", (8, 8), (i, 40, 200)).save(images / f"COCO_val2014_{i:012d}.jpg")
-    pq.write_table(pa.table({
-        "image_id": pa.array(IMAGE_IDS, pa.int64()), "file_name": [f"COCO_val2014_{i:012d}.jpg" for i in IMAGE_IDS],
-        "caption": [f"VLV caption of image {i}." for i in IMAGE_IDS],
-        "references": [[f"A reference for {i}."] for i in IMAGE_IDS]}), folder / "captions.parquet")
-    sets = EvalSets(captions_json="captions_val2014.json", images_dir=str(images), max_images=0, vqa=(), tiny=False)
-    (folder / EVAL_SETS_FILE).write_text(sets.to_json())
-    return output_of_folder("caption_eval", "cefake", folder)
+from vlv.testing.builders import run_step
+from vlv.testing.step_inputs import CAPTION_EVAL_IMAGE_IDS, fake_caption_eval
 
 
 def _reply(key: str, score) -> str:
@@ -105,12 +86,12 @@ def test_tiny_arena_requests_carry_each_image_and_caption(tiny_arena, caption_ev
 def test_a_paper_style_run_scores_each_captioner_from_the_files(tmp_path):
     upstream = fake_caption_eval(tmp_path / "caption_eval")
     (tmp_path / "gpt4o.jsonl").write_text("".join(json.dumps({"image_id": i, "caption": f"GPT caption {i}"}) + "\n"
-                                                  for i in IMAGE_IDS[:5]))
+                                                  for i in CAPTION_EVAL_IMAGE_IDS[:5]))
     (tmp_path / "qwen.csv").write_text("file_name,caption\n" + "".join(
-        f"COCO_val2014_{i:012d}.jpg,Qwen caption {i}\n" for i in IMAGE_IDS[1:]))
+        f"COCO_val2014_{i:012d}.jpg,Qwen caption {i}\n" for i in CAPTION_EVAL_IMAGE_IDS[1:]))
     # judge replies: vlv scores 4, gpt4o 5 (one reply 7: quarantined), qwen 3; image 102 to 105 are the ones all have
     given = {"vlv": 4, "gpt4o": 5, "qwen25vl7b": 3}
-    lines = [_reply(f"{name}-{i}", score) for name, score in given.items() for i in IMAGE_IDS[1:5]]
+    lines = [_reply(f"{name}-{i}", score) for name, score in given.items() for i in CAPTION_EVAL_IMAGE_IDS[1:5]]
     lines[5] = _reply("gpt4o-103", 7)
     (tmp_path / "judge.jsonl").write_text("\n".join(lines) + "\n")
     config = EvalArenaConfig(num_images=4, judge_output=str(tmp_path / "judge.jsonl"), other_captioners=[

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.steps.eval_upstream import run_step
 from vlv.eval.fid_generation import (
     EvalImage,
     IdentityGenerator,
@@ -25,6 +24,7 @@ from vlv.eval.fid_generation import (
 from vlv.eval.inception import InceptionSpec
 from vlv.eval.tiny_sets import write_tiny_eval_sets
 from vlv.steps.eval_fid import NOT_COMPARABLE, EvalFidConfig, EvalFidStep
+from vlv.testing.builders import run_step
 
 SPEC = InceptionSpec(random_init_seed=0, batch_size=4)
 

@@ -7,11 +7,11 @@ import csv
 import pyarrow.parquet as pq
 import pytest
 
-from tests.steps.eval_upstream import run_step
 from vlv.eval.eval_sets import load_split, read_eval_sets
 from vlv.eval.vqa_accuracy import question_accuracy
 from vlv.eval.vqa_data import load_vqa_predictions
 from vlv.steps.eval_vqa import EvalVqaConfig, EvalVqaStep, build_prompt_rows, read_vqa_captions
+from vlv.testing.builders import run_step
 
 TINY_QUESTIONS, TINY_EXEMPLARS = 28, 11
 CONFIG = EvalVqaConfig(llm="tiny-random", shots=[0, 4], max_new_tokens=6, batch_size=16, results_csv_rows=5)

@@ -15,12 +15,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.steps.eval_upstream import run_step
 from vlv.engine.store import RunStore
 from vlv.eval.chat_endpoint import EndpointError
 from vlv.eval.eval_sets import load_split, read_eval_sets
 from vlv.eval.vqa_llm import LlmSpec, build_llm, generate_answers
 from vlv.steps.eval_vqa import EvalVqaConfig, EvalVqaStep, build_prompt_rows, read_vqa_captions
+from vlv.testing.builders import run_step
 from vlv.testing.chat_server import ChatServer, Faults, tiny_llm_generator
 
 MAX_TOKENS = 6

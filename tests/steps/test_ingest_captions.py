@@ -1,61 +1,30 @@
-"""The ingest_captions step through the executor, on a fake aesthetic_filter output."""
+"""The ingest_captions step through the executor, on a fake aesthetic_filter output (fixture `kept_output`)."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
 import json
-from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vlv.config_tree import to_dict
 from vlv.data.caption_formats import QUARANTINE_REASONS
 from vlv.data.caption_synthetic import vertex_line
-from vlv.engine.executor import StepRequest, execute_step
-from vlv.engine.manifest import Manifest
-from vlv.engine.step import StepOutput
 from vlv.steps.ingest_captions import IngestCaptionsConfig, IngestCaptionsStep
-
-KEYS = [f"0000{s}{i:04d}" for s in range(2) for i in range(10)]
-
-
-@pytest.fixture
-def kept_output(tmp_path) -> StepOutput:
-    folder = tmp_path / "aesthetic_filter"
-    folder.mkdir()
-    pq.write_table(pa.table({
-        "key": KEYS, "shard": [f"0000{k[4]}.tar" for k in KEYS], "url": [f"http://127.0.0.1/{k}.jpg" for k in KEYS],
-        "caption": [f"LAION text of image {k}" for k in KEYS],
-        "score": pa.array([5.0 + i / 10 for i in range(len(KEYS))], pa.float32()),
-    }), folder / "kept.parquet")
-    manifest = Manifest(step="aesthetic_filter", key="upkey", code_version="1", config={}, upstream={}, files=(),
-                        metrics={})
-    return StepOutput("aesthetic_filter", "upkey", str(folder), manifest)
-
-
-def run_step(tmp_path: Path, kept_output: StepOutput, config: IngestCaptionsConfig) -> tuple[Manifest, Path]:
-    store = tmp_path / "store"
-    request = StepRequest(step=IngestCaptionsStep(), key="testkey", preset="tiny", section=config,
-                          section_dict=to_dict(config), upstream_keys={"aesthetic_filter": "upkey"},
-                          inputs={"aesthetic_filter": kept_output}, store_uri=str(store), tracking_uri=None,
-                          mlflow_run_id=None, on_cluster=False)
-    manifest = execute_step(request)
-    return manifest, store / "steps" / "ingest_captions" / "testkey"
+from vlv.testing.step_inputs import KEPT_KEYS, run_ingest_captions
 
 
 def test_tiny_generation_end_to_end(tmp_path, kept_output):
-    manifest, out = run_step(tmp_path, kept_output, IngestCaptionsConfig(generate_tiny=True, seed=3))
+    manifest, out = run_ingest_captions(tmp_path, kept_output, IngestCaptionsConfig(generate_tiny=True, seed=3))
     expected = {"error_row": 1, "blocked": 1, "empty": 1, "max_tokens": 1, "malformed_json": 1, "unknown_key": 1,
                 "bad_key": 1, "duplicate_key": 1}
     for reason in QUARANTINE_REASONS:
         assert manifest.metrics[f"quarantined_{reason}"] == expected.get(reason, 0), reason
-    assert manifest.metrics["captions_ok"] == len(KEYS) - 4
+    assert manifest.metrics["captions_ok"] == len(KEPT_KEYS) - 4
     assert manifest.metrics["captions_quarantined"] == 8
-    assert manifest.metrics["rows_read"] == len(KEYS) + 4
-    assert manifest.metrics["kept_images_captioned"] == len(KEYS) - 4
+    assert manifest.metrics["rows_read"] == len(KEPT_KEYS) + 4
+    assert manifest.metrics["kept_images_captioned"] == len(KEPT_KEYS) - 4
     assert set(manifest.artifacts) == {"caption_length_histogram.png", "quarantine_summary.csv"}
     assert {f.path for f in manifest.files} >= {"captions.parquet", "quarantine.parquet", "tiny_gemini_output.jsonl",
                                                  "caption_length_histogram.png", "quarantine_summary.csv"}
@@ -64,9 +33,9 @@ def test_tiny_generation_end_to_end(tmp_path, kept_output):
     assert captions.column_names == ["key", "caption", "caption_chars", "finish_reason", "prompt_tokens",
                                      "output_tokens", "shard", "url", "score"]
     rows = {r["key"]: r for r in captions.to_pylist()}
-    first = rows[KEYS[0]]  # the BOM line, kept, joined to its kept row
-    assert first["shard"] == "00000.tar" and first["url"].endswith(f"{KEYS[0]}.jpg") and first["score"] == 5.0
-    assert f"LAION text of image {KEYS[0]}" in first["caption"] and first["caption_chars"] == len(first["caption"])
+    first = rows[KEPT_KEYS[0]]  # the BOM line, kept, joined to its kept row
+    assert first["shard"] == "00000.tar" and first["url"].endswith(f"{KEPT_KEYS[0]}.jpg") and first["score"] == 5.0
+    assert f"LAION text of image {KEPT_KEYS[0]}" in first["caption"] and first["caption_chars"] == len(first["caption"])
     assert all(len(r["caption"].split(". ")) >= 4 for r in rows.values()), "captions are multi-sentence"
 
     quarantine = pq.read_table(out / "quarantine.parquet").to_pylist()
@@ -86,11 +55,12 @@ def test_user_source_in_vertex_format(tmp_path, kept_output):
     source = tmp_path / "vertex"
     source.mkdir()
     (source / "predictions_1.jsonl").write_text(
-        "\n".join([vertex_line(KEYS[0], "A cat on a mat."), vertex_line(KEYS[1], "", status="Quota exceeded")]) + "\n")
-    (source / "predictions_2.jsonl").write_text(vertex_line(KEYS[2], "A dog.", key_in="custom_id") + "\n")
-    manifest, out = run_step(tmp_path, kept_output, IngestCaptionsConfig(source=str(source)))
+        "\n".join([vertex_line(KEPT_KEYS[0], "A cat on a mat."),
+                   vertex_line(KEPT_KEYS[1], "", status="Quota exceeded")]) + "\n")
+    (source / "predictions_2.jsonl").write_text(vertex_line(KEPT_KEYS[2], "A dog.", key_in="custom_id") + "\n")
+    manifest, out = run_ingest_captions(tmp_path, kept_output, IngestCaptionsConfig(source=str(source)))
     assert manifest.metrics["captions_ok"] == 2 and manifest.metrics["quarantined_error_row"] == 1
-    assert pq.read_table(out / "captions.parquet").column("key").to_pylist() == [KEYS[0], KEYS[2]]
+    assert pq.read_table(out / "captions.parquet").column("key").to_pylist() == [KEPT_KEYS[0], KEPT_KEYS[2]]
 
 
 def test_preflight_names_the_source(tmp_path):
@@ -104,8 +74,8 @@ def test_preflight_names_the_source(tmp_path):
 
 def test_no_valid_caption_is_an_error(tmp_path, kept_output):
     source = tmp_path / "wrong.jsonl"
-    source.write_text(json.dumps({"key": KEYS[0], "text": "a caption in the wrong field"}) + "\n")
+    source.write_text(json.dumps({"key": KEPT_KEYS[0], "text": "a caption in the wrong field"}) + "\n")
     config = IngestCaptionsConfig(source=str(source), format="jsonl")
     with pytest.raises(ValueError, match="no caption passed validation.*missing_field=1.*caption_field"):
-        run_step(tmp_path, kept_output, config)
+        run_ingest_captions(tmp_path, kept_output, config)
     assert dataclasses.replace(config, caption_field="text").caption_field == "text"

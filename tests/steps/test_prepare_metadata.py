@@ -5,25 +5,18 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from vlv.config import load_config
-from vlv.engine.executor import StepRequest, execute_step
+from vlv.data.laion import MetadataFilter
 from vlv.engine.plan import make_plan
 from vlv.engine.store import RunStore
 from vlv.pipeline import pipeline_steps
 from vlv.steps.prepare_metadata import PrepareMetadataConfig, PrepareMetadataStep
-
-
-def _execute(store: Path, config: PrepareMetadataConfig, key: str = "pm0"):
-    request = StepRequest(step=PrepareMetadataStep(), key=key, preset="paper", section=config,
-                          section_dict=dataclasses.asdict(config), upstream_keys={}, inputs={},
-                          store_uri=str(store), tracking_uri=None, mlflow_run_id=None, on_cluster=False)
-    return execute_step(request), Path(RunStore(str(store)).output_uri("prepare_metadata", key))
+from vlv.testing.step_inputs import run_prepare_metadata
 
 
 def test_preflight_names_the_missing_input_uri(tmp_path):
@@ -46,7 +39,7 @@ def test_laion_source_publishes_metadata_funnel_and_metrics(tmp_path):
         "prob_watermark": [0.1, 0.1, 0.1, 0.1],
     }), source)
     config = PrepareMetadataConfig(source="laion", input_uri=str(source.parent))
-    manifest, out = _execute(tmp_path / "store", config)
+    manifest, out = run_prepare_metadata(tmp_path / "store", config)
     table = pq.read_table(out / "metadata.parquet")
     assert table.column_names == ["URL", "TEXT", "WIDTH", "HEIGHT", "similarity", "hash", "punsafe", "pwatermark",
                                   "aesthetic"]
@@ -58,6 +51,13 @@ def test_laion_source_publishes_metadata_funnel_and_metrics(tmp_path):
     assert manifest.metrics["rows_read"] == 4 and manifest.metrics["dropped_duplicate_url"] == 1
     assert manifest.artifacts == ("funnel.csv",)
     assert not (out / "loopback_site.json").exists()
+
+
+def test_the_default_thresholds_are_the_papers_pre_filter():
+    """paper_mini builds its photo site against `MetadataFilter()`: the step's defaults must be that filter."""
+    assert PrepareMetadataConfig().metadata_filter() == MetadataFilter(min_side=512, min_aspect=0.5, max_aspect=2.0,
+                                                                       max_pwatermark=0.5, max_punsafe=None)
+    assert MetadataFilter() == PrepareMetadataConfig().metadata_filter()
 
 
 def test_column_map_and_thresholds_from_the_command_line():
@@ -105,7 +105,7 @@ def test_laion_source_with_a_served_folder_publishes_it_for_the_download(tmp_pat
                              "pwatermark": [0.1, 0.1]}), source)
     config = PrepareMetadataConfig(source="laion", input_uri=str(source), serve_folder=str(site))
     PrepareMetadataStep().preflight(config)
-    _, out = _execute(tmp_path / "store", config)
+    _, out = run_prepare_metadata(tmp_path / "store", config)
     assert (out / "loopback_site" / "photos" / "a.jpg").read_bytes() == b"\xff\xd8 not really a jpeg"
     assert json.loads((out / "loopback_site.json").read_text()) == {"base_url": "http://tiny-site.invalid",
                                                                    "folder": "loopback_site"}
@@ -113,7 +113,7 @@ def test_laion_source_with_a_served_folder_publishes_it_for_the_download(tmp_pat
     pq.write_table(pa.table({"URL": ["http://127.0.0.1:28999/photos/a.jpg"], "TEXT": ["a"], "WIDTH": [1024],
                              "HEIGHT": [768], "pwatermark": [0.1]}), elsewhere)
     with pytest.raises(ValueError, match="no kept URL starts with http://tiny-site.invalid/"):
-        _execute(tmp_path / "store2", dataclasses.replace(config, input_uri=str(elsewhere)))
+        run_prepare_metadata(tmp_path / "store2", dataclasses.replace(config, input_uri=str(elsewhere)))
 
 
 def test_served_folder_settings_are_checked():

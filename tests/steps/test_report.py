@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.steps.eval_upstream import publish_output, run_step
 from vlv.engine.store import RunStore
 from vlv.eval.eval_sets import EVAL_SETS_FILE
 from vlv.steps.caption_eval import CaptionEvalConfig, VqaBenchmarkConfig, resolve_eval_sets
 from vlv.steps.report import TINY_CAVEAT, ReportConfig, ReportStep
+from vlv.testing.builders import publish_output, run_step
 
 LOSSES = [1.0, 0.8, 0.55, 0.5]
 DATA_METRICS = {

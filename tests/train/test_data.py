@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.train.shard_helpers import write_shards
+from vlv.testing.tiny_training import write_shards
 from vlv.train.data import ImageStreamConfig, WebDatasetImageStream
 
 

@@ -23,7 +23,7 @@ import ray.train
 import torch
 
 from tests.train.ray_helpers import CrashOnceTask, JsonlMetricLogger
-from tests.train.tiny_tasks import tiny_stage1_task, tiny_stage2_task
+from vlv.testing.tiny_training import tiny_stage1_task, tiny_stage2_task
 from vlv.tracking import MlflowMetricLogger, metric_history
 from vlv.train.deepspeed_config import AdamWConfig, DeepSpeedConfig, LRScheduleConfig
 from vlv.train.loop import EXPORT_FILE, LoopConfig

@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from tests.train.tiny_tasks import tiny_stage1_task
 from vlv.models.config import Stage1ModelConfig
+from vlv.testing.tiny_training import tiny_stage1_task
 from vlv.train.data import ImageStreamConfig, WebDatasetImageStream
 from vlv.train.stage_tasks import Stage1Task
 

@@ -1,4 +1,5 @@
-"""Gemini Batch API request JSONL for the kept images of a run (`vlv captions request`). No network call.
+"""Gemini Batch API request JSONL for the kept images of a run (`vlv captions request`, through
+`vlv.batch_requests`). No network call.
 
 One line per kept image: `{"key": <image key>, "request": GenerateContentRequest}` with the captioning prompt
 (ours by default, or any text via `vlv captions request --prompt-file`) and the image bytes inline (base64),
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import os
 import tarfile
 from collections import defaultdict
@@ -23,8 +23,6 @@ import fsspec
 import pyarrow.parquet as pq
 
 from vlv.paths import child_uri
-
-log = logging.getLogger("vlv.captions")
 
 # The project's own prompt, NOT the paper's: the VLV paper (arXiv 2507.07104) gives the prompt its ~6M Gemini 2.0
 # Flash captions were written with in an appendix of its arXiv HTML version, and the official code release does
@@ -103,26 +101,3 @@ def write_caption_requests(kept_uri: str, shards_uri: str, output_path: str, *, 
     finally:
         partial.unlink(missing_ok=True)
     return written
-
-
-def write_caption_requests_for_run(options: Any, output_path: str, model: str = "gemini-2.0-flash", *,
-                                   prompt: str = CAPTION_PROMPT) -> int:
-    """`vlv captions request`: requests for the kept images of the run that `options` (a RunOptions) plans."""
-    if not prompt.strip():
-        raise ValueError("the captioning prompt is empty; give the prompt text (e.g. --prompt-file prompt.txt)")
-    from vlv.run import plan_run
-
-    store, plan = plan_run(options)
-    keys = {planned.name: planned.key for planned in plan}
-    for step in ("download", "aesthetic_filter"):
-        if store.read_manifest(step, keys[step]) is None:
-            raise ValueError(
-                f"no published {step} output for this config (key {keys[step]}) in store {store.uri}: run "
-                f"`python pipelines/full_run.py --preset {options.config.preset} --steps prepare_metadata,download,"
-                f"aesthetic_filter` (same --config/--set/--store) first")
-    kept_uri = store.output_uri("aesthetic_filter", keys["aesthetic_filter"]) + "/kept.parquet"
-    shards_uri = store.output_uri("download", keys["download"]) + "/shards"
-    count = write_caption_requests(kept_uri, shards_uri, output_path, prompt=prompt)
-    log.info("wrote %d requests to %s; create the batch with model %s (the lines do not name a model), then "
-             "ingest its responses file with --set ingest_captions.source=<responses.jsonl>", count, output_path, model)
-    return count

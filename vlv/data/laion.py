@@ -53,7 +53,7 @@ log = logging.getLogger("vlv.data.laion")
 
 @dataclass(frozen=True)
 class MetadataFilter:
-    """The paper's pre-filter (SPEC section 3); a None threshold switches that test off."""
+    """The paper's pre-filter (docs/DESIGN.md section 3); a None threshold switches that test off."""
 
     min_side: int = 512
     min_aspect: float = 0.5

@@ -34,6 +34,8 @@ from vlv.eval.arena import VLV
 from vlv.eval.fid import FeatureStats, distributed_feature_stats, fid_from_stats, split_evenly
 from vlv.eval.inception import InceptionFeatureExtractor, InceptionSpec
 from vlv.eval.text_to_image import TextToImageSpec
+from vlv.models.image_files import image_as_array
+from vlv.models.trained_folder import load_stage1
 from vlv.progress import rate_and_eta
 
 log = logging.getLogger("vlv.eval.fid_generation")
@@ -191,8 +193,6 @@ def _build_generate(generator: Generator, device: str):
         return lambda batch, label, seed: [_read_rgb(image.path) for image in batch]
     if isinstance(generator, ReconstructionGenerator):
         import torch
-
-        from vlv.inference import image_as_array, load_stage1
 
         model = load_stage1(generator.stage1.local_folder()).to(device)
         size = model.embedder.image_size

@@ -1,4 +1,4 @@
-"""LAION aesthetic predictors: small heads on L2-normalised CLIP ViT-L/14 image embeddings (SPEC section 3).
+"""LAION aesthetic predictors: small heads on L2-normalised CLIP ViT-L/14 image embeddings (docs/DESIGN.md section 3).
 
 The module structures copy the published code exactly, so the published weight files load with
 `strict=True` and no key renaming:

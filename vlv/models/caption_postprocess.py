@@ -1,4 +1,4 @@
-"""Post-processing of generated captions (SPEC section 2, inference): trim to the last full sentence, drop
+"""Post-processing of generated captions (docs/DESIGN.md section 2.2, inference): trim to the last full sentence, drop
 repeated sentences. Beam search with a token budget often stops mid-sentence or loops on a sentence; both
 hurt the downstream text-to-image and VQA evaluations, which read the caption as plain prose.
 """

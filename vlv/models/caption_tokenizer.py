@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 if TYPE_CHECKING:  # torch is imported where used, so training a tokenizer does not load it
     import torch
@@ -97,3 +97,15 @@ def build_caption_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
     prefix = torch.full((input_ids.shape[0], num_prefix), IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
     return torch.cat([prefix, labels], dim=1)
+
+
+def load_caption_tokenizer(cfg: Any, folder: str) -> Any:
+    """The tokenizer saved with a stage-2 run: the Qwen one (pretrained) or the trained BPE (random init).
+
+    Not AutoTokenizer for the BPE: beside a Qwen2 config it would wrap it as a Qwen tokenizer and add a token.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if cfg.init == "pretrained":
+        return AutoTokenizer.from_pretrained(folder)
+    return PreTrainedTokenizerFast.from_pretrained(folder)

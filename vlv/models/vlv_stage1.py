@@ -1,7 +1,7 @@
 """Stage 1 of VLV: images -> caption embeddings that let the FROZEN SD 2.1 UNet denoise the same images.
 
 `CaptionEmbedder` (Florence queries -> projection -> frozen CLIP text encoder) is the part stage 2 reuses;
-`VLVStage1` adds the frozen diffusion decoder and the loss. Trainable, exactly as SPEC section 2: Florence's
+`VLVStage1` adds the frozen diffusion decoder and the loss. Trainable, as docs/DESIGN.md section 2.1 lists: Florence's
 transformer encoder + decoder + shared embeddings, the 77 queries, the projection. Everything else is frozen
 (requires_grad False, kept in eval mode even when the model is put in train mode).
 """

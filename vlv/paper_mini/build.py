@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from vlv.data.laion import MetadataFilter
 from vlv.paper_mini.layout import (
     BUILDER_VERSION,
     INCEPTION_SHA256,
@@ -84,7 +85,6 @@ def is_complete(assets: PaperMiniAssets) -> bool:
 def build_assets(assets: PaperMiniAssets, *, seed: int) -> dict:
     """Write every asset under `assets.root` (an empty folder); the manifest last. Returns the manifest."""
     from vlv.paper_mini import eval_data, generative_models, laion_data, offline_tokenizers, vision_models
-    from vlv.steps.prepare_metadata import PrepareMetadataConfig
 
     started = time.monotonic()
     scratch = assets.root / ".scratch"
@@ -112,7 +112,7 @@ def build_assets(assets: PaperMiniAssets, *, seed: int) -> dict:
     generative_models.write_sd35(assets.sd35, texts, seed + 4)
     timed("SD 3.5 Medium pipeline", t)
     t = time.monotonic()
-    rule = PrepareMetadataConfig().metadata_filter()  # the paper's pre-filter (the config's defaults)
+    rule = MetadataFilter()  # the paper's pre-filter (prepare_metadata's defaults)
     laion = laion_data.write_laion_data(assets, num_photos=NUM_PHOTOS, rule=rule, samples_per_shard=SAMPLES_PER_SHARD,
                                         image_size=TRAIN_IMAGE_SIZE, seed=seed)
     timed("LAION metadata, photo site, Gemini output", t)

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from vlv.data.caption_synthetic import write_tiny_gemini_output
 from vlv.data.laion import MetadataFilter, prepare_laion_metadata
 from vlv.data.loopback_site import TinySiteSpec, build_loopback_site
+from vlv.models.image_files import decode_image
 from vlv.paper_mini.layout import PaperMiniAssets
 
 PHOTO_SIDE = 800
@@ -49,8 +50,6 @@ def img2dataset_key(row: int, samples_per_shard: int) -> str:
 
 def write_laion_data(assets: PaperMiniAssets, *, num_photos: int, rule: MetadataFilter, samples_per_shard: int,
                      image_size: int, seed: int) -> LaionData:
-    from vlv.train.data import decode_image
-
     spec = TinySiteSpec(num_images=num_photos, image_side=PHOTO_SIDE, seed=seed)
     site = build_loopback_site(assets.site, spec, rule)
     assets.laion_metadata.parent.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,8 @@ import pyarrow as pa
 from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepOutput, StepResult, WorkerPool
 from vlv.engine.storage import checked_on_this_machine, filesystem
 from vlv.eval.eval_sets import EVAL_SETS_FILE, EvalSets, VqaBenchmark, VqaSplit
+from vlv.models.image_files import image_as_array
+from vlv.models.trained_folder import load_captioner, read_captioner_config
 from vlv.paths import safe_child
 from vlv.progress import rate_and_eta
 
@@ -143,8 +145,6 @@ class CaptioningActor:
                  num_threads: int):
         import torch
 
-        from vlv.inference import load_captioner, read_captioner_config
-
         torch.set_num_threads(max(1, num_threads))
         self._log = _worker_logger()
         checkpoint_dir = checkpoint.local_folder()  # fetched once on this actor's node from an object store
@@ -161,8 +161,6 @@ class CaptioningActor:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
         import torch
-
-        from vlv.inference import image_as_array
 
         paths = [str(p) for p in batch["path"]]
         arrays, errors = [], [""] * len(paths)

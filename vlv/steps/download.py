@@ -36,7 +36,7 @@ DOWNLOAD_COUNTS = OutputFile("download_counts.csv", "samples by status and error
 
 @dataclass
 class DownloadConfig:
-    image_size: int = 384  # shorter side resized to this, then centre-cropped (SPEC section 2)
+    image_size: int = 384  # shorter side resized to this, then centre-cropped (docs/DESIGN.md section 2.1)
     resize_mode: Literal["center_crop", "border", "keep_ratio", "no"] = "center_crop"
     encode_format: Literal["jpg", "png", "webp"] = "jpg"
     encode_quality: int = 95

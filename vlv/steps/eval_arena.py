@@ -300,33 +300,3 @@ def metric_name(captioner: str) -> str:
 
 def _interval_text(row: dict[str, Any]) -> str:
     return f"{row['mean']:.3f} [{row['low']:.3f}, {row['high']:.3f}]" if row["scored"] else "no score"
-
-
-# -- `vlv arena request` ------------------------------------------------------------------------------------
-
-def write_arena_requests_for_run(options: Any, output_path: str, model: str = "gemini-2.0-flash") -> int:
-    """The judge requests for the run `options` (a RunOptions) plans: caption_eval's output must exist."""
-    import logging
-
-    from vlv.eval.arena import load_rubric, write_judge_requests
-    from vlv.run import plan_run
-
-    store, plan = plan_run(options)
-    key = next(p.key for p in plan if p.name == "caption_eval")
-    caption_eval = store.output("caption_eval", key)
-    if caption_eval is None:
-        raise ValueError(f"no published caption_eval output for this config (key {key}) in store {store.uri}: run "
-                         f"`python pipelines/full_run.py --preset {options.config.preset} --steps caption_eval` (and "
-                         "the steps before it; same --config/--set/--store) first")
-    cfg = options.config.eval_arena
-    with tempfile.TemporaryDirectory() as scratch:
-        pairs = arena_pairs(caption_eval, cfg, Path(scratch))
-    count = write_judge_requests(pairs, caption_set_images_dir(caption_eval), output_path,
-                                 load_rubric(cfg.rubric_file), json_reply=cfg.json_reply)
-    logging.getLogger("vlv.arena").info(
-        "wrote %d judge requests (%d images x %d captioners) to %s; create the batch with model %s (the lines do not "
-        "name a model), then --set eval_arena.judge_output=<responses.jsonl>", count,
-        len({p.image_id for p in pairs}), len({p.captioner for p in pairs}), output_path, model)
-    return count
-
-

@@ -389,7 +389,7 @@ def save_labelled_grid(path: Path, original_paths: list[str], rows: list[tuple[s
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from vlv.inference import image_as_array
+    from vlv.models.image_files import image_as_array
 
     def fit(array: Any) -> Any:
         return np.asarray(Image.fromarray(np.asarray(array, dtype=np.uint8)).resize((cell, cell),

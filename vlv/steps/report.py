@@ -281,7 +281,7 @@ def captions_section(inputs: dict[str, StepOutput], count: int) -> str:
 
     from vlv.eval.eval_sets import read_eval_sets
     from vlv.eval.report_html import array_png
-    from vlv.inference import image_as_array
+    from vlv.models.image_files import image_as_array
 
     folder = inputs["caption_eval"].local_folder()  # fetched once from an object store (small files)
     sets = read_eval_sets(folder)

@@ -1,8 +1,8 @@
 """Step `train_stage1`: train the VLV encoder against the frozen diffusion decoder (DeepSpeed ZeRO on Ray Train).
 
 Images only, no captions: the kept images of `aesthetic_filter`, streamed from the `download` shards. The
-published output is a stage-1 model folder (see vlv.inference) plus a grid of originals beside what the frozen
-diffusion model draws from their learned caption embeddings. DeepSpeed checkpoints live in the step's scratch
+published output is a stage-1 model folder (see vlv.models.trained_folder) plus a grid of originals beside what
+the frozen diffusion model draws from their learned caption embeddings. DeepSpeed checkpoints live in the step's scratch
 space in the store, so a rerun after a crash resumes from the last one.
 """
 
@@ -14,8 +14,10 @@ from typing import Any
 
 from vlv.engine.step import Resources, Step, StepContext, StepResult, WorkerPool
 from vlv.models.config import Stage1ModelConfig
+from vlv.models.trained_folder import STAGE1_WEIGHTS, load_stage1, save_stage1_checkpoint
 from vlv.steps.aesthetic_filter import KEPT
 from vlv.steps.download import SHARDS
+from vlv.steps.training_common import describe_training, train_worker_pool, training_metrics
 from vlv.train.deepspeed_config import (
     DeepSpeedConfig,
     build_deepspeed_config,
@@ -69,7 +71,6 @@ class TrainStage1Step(Step[TrainStage1Config]):
         lr_multiplier(config.deepspeed.schedule, loop_total_steps=config.loop.total_steps)
 
     def run(self, ctx: StepContext[TrainStage1Config]) -> StepResult:
-        from vlv.inference import STAGE1_WEIGHTS, load_stage1, save_stage1_checkpoint
         from vlv.train.data import ImageStreamConfig, WebDatasetImageStream
         from vlv.train.ray_trainer import run_training
         from vlv.train.stage_tasks import Stage1Task
@@ -103,32 +104,6 @@ class TrainStage1Step(Step[TrainStage1Config]):
             artifacts.append("reconstruction_grid.png")
         metrics = training_metrics(outcome)
         return StepResult(metrics=metrics, artifacts=artifacts)
-
-
-def train_worker_pool(ray_train: RayTrainConfig) -> WorkerPool:
-    """The Ray Train worker group, placed all at once (a placement group of `num_workers` bundles)."""
-    return WorkerPool("Ray Train worker", "train_workers", ray_train.num_workers, ray_train.cpus_per_worker,
-                      ray_train.gpus_per_worker if ray_train.use_gpu else 0.0, gang=True)
-
-
-def describe_training(outcome: Any) -> str:
-    """What the training run really did, in words (a resumed run does not train the steps before it)."""
-    start = outcome.resumed_from_step
-    if start is None:
-        return f"trained steps 1..{outcome.steps} from scratch"
-    if start >= outcome.steps:
-        return f"found the finished run of this attempt (step {outcome.steps}) in scratch: trained no new step"
-    return f"resumed from the checkpoint at step {start}: trained steps {start + 1}..{outcome.steps}"
-
-
-def training_metrics(outcome: Any) -> dict[str, float]:
-    metrics = {"steps": float(outcome.steps), "final_loss": float(outcome.metrics.get("loss", float("nan")))}
-    if outcome.resumed_from_step is not None:
-        metrics["resumed_from_step"] = float(outcome.resumed_from_step)
-    if outcome.rank_stats:
-        metrics["optimizer_state_bytes_per_rank"] = float(
-            sum(s.optimizer_state_bytes for s in outcome.rank_stats) / len(outcome.rank_stats))
-    return metrics
 
 
 def first_images(stream: Any, count: int) -> Any:

@@ -17,11 +17,17 @@ from typing import Any
 
 from vlv.engine.step import Resources, Step, StepContext, StepOutput, StepResult, WorkerPool
 from vlv.engine.storage import filesystem
-from vlv.inference import TOKENIZER_DIR, read_stage1_config
 from vlv.models.config import CaptionerConfig
+from vlv.models.trained_folder import (
+    CAPTIONER_WEIGHTS,
+    TOKENIZER_DIR,
+    load_captioner,
+    read_stage1_config,
+    save_captioner_checkpoint,
+)
 from vlv.steps.download import SHARDS
 from vlv.steps.ingest_captions import CAPTIONS
-from vlv.steps.train_stage1 import describe_training, train_worker_pool, training_metrics
+from vlv.steps.training_common import describe_training, train_worker_pool, training_metrics
 from vlv.train.deepspeed_config import (
     DeepSpeedConfig,
     build_deepspeed_config,
@@ -75,7 +81,6 @@ class TrainStage2Step(Step[TrainStage2Config]):
         lr_multiplier(config.deepspeed.schedule, loop_total_steps=config.loop.total_steps)
 
     def run(self, ctx: StepContext[TrainStage2Config]) -> StepResult:
-        from vlv.inference import CAPTIONER_WEIGHTS, load_captioner, save_captioner_checkpoint
         from vlv.train.data import ImageStreamConfig, WebDatasetImageStream
         from vlv.train.ray_trainer import run_training
         from vlv.train.stage_tasks import Stage2Task

@@ -16,7 +16,6 @@ Resuming at micro-batch K skips whole shards by their counts and the rest of a s
 
 from __future__ import annotations
 
-import io
 import itertools
 import random
 import tarfile
@@ -25,6 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
+from vlv.models.image_files import decode_image
 from vlv.paths import child_uri
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -208,23 +208,3 @@ class WebDatasetImageStream:
         images = torch.from_numpy(np.stack([image for _, image, _ in chunk]))
         captions = [str(c) for _, _, c in chunk] if self.with_captions else None
         return ImageBatch(keys=[k for k, _, _ in chunk], images=images, captions=captions)
-
-
-def decode_image(raw: bytes, image_size: int, key: str) -> np.ndarray:
-    """Encoded image -> uint8 (size, size, 3): shorter side resized to `size` (bicubic), centre-cropped."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(raw)) as opened:
-            image = opened.convert("RGB")
-    except (OSError, ValueError) as err:
-        raise ValueError(f"sample {key}: the image cannot be decoded ({err}); aesthetic_filter lists only "
-                         f"decodable images, so the shards changed after it ran") from None
-    width, height = image.size
-    if (width, height) != (image_size, image_size):
-        scale = image_size / min(width, height)
-        resized = (max(image_size, round(width * scale)), max(image_size, round(height * scale)))
-        image = image.resize(resized, Image.Resampling.BICUBIC)
-        left, top = (resized[0] - image_size) // 2, (resized[1] - image_size) // 2
-        image = image.crop((left, top, left + image_size, top + image_size))
-    return np.asarray(image, dtype=np.uint8)

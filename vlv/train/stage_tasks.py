@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from vlv.models.caption_tokenizer import load_caption_tokenizer
+from vlv.models.trained_folder import load_caption_embedder
 from vlv.train.data import ImageBatch, WebDatasetImageStream
 
 
@@ -49,7 +51,6 @@ class Stage2Task:
     stream: Any  # vlv.train.data.WebDatasetImageStream over captions.parquet, with captions
 
     def build_model(self) -> Any:
-        from vlv.inference import load_caption_embedder
         from vlv.models.captioner import build_captioner
 
         embedder = load_caption_embedder(self.stage1.local_folder())
@@ -72,15 +73,3 @@ class Stage2Task:
 
     def loss(self, model: Any, batch: Any, generator: Any) -> Any:
         return model(batch)
-
-
-def load_caption_tokenizer(cfg: Any, folder: str) -> Any:
-    """The tokenizer saved with a stage-2 run: the Qwen one (pretrained) or the trained BPE (random init).
-
-    Not AutoTokenizer for the BPE: beside a Qwen2 config it would wrap it as a Qwen tokenizer and add a token.
-    """
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    if cfg.init == "pretrained":
-        return AutoTokenizer.from_pretrained(folder)
-    return PreTrainedTokenizerFast.from_pretrained(folder)
