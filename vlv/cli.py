@@ -102,7 +102,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
 def build_run_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The parser of `pipelines/full_run.py`: the run flags, and the steps and presets in its help."""
     parser = OneLineErrorParser(prog=prog, description=description, epilog=steps_and_presets_help(),
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_args(parser)
     return parser
 

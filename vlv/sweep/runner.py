@@ -192,15 +192,17 @@ def _run_point(point: SweepPoint, options: RunOptions, headline: tuple[tuple[str
 
 def _preflight_points(sweep: PreparedSweep, plans: list[list[PlannedStep]], options: list[RunOptions]) -> None:
     prepare_preset(sweep.configs[0])  # all points share the preset (paper_mini builds its assets once)
-    problems = []
+    points_by_problem: dict[str, list[str]] = {}  # the same missing path is one problem, not one per point
     for point, plan, run_options in zip(sweep.points, plans, options):
         steps = {step.name: step for step in run_options.pipeline()}
         try:
             check_preflight(steps, plan, run_options.config)
         except ValueError as err:
-            problems.append(f"grid point {point.label}: {err}")
-    if problems:
-        raise ValueError("\n".join(problems) + "\nno grid point was run")
+            points_by_problem.setdefault(str(err), []).append(point.label)
+    if points_by_problem:
+        raise ValueError("\n".join(
+            f"{'every grid point' if len(labels) == len(sweep.points) else 'grid point ' + '; '.join(labels)}: "
+            f"{problem}" for problem, labels in points_by_problem.items()) + "\nno grid point was run")
 
 
 def _open_tracking(store: RunStore, experiment: str) -> tuple[PipelineTracking, str]:
