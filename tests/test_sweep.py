@@ -14,6 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines import sweep as sweep_cli
+from vlv import cli
 from vlv.engine.store import RunStore
 from vlv.pipeline import step_names
 
@@ -104,6 +105,8 @@ def test_a_bad_grid_key_is_one_error_before_anything_runs(tmp_path, capsys):
     assert err.startswith("error: --grid eval_arena.sead=0: unknown config key 'eval_arena.sead'")
     assert "valid keys there:" in err and "seed" in err
     assert not store.exists()
+    assert cli.main(["sweep", "--preset", "tiny", "--store", str(store), "--grid", "eval_arena.seed=0,x"]) == 2
+    assert "--grid eval_arena.seed=x: config key 'eval_arena.seed' expects int" in capsys.readouterr().err
 
 
 @pytest.mark.slow

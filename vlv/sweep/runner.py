@@ -110,6 +110,7 @@ def run_sweep(options: SweepOptions) -> SweepOutcome:
         _preflight_points(sweep, plans, point_options)
     write_sweep_file(store, sweep.sweep_id, SWEEP_JSON, sweep_description(sweep, store.uri).encode())
     metric_names = [name for _, _, name in options.headline]
+    write_sweep_file(store, sweep.sweep_id, RESULTS_CSV, results_table(sweep, results, metric_names).encode())
 
     tracking = None
     if anything_to_run:
