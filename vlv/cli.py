@@ -64,14 +64,14 @@ def run_from_args(args: argparse.Namespace, only: Sequence[str] = ()) -> int:
         options = options_from_args(args, only)
         outcome = run_pipeline(options)
     except (ValueError, StoreLockedError, StoreAccessError) as err:
-        return _fail(err, args)
+        return fail_with(err, args)
     except StepFailed as err:
-        return _fail(err, args, code=1)
+        return fail_with(err, args, code=1)
     except Exception as err:  # noqa: BLE001 - anything else: one line, the traceback with --verbose
         if not getattr(args, "verbose", False):
-            _print_error(RuntimeError(f"{type(err).__name__}: {err} (rerun with --verbose for the traceback)"))
+            print_error(RuntimeError(f"{type(err).__name__}: {err} (rerun with --verbose for the traceback)"))
             return 1
-        return _fail(err, args, code=1)
+        return fail_with(err, args, code=1)
     if options.dry_run:
         print(describe_plan(outcome.plan))
     else:
@@ -79,30 +79,30 @@ def run_from_args(args: argparse.Namespace, only: Sequence[str] = ()) -> int:
     return 0
 
 
-def _print_error(err: BaseException) -> None:
+def print_error(err: BaseException) -> None:
     """One line on stderr; an error can quote a value that holds a credential, so it is redacted."""
     print(f"error: {redact(str(err))}", file=sys.stderr)
 
 
-def _fail(err: BaseException, args: argparse.Namespace, code: int = 2) -> int:
+def fail_with(err: BaseException, args: argparse.Namespace, code: int = 2) -> int:
     """Print the error (and, with --verbose, its traceback); returns the exit code."""
     if getattr(args, "verbose", False):
         import traceback
 
         print(redact("".join(traceback.format_exception(err))), file=sys.stderr)
-    _print_error(err)
+    print_error(err)
     return code
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, naming the problem and where to look
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
 
 
 def build_run_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The parser of `pipelines/full_run.py`: the run flags, and the steps and presets in its help."""
-    parser = _Parser(prog=prog, description=description, epilog=steps_and_presets_help(),
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(prog=prog, description=description, epilog=steps_and_presets_help(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_args(parser)
     return parser
 
@@ -126,8 +126,8 @@ def steps_and_presets_help() -> str:
 def build_parser() -> argparse.ArgumentParser:
     from vlv.pipeline import step_names
 
-    parser = _Parser(prog="vlv", description="VLV pipeline tools")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineErrorParser(prog="vlv", description="VLV pipeline tools")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
 
     status = sub.add_parser("status", help="print each step's state (published / partial / missing) for a config")
     add_config_args(status)
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--max-new-tokens", type=int, default=None, help="default: the model's (300 in paper)")
 
     captions = sub.add_parser("captions", help="caption data tools")
-    captions_sub = captions.add_subparsers(dest="captions_command", required=True, parser_class=_Parser)
+    captions_sub = captions.add_subparsers(dest="captions_command", required=True, parser_class=OneLineErrorParser)
     request = captions_sub.add_parser(
         "request", help="write the Gemini Batch API request JSONL for the kept images (no network call)")
     add_config_args(request)
@@ -168,8 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     request.add_argument("--prompt-file", default=None,
                          help="UTF-8 text file with the captioning prompt (default: the project's own prompt)")
 
+    sweep = sub.add_parser("sweep", help="the pipeline once per point of a grid of config values, on one store "
+                                          "(= python pipelines/sweep.py)")
+    _add_sweep_args(sweep)
+
     arena = sub.add_parser("arena", help="caption arena tools (paper Table 2)")
-    arena_sub = arena.add_subparsers(dest="arena_command", required=True, parser_class=_Parser)
+    arena_sub = arena.add_subparsers(dest="arena_command", required=True, parser_class=OneLineErrorParser)
     arena_request = arena_sub.add_parser(
         "request", help="write the judge's Gemini Batch API request JSONL for the arena pairs (no network call)")
     add_config_args(arena_request)
@@ -192,11 +196,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_from_args(args, only=[args.step])
     if args.command == "caption":
         return _caption(args)
+    if args.command == "sweep":
+        from vlv.sweep.command import sweep_from_args
+
+        return sweep_from_args(args)
     if args.command == "captions" and args.captions_command == "request":
         return _captions_request(args)
     if args.command == "arena" and args.arena_command == "request":
         return _arena_request(args)
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
+    from vlv.sweep.command import add_sweep_args  # vlv.sweep.command builds on this module's flags
+
+    add_sweep_args(parser)
 
 
 def _store_and_plan(args: argparse.Namespace):
@@ -218,7 +232,7 @@ def _status(args: argparse.Namespace) -> int:
     try:
         store, plan, outputs = _store_and_plan(args)
     except ValueError as err:
-        return _fail(err, args)
+        return fail_with(err, args)
     states = {p.name: step_state(store, p) for p in plan}
     print(format_status(store, outputs, plan, states))
     return 0
@@ -231,7 +245,7 @@ def _verify(args: argparse.Namespace) -> int:
         store, _, outputs = _store_and_plan(args)
         report = verify_all(outputs)
     except ValueError as err:
-        return _fail(err, args)
+        return fail_with(err, args)
     for output, problems in report:
         mark = " (this config)" if output.used_by_config else ""
         print(f"{output.step:<18} key={output.key}  {'DAMAGED' if problems else 'ok'}{mark}")
@@ -256,7 +270,7 @@ def _plan(args: argparse.Namespace) -> int:
         plan = make_cost_plan(config, gpu_type=args.gpu_type, gpus=args.gpus,
                               price_per_gpu_hour=args.price_per_gpu_hour, price_per_cpu_hour=args.price_per_cpu_hour)
     except ValueError as err:
-        _print_error(err)
+        print_error(err)
         return 2
     print(format_cost_plan(plan))
     return 0
@@ -269,7 +283,7 @@ def _caption(args: argparse.Namespace) -> int:
         captions = caption_images(args.images, args.checkpoint, num_beams=args.num_beams,
                                   max_new_tokens=args.max_new_tokens)
     except ValueError as err:
-        _print_error(err)
+        print_error(err)
         return 2
     for path, text in zip(args.images, captions):
         print(f"{path}\t{text}")
@@ -289,7 +303,7 @@ def _captions_request(args: argparse.Namespace) -> int:
             prompt = path.read_text(encoding="utf-8").strip()
         count = write_caption_requests_for_run(options_from_args(args), args.output, model=args.model, prompt=prompt)
     except ValueError as err:
-        _print_error(err)
+        print_error(err)
         return 2
     print(f"wrote {count} Gemini batch requests to {args.output}")
     return 0
@@ -301,7 +315,7 @@ def _arena_request(args: argparse.Namespace) -> int:
     try:
         count = write_arena_requests_for_run(options_from_args(args), args.output, model=args.model)
     except ValueError as err:
-        _print_error(err)
+        print_error(err)
         return 2
     print(f"wrote {count} judge requests to {args.output}")
     return 0

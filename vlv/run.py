@@ -14,7 +14,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from vlv.engine.cluster import StepDemand, current_cluster, fit_problems, missing_paths_on_nodes
 from vlv.engine.executor import StepRequest, connect_ray, submit_step
@@ -46,6 +46,18 @@ class StepFailed(RuntimeError):
 
 
 @dataclass(frozen=True)
+class ParentRunInfo:
+    """What a caller adds to the invocation's MLflow parent run: a sweep names its point there, nests the run
+    under the sweep's run, and wants a run even for a point whose every step is cached (all its points then sit
+    side by side in MLflow)."""
+
+    tags: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    name_prefix: str = ""
+    open_when_cached: bool = False
+
+
+@dataclass(frozen=True)
 class RunOptions:
     config: PipelineConfig
     store_uri: str = DEFAULT_STORE
@@ -55,6 +67,7 @@ class RunOptions:
     dry_run: bool = False
     # The steps to plan over, in dependency order; None means the VLV pipeline (tests pass their own).
     steps: tuple[Step, ...] | None = None
+    parent: ParentRunInfo = field(default_factory=ParentRunInfo)
 
     def pipeline(self) -> list[Step]:
         return list(self.steps) if self.steps is not None else pipeline_steps()
@@ -99,37 +112,32 @@ def run_pipeline(options: RunOptions) -> PipelineOutcome:
     log.info("plan for preset %s, store %s:\n%s", config.preset, store.uri, describe_plan(plan))
     steps = {step.name: step for step in options.pipeline()}
     to_run = [p for p in plan if p.action == "run"]
-    if not to_run:  # nothing to do: start no Ray, load no model, open no MLflow run
+    if not to_run and not options.parent.open_when_cached:
+        # nothing to do: start no Ray, load no model, open no MLflow run
         log.info("every planned step is cached: nothing to run (their MLflow runs are named in each manifest)")
         return PipelineOutcome(plan, [_cached_outcome(store, p) for p in plan], None, store.uri, None)
-    prepare_preset(config)  # e.g. paper_mini's models and data, which the preflight checks below look for
-    problems = []
-    for planned in to_run:  # every step's problem at once, not one per attempt
-        try:
-            steps[planned.name].preflight(getattr(config, planned.name))
-        except ValueError as err:
-            problems.append(str(err))
-    if problems:
-        raise ValueError(problems[0] if len(problems) == 1 else
-                         f"{len(problems)} problems, no step was run:\n  " + "\n  ".join(problems))
+    if to_run:
+        prepare_preset(config)  # e.g. paper_mini's models and data, which the preflight checks below look for
+        check_preflight(steps, plan, config)
 
     tracking_uri = default_tracking_uri(store.local_root if store.is_local else None)
     check_tracking_reachable(tracking_uri)
     artifact_root = artifact_location(store, tracking_uri)
     with store.mutex("mlflow-db"):  # two invocations on a new store would both create MLflow's tables
         tracking = PipelineTracking(tracking_uri, config.experiment, artifact_root)
-    on_cluster = connect_ray()
-    check_against_cluster([steps[p.name] for p in to_run], config, on_cluster=on_cluster)
+    on_cluster = connect_ray() if to_run else bool(os.environ.get("RAY_ADDRESS"))
+    if to_run:
+        check_against_cluster([steps[p.name] for p in to_run], config, on_cluster=on_cluster)
     closed = tracking.close_runs_of_dead_drivers(socket.gethostname())
     if closed:
         log.info("marked %d MLflow run(s) of killed drivers (pid gone) KILLED", closed)
     parent_id = tracking.start_parent(
         tags={"vlv.pipeline": "full_run", "vlv.preset": config.preset, "vlv.config_hash": config.config_hash(),
               "vlv.driver_host": socket.gethostname(), "vlv.driver_pid": str(os.getpid()),
-              "vlv.git_commit": _git_commit(), "vlv.store": store.uri},
+              "vlv.git_commit": _git_commit(), "vlv.store": store.uri, **options.parent.tags},
         params={"preset": config.preset, "store": store.uri, "steps": ",".join(options.only) or "all",
-                "from": options.from_step or "", "force": ",".join(options.force)},
-        name=f"{config.preset}: running {len(to_run)} of {len(plan)} steps",
+                "from": options.from_step or "", "force": ",".join(options.force), **options.parent.params},
+        name=f"{options.parent.name_prefix}{config.preset}: running {len(to_run)} of {len(plan)} steps",
     )
     log.info("MLflow parent run %s at %s", parent_id, tracking_uri)
     outcomes: list[StepOutcome] = []
@@ -140,9 +148,25 @@ def run_pipeline(options: RunOptions) -> PipelineOutcome:
                                      on_cluster, steps))
         ok = True
     finally:
-        tracking.end_parent(ok, name=describe_invocation(config.preset, options, outcomes, plan, ok),
+        tracking.end_parent(ok, name=options.parent.name_prefix + describe_invocation(config.preset, options,
+                                                                                       outcomes, plan, ok),
                             metrics=headline_metrics({o.name: o.metrics for o in outcomes}))
     return PipelineOutcome(plan, outcomes, parent_id, store.uri, tracking_uri)
+
+
+def check_preflight(steps: Mapping[str, Step], plan: Sequence[PlannedStep], config: PipelineConfig) -> None:
+    """Every problem of every step about to run (missing weights, impossible batch sizes) in one ValueError."""
+    problems = []
+    for planned in plan:
+        if planned.action != "run":
+            continue
+        try:
+            steps[planned.name].preflight(getattr(config, planned.name))
+        except ValueError as err:
+            problems.append(str(err))
+    if problems:
+        raise ValueError(problems[0] if len(problems) == 1 else
+                         f"{len(problems)} problems, no step was run:\n  " + "\n  ".join(problems))
 
 
 def artifact_location(store: RunStore, tracking_uri: str) -> str | None:

@@ -67,10 +67,12 @@ def lineage_datasets(upstream: StepOutput, declared: Sequence[Any]) -> list[Line
     return found
 
 
-def headline_metrics(step_metrics: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """The headline numbers found among the steps' metrics (a step not run or cached contributes nothing)."""
+def headline_metrics(step_metrics: Mapping[str, Mapping[str, float]],
+                     table: Sequence[tuple[str, str, str]] = HEADLINE_METRICS) -> dict[str, float]:
+    """The headline numbers found among the steps' metrics (a step not run or cached contributes nothing);
+    `table` lists (step, step's metric, headline name), HEADLINE_METRICS for the VLV pipeline."""
     found = {}
-    for step, metric, name in HEADLINE_METRICS:
+    for step, metric, name in table:
         value = step_metrics.get(step, {}).get(metric)
         if value is not None:
             found[name] = float(value)
@@ -194,13 +196,14 @@ class PipelineTracking:
         self._log_params(self.parent_run_id, params)
         return self.parent_run_id
 
-    def close_runs_of_dead_drivers(self, host: str) -> int:
+    def close_runs_of_dead_drivers(self, host: str, pipeline: str = "full_run") -> int:
         """A killed driver (SIGKILL, OOM) leaves its parent and step runs RUNNING for ever: mark those whose
         driver ran on `host` (tags vlv.driver_host / vlv.driver_pid) and is gone KILLED, and their unfinished
-        step runs vlv.status=killed. Returns how many parent runs were closed."""
+        step runs vlv.status=killed. `pipeline` is the parent's vlv.pipeline tag (full_run, or sweep: a sweep's
+        run, whose children are its points' parent runs). Returns how many parent runs were closed."""
         closed = 0
         parents = self.client.search_runs([self.experiment_id], max_results=1000, filter_string=(
-            "attributes.status = 'RUNNING' and tags.`vlv.pipeline` = 'full_run' and "
+            f"attributes.status = 'RUNNING' and tags.`vlv.pipeline` = '{pipeline}' and "
             f"tags.`vlv.driver_host` = '{host}'"))
         for parent in parents:
             if _pid_alive(int(parent.data.tags.get("vlv.driver_pid", "0"))):
@@ -223,6 +226,21 @@ class PipelineTracking:
         for metric, value in (metrics or {}).items():
             self.client.log_metric(self.parent_run_id, metric, float(value))
         self.client.set_terminated(self.parent_run_id, "FINISHED" if ok else "FAILED")
+
+    def log_point_metrics(self, run_id: str, index: int, metrics: Mapping[str, float]) -> None:
+        """One sweep point's numbers on the sweep's run at step = the point's index: MLflow's charts of that run
+        then draw each metric across the points."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(name, float(value), now, index) for name, value in sorted(metrics.items())]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def log_files(self, run_id: str, paths: Sequence[Path], folder: str | None = None) -> None:
+        """Files made by the driver (a sweep's results table and plots) as artifacts of a run."""
+        for path in paths:
+            self.client.log_artifact(run_id, str(path), folder)
 
     def start_child(self, step: str, key: str, output_uri: str, section: Mapping[str, Any]) -> str:
         tags = {"mlflow.parentRunId": self.parent_run_id or "", "vlv.step": step, "vlv.key": key,
