@@ -74,7 +74,7 @@ def test_mlflow_has_parent_and_one_child_per_step(tiny_store):
     assert by_step["download"].data.params["image_size"] == "64"
     for key in ("vlv.preset", "vlv.config_hash", "vlv.git_commit"):
         assert parents[0].data.tags[key]
-    assert parents[0].info.run_name == "tiny: all steps, 10 ran, 0 cached"
+    assert parents[0].info.run_name == "tiny: all steps, 11 ran, 0 cached"
     client = MlflowClient(f"sqlite:///{tiny_store / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("vlv")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the training view, not GenAI
@@ -129,7 +129,7 @@ def test_second_invocation_executes_nothing_and_force_runs_exactly_one(tiny_stor
     statuses = {r.data.tags["vlv.step"]: r.data.tags["vlv.status"] for r in latest}
     assert statuses == {name: "executed" if name == "download" else "cached" for name in ALL_STEPS}
     parent = [r for r in _runs(tiny_store) if r.data.tags.get("vlv.pipeline") == "full_run"][-1]
-    assert parent.info.run_name == "tiny: force download, 1 ran, 9 cached"
+    assert parent.info.run_name == "tiny: force download, 1 ran, 10 cached"
     assert parent.data.metrics["images_kept"] > 0 and parent.data.metrics["stage2_final_loss"] > 0
     assert "fid" in parent.data.metrics and "vqa_accuracy" in parent.data.metrics
     capsys.readouterr()

@@ -11,22 +11,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from vlv.logs import VerboseFlag, configure_logging
+from vlv.cli_flags import OneLineErrorParser, add_config_args, fail_with, print_error
+from vlv.logs import configure_logging
 from vlv.runtime_env import apply_runtime_defaults
-from vlv.secrets import redact
-
-
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="tiny",
-                        help="tiny (CPU, minutes), paper (real sizes) or paper_mini (the paper's code paths and "
-                             "formats at miniature size: CPU, minutes)")
-    parser.add_argument("--config", default=None, help="YAML/JSON/TOML file of config overrides")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value, e.g. --set download.image_size=64 (repeatable)")
-    parser.add_argument("--store", default=None,
-                        help="run store: a folder or fsspec URI (default $VLV_STORE, else ./vlv_runs)")
-    parser.add_argument("--verbose", action=VerboseFlag,
-                        help="everything on the console: dependency warnings, progress bars, tracebacks of errors")
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -77,26 +64,6 @@ def run_from_args(args: argparse.Namespace, only: Sequence[str] = ()) -> int:
     else:
         print(format_outcome(outcome))
     return 0
-
-
-def print_error(err: BaseException) -> None:
-    """One line on stderr; an error can quote a value that holds a credential, so it is redacted."""
-    print(f"error: {redact(str(err))}", file=sys.stderr)
-
-
-def fail_with(err: BaseException, args: argparse.Namespace, code: int = 2) -> int:
-    """Print the error (and, with --verbose, its traceback); returns the exit code."""
-    if getattr(args, "verbose", False):
-        import traceback
-
-        print(redact("".join(traceback.format_exception(err))), file=sys.stderr)
-    print_error(err)
-    return code
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, naming the problem and where to look
-        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
 
 
 def build_run_parser(prog: str, description: str) -> argparse.ArgumentParser:

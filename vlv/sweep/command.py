@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any, Mapping
 
-from vlv.cli import OneLineErrorParser, add_config_args, fail_with, print_error
+from vlv.cli_flags import OneLineErrorParser, add_config_args, fail_with, print_error
 from vlv.config import load_config
 from vlv.config_tree import parse_set_flags
 from vlv.engine.storage import StoreAccessError
