@@ -17,17 +17,13 @@ from vlv.engine.manifest import verify_files
 from vlv.engine.store import RunStore
 from vlv.pipeline import step_names
 from vlv.steps.report import PAPER_MINI_CAVEAT
+from vlv.testing.builders import published_outputs
 
 ALL_STEPS = step_names()
 
 
 def _outputs(store: Path) -> dict[str, Path]:
-    found = {}
-    for step in ALL_STEPS:
-        keys = RunStore(str(store)).published_keys(step)
-        assert len(keys) == 1, f"{step}: expected one published output, found {keys}"
-        found[step] = store / "steps" / step / keys[0]
-    return found
+    return published_outputs(store, ALL_STEPS)
 
 
 def _child_runs(store: Path) -> dict[str, object]:

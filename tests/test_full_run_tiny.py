@@ -15,18 +15,14 @@ from pipelines import full_run
 from vlv.engine.manifest import verify_files
 from vlv.engine.store import RunStore
 from vlv.pipeline import step_names
+from vlv.testing.builders import published_outputs
 
 DATA_STEPS = ["prepare_metadata", "download", "aesthetic_filter", "ingest_captions"]
 ALL_STEPS = step_names()
 
 
 def _outputs(store: Path) -> dict[str, Path]:
-    found = {}
-    for step in ALL_STEPS:
-        keys = RunStore(str(store)).published_keys(step)
-        assert len(keys) == 1, f"{step}: expected one published output, found {keys}"
-        found[step] = store / "steps" / step / keys[0]
-    return found
+    return published_outputs(store, ALL_STEPS)
 
 
 def _runs(store: Path) -> list:

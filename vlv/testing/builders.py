@@ -95,3 +95,13 @@ def run_step(store: RunStore, step: Step, config: Any, inputs: dict[str, StepOut
                           on_cluster=False)
     manifest = execute_step(request)
     return StepOutput(step.name, key, store.output_uri(step.name, key), manifest)
+
+
+def published_outputs(store: Path, steps: list[str]) -> dict[str, Path]:
+    """The one published output folder of each step in a local store (end-to-end tests of one run per store)."""
+    found = {}
+    for step in steps:
+        keys = RunStore(str(store)).published_keys(step)
+        assert len(keys) == 1, f"{step}: expected one published output, found {keys}"
+        found[step] = store / "steps" / step / keys[0]
+    return found
