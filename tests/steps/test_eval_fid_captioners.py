@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.steps.eval_upstream import publish_output, run_step
 from vlv.eval.eval_sets import EVAL_SETS_FILE
 from vlv.eval.fid_generation import CaptionGenerator, CaptionSource, EvalImage, _build_generate, caption_label
 from vlv.eval.text_to_image import TextToImageSpec
@@ -27,6 +26,7 @@ from vlv.steps.eval_fid import (
     fid_metrics,
     fid_rows,
 )
+from vlv.testing.builders import publish_output, run_step
 
 TINY_T2I = TextToImageSpec(model="tiny", image_size=64, num_steps=2)
 IMAGE_IDS = [1, 2, 3, 4]
