@@ -28,5 +28,6 @@ def test_the_s3_walkthrough_runs_as_written(tmp_path):
                           text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert re.search(r"prepare_metadata\s+executed", done.stdout), done.stdout[-2000:]
-    assert re.search(r"prepare_metadata\s+key=\w+\s+published", done.stdout), done.stdout[-2000:]
+    assert re.search(r"prepare_metadata\s+\w{20}\s+\d{4}-\d\d-\d\dT\S+\s+[\d.]+ MB\s+\w+\s+\w+\s+yes", done.stdout), \
+        done.stdout[-2000:]  # vlv status: the published output, its time, size, config, MLflow run, this config
     assert "1 published outputs intact" in done.stdout

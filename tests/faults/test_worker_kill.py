@@ -14,7 +14,7 @@ from vlv.testing.driver_faults import (
     descendants,
     file_digests,
     published,
-    shards_written,
+    shard_finished,
     start_driver,
     wait_for,
 )
@@ -36,7 +36,7 @@ def test_a_download_task_killed_mid_work_is_rerun_by_ray_and_resumes(tiny_store,
     step = "download"
     store = seeded_store(ancestors(step))
     driver = start_driver(store, tmp_path / "driver.log", steps=(*ancestors(step), step))
-    worker = wait_for(driver, lambda: shards_written(driver) and _step_worker(driver, step), REACH_TIMEOUT_S)
+    worker = wait_for(driver, lambda: shard_finished(driver) and _step_worker(driver, step), REACH_TIMEOUT_S)
     assert worker, driver.log()[-4000:]
     victim = _step_worker(driver, step)
     os.kill(victim.pid, signal.SIGKILL)  # the task's process dies; the driver and its Ray live on

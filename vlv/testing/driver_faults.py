@@ -152,6 +152,13 @@ def shards_written(driver: Driver) -> bool:
     return step_started(driver, "download") and any((driver.store / ".staging" / "download").glob("*/shards/*.*"))
 
 
+def shard_finished(driver: Driver) -> bool:
+    """download has finished at least one shard in its staging folder (img2dataset writes a shard's
+    `_stats.json` when the shard is complete): a rerun has something to resume."""
+    return step_started(driver, "download") and any(
+        (driver.store / ".staging" / "download").glob("*/shards/*_stats.json"))
+
+
 def checkpoint_written(driver: Driver, step: str) -> bool:
     """A training step is mid-work: Ray Train has registered at least one checkpoint in scratch (its snapshot)."""
     return step_started(driver, step) and any(
