@@ -5,8 +5,8 @@ only, so every step's work lands on worker nodes) and three 2-CPU worker nodes, 
 The job is submitted with `ray job submit`, as a user would. While it runs the test kills (1) the node running
 the download step, once some shards are in the store, and (2) a node hosting a Ray Train worker of stage 1,
 once a checkpoint is in the store; each time it adds a fresh node, as an autoscaler would. The job must
-finish, step work must have run on at least two nodes (Ray's state API), and every output must equal the
-uninterrupted local run's, file by file.
+finish, step work must have run on at least two nodes (Ray's state API), and every step must publish the files
+of the uninterrupted local run, the data steps' byte for byte.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 RAY = Path(sys.executable).with_name("ray")
 JOB_DEADLINE_S = 3600  # a bound against a hung job, not a speed requirement
 RUN_SPECIFIC = {("report", "report.html")}  # embeds run ids and times
+DATA_STEPS = ("prepare_metadata", "download", "aesthetic_filter", "ingest_captions")
 
 pytestmark = pytest.mark.slow
 
@@ -145,5 +146,6 @@ def test_the_tiny_pipeline_survives_losing_nodes_and_equals_the_local_run(cluste
         remote_files = {e.path: e.sha256 for e in store.read_manifest(step, keys[0]).files}
         local_files = {e.path: e.sha256 for e in local.read_manifest(step, keys[0]).files}
         assert sorted(remote_files) == sorted(local_files), step
-        assert [p for p in remote_files if remote_files[p] != local_files[p] and (step, p) not in RUN_SPECIFIC] \
-            == [], step
+        if step in DATA_STEPS:  # training is not bitwise reproducible between independent runs (see test_full_run_s3)
+            assert [p for p in remote_files if remote_files[p] != local_files[p]
+                    and (step, p) not in RUN_SPECIFIC] == [], step
