@@ -127,11 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     captions = sub.add_parser("captions", help="caption data tools")
     captions_sub = captions.add_subparsers(dest="captions_command", required=True, parser_class=OneLineErrorParser)
-    request = captions_sub.add_parser(
-        "request", help="write the Gemini Batch API request JSONL for the kept images (no network call)")
-    add_config_args(request)
-    request.add_argument("--output", required=True, help="where to write the request JSONL")
-    request.add_argument("--model", default="gemini-2.0-flash", help="model named in the requests")
+    request = _add_batch_request_parser(captions_sub, "write the Gemini Batch API request JSONL for the kept images "
+                                        "(no network call)", "model named in the requests")
     request.add_argument("--prompt-file", default=None,
                          help="UTF-8 text file with the captioning prompt (default: the project's own prompt)")
 
@@ -141,12 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     arena = sub.add_parser("arena", help="caption arena tools (paper Table 2)")
     arena_sub = arena.add_subparsers(dest="arena_command", required=True, parser_class=OneLineErrorParser)
-    arena_request = arena_sub.add_parser(
-        "request", help="write the judge's Gemini Batch API request JSONL for the arena pairs (no network call)")
-    add_config_args(arena_request)
-    arena_request.add_argument("--output", required=True, help="where to write the request JSONL")
-    arena_request.add_argument("--model", default="gemini-2.0-flash", help="the judge model (paper: gemini-2.0-flash)")
+    _add_batch_request_parser(arena_sub, "write the judge's Gemini Batch API request JSONL for the arena pairs "
+                              "(no network call)", "the judge model (paper: gemini-2.0-flash)")
     return parser
+
+
+def _add_batch_request_parser(subparsers, help_text: str, model_help: str) -> argparse.ArgumentParser:
+    """`... request`: the config flags, where to write the Batch API JSONL, and the model the requests name."""
+    request = subparsers.add_parser("request", help=help_text)
+    add_config_args(request)
+    request.add_argument("--output", required=True, help="where to write the request JSONL")
+    request.add_argument("--model", default="gemini-2.0-flash", help=model_help)
+    return request
 
 
 def main(argv: Sequence[str] | None = None) -> int:
