@@ -106,9 +106,13 @@ def test_the_tiny_pipeline_survives_losing_nodes_and_equals_the_local_run(cluste
     store = RunStore(uri)
     job_id = f"vlv-mn-{uuid.uuid4().hex[:8]}"
     runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}}
-    submitted = _ray("job", "submit", "--address", cluster.job_address, "--submission-id", job_id, "--no-wait",
-                     "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--",
-                     "python", "pipelines/full_run.py", "--preset", "tiny", "--store", uri)
+    for _ in range(30):  # a fresh head's job agent answers "No available agent ... try again later" for a while
+        submitted = _ray("job", "submit", "--address", cluster.job_address, "--submission-id", job_id, "--no-wait",
+                         "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--",
+                         "python", "pipelines/full_run.py", "--preset", "tiny", "--store", uri)
+        if submitted.returncode == 0 or "No available agent" not in submitted.stderr:
+            break
+        time.sleep(2)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
 
     def download_with_shards() -> str | None:
