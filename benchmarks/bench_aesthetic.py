@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                                     cpus_per_actor=1.0)
         print(f"{args.images} images of 384 px in {len(shards)} shards, {args.arch}, batch {args.batch_size}, "
               f"1 CPU each side; machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:
             step_s, step_scores = run_step(shards, cfg, root / "out")
         finally:

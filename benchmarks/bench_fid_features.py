@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
             else InceptionSpec(random_init_seed=0, batch_size=args.batch_size))
     started_ray = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
     if started_ray:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     elif not ray.is_initialized():
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
     try:

@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         plain_before = measure_plain()
         started_ray = not ray.is_initialized()
         if started_ray:
-            ray.init(num_cpus=args.workers, include_dashboard=False, configure_logging=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=args.workers, include_dashboard=False, configure_logging=False,
+                     log_to_driver=False)
         try:
             logger = FileMetricLogger(str(Path(tmp) / "metrics.jsonl"))
             run_training(

@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     task = ToyRegressionTask(in_dim=args.hidden, hidden=args.hidden, out_dim=args.hidden, depth=args.depth)
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(num_cpus=args.workers, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=args.workers, include_dashboard=False, configure_logging=False,
+                 log_to_driver=False)
     per_rank: dict[int, list[int]] = {}
     trainable = 0
     try:

@@ -69,7 +69,7 @@ def test_embedded_ray_is_kept_on_loopback_only_without_a_cluster_address():
 
 PROBE = """
 import psutil, ray
-ray.init(num_cpus=1, include_dashboard=False, configure_logging=False)
+ray.init(address="local", num_cpus=1, include_dashboard=False, configure_logging=False)
 ray.get(ray.remote(lambda: 1).remote())
 tree = [psutil.Process(), *psutil.Process().children(recursive=True)]
 listening = set()

@@ -67,7 +67,9 @@ def connect_ray() -> bool:
     log.info("no RAY_ADDRESS: starting an embedded local Ray")
     for attempt in (1, 2):
         try:
-            ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
+            # address="local": always a fresh Ray of our own. With no address Ray attaches to whatever
+            # /tmp/ray/ray_current_cluster names: another user's `ray start`, or a dead cluster's stale file.
+            ray.init(address="local", include_dashboard=False, log_to_driver=True, configure_logging=False)
             return False
         except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception when its node misses the start limit
             if "timed out during startup" not in str(err):
