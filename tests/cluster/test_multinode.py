@@ -42,16 +42,22 @@ def cluster(tmp_path_factory):
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # the job's `python`
     dashboard_port = free_port()
     temp_dir = Path("/tmp") / f"vlvmn{uuid.uuid4().hex[:6]}"  # short: Ray's unix socket paths live under it
+    # Every node's dashboard agent gets a free HTTP port: Ray's default (52365) is taken by any other Ray on the
+    # machine, and job submission needs the head's agent ("No available agent to submit job").
     head = dict(num_cpus=0, node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
-                dashboard_port=dashboard_port, temp_dir=str(temp_dir))
+                dashboard_port=dashboard_port, dashboard_agent_listen_port=free_port(), temp_dir=str(temp_dir))
     made = Cluster(initialize_head=True, head_node_args=head)
     for _ in range(3):
-        made.add_node(num_cpus=2, node_ip_address="127.0.0.1")
+        _add_worker_node(made)
     made.job_address = f"http://127.0.0.1:{dashboard_port}"
     try:
         yield made
     finally:
         made.shutdown()
+
+
+def _add_worker_node(cluster) -> None:
+    cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1", dashboard_agent_listen_port=free_port())
 
 
 def _ray(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -85,7 +91,7 @@ def _train_worker_nodes(cluster) -> set[str]:
 def _kill(cluster, node_id: str) -> None:
     node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
     cluster.remove_node(node, allow_graceful=False)
-    cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")  # as an autoscaler would
+    _add_worker_node(cluster)  # as an autoscaler would
 
 
 def _wait(condition, job_id: str, cluster, what: str, timeout: float = JOB_DEADLINE_S):
@@ -106,7 +112,7 @@ def test_the_tiny_pipeline_survives_losing_nodes_and_equals_the_local_run(cluste
     store = RunStore(uri)
     job_id = f"vlv-mn-{uuid.uuid4().hex[:8]}"
     runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}}
-    for _ in range(30):  # a fresh head's job agent answers "No available agent ... try again later" for a while
+    for _ in range(10):  # a fresh head's job agent may need a few seconds to register
         submitted = _ray("job", "submit", "--address", cluster.job_address, "--submission-id", job_id, "--no-wait",
                          "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--",
                          "python", "pipelines/full_run.py", "--preset", "tiny", "--store", uri)
