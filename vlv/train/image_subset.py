@@ -10,8 +10,9 @@ the N keys of lowest rank (ties, which a 64-bit hash makes very rare, broken by 
 - membership is a per-key test against the last key in (`contains`), so a shard's keys are filtered when that
   shard is opened, and only the per-shard counts are held for the whole set.
 
-Cost: one pass over the file's `key` and `shard` columns, in record batches, hashing each key once (about a
-minute for 40M keys; 8 bytes of rank and 4 of shard index held per image). The training step computes it once on
+Cost: one pass over the file's `key` and `shard` columns, in record batches, hashing each key once (2.7 s per
+million keys measured on one shared core, so about two minutes for 40M; 8 bytes of rank and 4 of shard index held
+per image). The training step computes it once on
 the driver; the stream carries the result to the Ray Train workers.
 """
 
