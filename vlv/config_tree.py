@@ -20,6 +20,10 @@ T = TypeVar("T")
 # Field metadata of a setting that changes how a step runs but never what it publishes (the port a tiny photo
 # site is served on): `field(default=0, metadata=RUNTIME_ONLY)`. Step keys leave such fields out.
 RUNTIME_ONLY = types.MappingProxyType({"vlv.runtime_only": True})
+# Field metadata of a setting added after outputs were published with its default behaviour: while it holds its
+# default it is left out of step keys (and config hashes), so those outputs stay cached; any other value is keyed
+# like every setting. `field(default=None, metadata=KEYED_WHEN_SET)`.
+KEYED_WHEN_SET = types.MappingProxyType({"vlv.keyed_when_set": True})
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -28,16 +32,26 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def output_settings(config: Any) -> dict[str, Any]:
-    """`to_dict` without the RUNTIME_ONLY fields (at any depth): the settings a step's output depends on."""
+    """`to_dict` without the RUNTIME_ONLY fields, nor the KEYED_WHEN_SET fields at their default (at any depth):
+    the settings a step's output depends on."""
     def strip(node: Any, data: Any) -> Any:
         if dataclasses.is_dataclass(node) and isinstance(data, dict):
             return {f.name: strip(getattr(node, f.name), data[f.name]) for f in dataclasses.fields(node)
-                    if f.name in data and not f.metadata.get("vlv.runtime_only")}
+                    if f.name in data and not f.metadata.get("vlv.runtime_only")
+                    and not (f.metadata.get("vlv.keyed_when_set") and _at_default(node, f))}
         if isinstance(node, (list, tuple)) and isinstance(data, list):
             return [strip(item, value) for item, value in zip(node, data)]
         return data
 
     return strip(config, to_dict(config))
+
+
+def _at_default(node: Any, f: dataclasses.Field) -> bool:
+    if f.default is not dataclasses.MISSING:
+        return getattr(node, f.name) == f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return getattr(node, f.name) == f.default_factory()
+    return False
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

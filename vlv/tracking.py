@@ -28,6 +28,7 @@ HEADLINE_METRICS = (
     ("download", "images_ok", "images_ok"),
     ("aesthetic_filter", "images_kept", "images_kept"),
     ("ingest_captions", "captions_ok", "captions_ok"),
+    ("train_stage1", "images_used", "stage1_images"),  # what a train_stage1.max_images cap left to train on
     ("train_stage1", "final_loss", "stage1_final_loss"),
     ("train_stage2", "final_loss", "stage2_final_loss"),
     ("eval_fid", "fid", "fid"),

@@ -7,6 +7,10 @@ from pathlib import Path
 import pytest
 
 from vlv.config import load_config
+from vlv.config_tree import output_settings
+from vlv.engine.plan import make_plan
+from vlv.engine.store import RunStore
+from vlv.pipeline import pipeline_steps
 from vlv.sweep.grid import SweepSpec, load_grid_file, parse_grid_flag, prepare_sweep
 
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
@@ -66,6 +70,7 @@ def test_ambiguous_grids_are_refused():
     ("paper_queries.yaml", "train_stage1.model.num_queries", [16, 32, 77]),
     ("paper_unfreeze.yaml", "train_stage2.model.trainable", ["mlp", "mlp+llm", "mlp+llm+encoder"]),
     ("paper_decoder.yaml", "train_stage2.model.llm_arch", ["qwen2.5_0.5b", "qwen2.5_1.5b", "qwen2.5_3b"]),
+    ("paper_data.yaml", "train_stage1.max_images", [6_000_000, 18_000_000, 40_000_000]),
 ])
 def test_shipped_paper_sweep_files_validate_against_the_paper_preset(name, key, expected):
     sweep = _prepare("paper", [], files=(SWEEPS / name,))
@@ -81,6 +86,22 @@ def test_shipped_paper_sweep_files_validate_against_the_paper_preset(name, key, 
         assert [c.train_stage2.model.llm_weights for c in sweep.configs] == \
             ["Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-1.5B", "Qwen/Qwen2.5-3B"]
         assert [p.label for p in sweep.points] == [f"decoder={v}" for v in expected]
+
+
+def test_the_data_scale_sweep_trains_stage1_per_point_on_shared_data_steps(tmp_path):
+    sweep = _prepare("paper", [], files=(SWEEPS / "paper_data.yaml",))
+    assert [p.label for p in sweep.points] == [f"train_stage1.max_images={n}" for n in (6000000, 18000000, 40000000)]
+    store = RunStore(str(tmp_path / "store"))
+    uncapped = {p.name: p.key for p in make_plan(pipeline_steps(), load_config("paper", None, {}), store)}
+    plans = [{p.name: p.key for p in make_plan(pipeline_steps(), config, store)} for config in sweep.configs]
+    for step in ("prepare_metadata", "download", "aesthetic_filter", "ingest_captions"):
+        assert {plan[step] for plan in plans} == {uncapped[step]}, step  # the data steps run once, shared
+    for step in ("train_stage1", "train_stage2", "eval_fid"):
+        keys = [plan[step] for plan in plans] + [uncapped[step]]
+        assert len(set(keys)) == 4, step  # each cap trains its own stage 1 (and what follows), none the uncapped
+    capped = sweep.configs[0].train_stage1
+    assert output_settings(capped)["max_images"] == 6_000_000
+    assert "max_images" not in output_settings(load_config("paper", None, {}).train_stage1)  # keys as before
 
 
 def test_a_sweep_file_with_an_unknown_key_is_refused(tmp_path):

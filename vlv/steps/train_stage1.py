@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlv.config_tree import KEYED_WHEN_SET
 from vlv.engine.step import Resources, Step, StepContext, StepResult, WorkerPool
 from vlv.models.config import Stage1ModelConfig
 from vlv.models.trained_folder import STAGE1_WEIGHTS, load_stage1, save_stage1_checkpoint
@@ -38,6 +39,9 @@ class TrainStage1Config:
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(total_steps=200_000, checkpoint_every=2_000))
     ray_train: RayTrainConfig = field(default_factory=lambda: RayTrainConfig(num_workers=8, use_gpu=True))
     shuffle_buffer: int = 256
+    # Train on this many of aesthetic_filter's kept images (the paper's data-scale ablation, 6M/18M/40M): a subset
+    # fixed by the count and loop.seed, the smaller inside the larger (see vlv.train.image_subset). None: all.
+    max_images: int | None = field(default=None, metadata=KEYED_WHEN_SET)
     grid_images: int = 4  # originals shown beside their reconstructions in MLflow
     grid_sampling_steps: int = 25
     grid_guidance_scale: float = 1.0
@@ -47,6 +51,9 @@ class TrainStage1Config:
             raise ValueError("train_stage1.grid_images must be >= 0 and grid_sampling_steps > 0")
         if self.shuffle_buffer < 0:
             raise ValueError(f"train_stage1.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"train_stage1.max_images must be >= 1, or null to train on every kept image; "
+                             f"got {self.max_images}")
 
 
 class TrainStage1Step(Step[TrainStage1Config]):
@@ -80,8 +87,9 @@ class TrainStage1Step(Step[TrainStage1Config]):
             shards_uri=ctx.input("download").path(SHARDS),
             samples_uri=ctx.input("aesthetic_filter").path(KEPT),
             config=ImageStreamConfig(image_size=cfg.model.image_size, shuffle_buffer=cfg.shuffle_buffer,
-                                     seed=cfg.loop.seed),
+                                     seed=cfg.loop.seed, max_images=cfg.max_images),
         )
+        images_used = count_images(stream, ctx.log)
         ctx.log.info("lr schedule: %s",
                      describe_schedule(cfg.deepspeed.schedule, loop_total_steps=cfg.loop.total_steps))
         outcome = run_training(
@@ -103,6 +111,7 @@ class TrainStage1Step(Step[TrainStage1Config]):
                             title="top: originals; bottom: frozen SD decoder from learned caption embeddings")
             artifacts.append("reconstruction_grid.png")
         metrics = training_metrics(outcome)
+        metrics["images_used"] = float(images_used)
         return StepResult(metrics=metrics, artifacts=artifacts)
 
 
@@ -110,6 +119,22 @@ def first_images(stream: Any, count: int) -> Any:
     """The first `count` images of a single-worker pass over the stream (uint8 tensor)."""
     batch = next(stream.batches(rank=0, world_size=1, batch_size=count, start_batch=0))
     return batch.images
+
+
+def count_images(stream: Any, log: Any) -> int:
+    """The images the stream trains on, logged (with the cap's warning when it exceeds what is kept). Under a cap
+    this selects the subset here, once, and the stream carries it to the workers."""
+    subset = stream.image_subset()
+    used = sum(entry.num_samples for entry in stream.shard_entries())
+    if subset is None:
+        log.info("training on all %d kept images", used)
+    elif subset.max_images > subset.available:
+        log.warning("train_stage1.max_images=%d exceeds the %d images aesthetic_filter kept: training on all %d",
+                    subset.max_images, subset.available, used)
+    else:
+        log.info("training on %d of the %d kept images (train_stage1.max_images, seed %d)", used,
+                 subset.available, subset.seed)
+    return used
 
 
 def seeded(seed: int) -> Any:

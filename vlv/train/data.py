@@ -12,6 +12,10 @@ Order (a pure function of seed, epoch, rank and world size, so a resumed run see
 - epochs follow one another without a break, so every rank's stream is endless and training is counted in
   steps: ranks with more samples per epoch simply wrap later.
 Resuming at micro-batch K skips whole shards by their counts and the rest of a shard without decoding.
+
+A cap (`max_images`) trains on a fixed, nested subset of the listed samples (see vlv.train.image_subset): the
+per-shard counts are the subset's and a shard's keys are filtered when it is opened; the order rules above apply
+to what remains.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 
 from vlv.models.image_files import decode_image
 from vlv.paths import child_uri
+from vlv.train.image_subset import ImageSubset, select_images
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
@@ -48,8 +53,11 @@ class ImageStreamConfig:
     image_size: int = 384  # images not already this square size are resized (shorter side) and centre-cropped
     shuffle_buffer: int = 256  # samples; 0 or 1 keeps tar order
     seed: int = 0
+    max_images: int | None = None  # train on this many of the listed samples (a seeded, nested subset); None: all
 
     def __post_init__(self) -> None:
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"data.max_images must be >= 1 or None (every listed image), got {self.max_images}")
         if self.image_size <= 0:
             raise ValueError(f"data.image_size must be > 0, got {self.image_size}")
         if self.shuffle_buffer < 0:
@@ -74,6 +82,11 @@ class WebDatasetImageStream:
         """Every shard with at least one listed sample, sorted by name (one column read, counts only)."""
         import pyarrow.compute as pc
 
+        subset = self.image_subset()
+        if subset is not None:
+            if not subset.used:
+                raise ValueError(f"{self.samples_uri} lists no samples; the upstream step kept nothing to train on")
+            return [ShardEntry(name, count) for name, count in subset.shard_counts]
         table = self._read_samples(columns=["shard"])
         counts = pc.value_counts(table.column("shard").combine_chunks()).to_pylist()
         entries = sorted((ShardEntry(str(c["values"]), int(c["counts"])) for c in counts), key=lambda e: e.name)
@@ -94,6 +107,18 @@ class WebDatasetImageStream:
         order = list(entries)
         random.Random(f"{self.config.seed}:epoch:{epoch}").shuffle(order)
         return order[rank::world_size]
+
+    def image_subset(self) -> ImageSubset | None:
+        """The samples a cap of `config.max_images` keeps (None without a cap): computed on first use, then
+        held by this object, so a stream prepared on the driver ships it to the workers with itself."""
+        if self.config.max_images is None:
+            return None
+        subset = self.__dict__.get("_image_subset")
+        if subset is None:
+            self._check_columns()
+            subset = select_images(self.samples_uri, self.config.max_images, self.config.seed)
+            object.__setattr__(self, "_image_subset", subset)  # a cache, not a field: equality is unchanged
+        return subset
 
     # -- the stream ----------------------------------------------------------------------------------------
 
@@ -163,6 +188,11 @@ class WebDatasetImageStream:
         table = table.filter(pc.equal(table.column("shard"), shard))
         keys = [str(k) for k in table.column("key").to_pylist()]
         captions = table.column("caption").to_pylist() if self.with_captions else [None] * len(keys)
+        subset = self.image_subset()
+        if subset is not None:
+            inside = subset.contains(keys)
+            keys = [k for k, keep in zip(keys, inside) if keep]
+            captions = [c for c, keep in zip(captions, inside) if keep]
         if self.with_captions and any(c is None or not str(c).strip() for c in captions):
             raise ValueError(f"{self.samples_uri} has empty captions for shard {shard}; captions.parquet of "
                              f"ingest_captions never holds those, so the file is not its output")
@@ -193,14 +223,19 @@ class WebDatasetImageStream:
     def _read_samples(self, columns: list[str], shard: str | None = None):
         import pyarrow.parquet as pq
 
+        self._check_columns()
+        filters = [("shard", "=", shard)] if shard is not None else None
+        return pq.read_table(self.samples_uri, columns=columns, filters=filters)
+
+    def _check_columns(self) -> None:
+        import pyarrow.parquet as pq
+
         schema = pq.read_schema(self.samples_uri)
         needed = ["key", "shard"] + (["caption"] if self.with_captions else [])
         missing = [c for c in needed if c not in schema.names]
         if missing:
             raise ValueError(f"{self.samples_uri} lacks column(s) {missing}; expected the {needed} columns of "
                              f"aesthetic_filter's kept.parquet (stage 1) or ingest_captions' captions.parquet")
-        filters = [("shard", "=", shard)] if shard is not None else None
-        return pq.read_table(self.samples_uri, columns=columns, filters=filters)
 
     def _collate(self, chunk: list[tuple[str, np.ndarray, str | None]]) -> ImageBatch:
         import torch
