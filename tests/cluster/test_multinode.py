@@ -47,6 +47,9 @@ def cluster(tmp_path_factory):
     head = dict(num_cpus=0, node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
                 dashboard_port=dashboard_port, dashboard_agent_listen_port=free_port(), temp_dir=str(temp_dir))
     made = Cluster(initialize_head=True, head_node_args=head)
+    # The job supervisor finds the cluster through `<temp_dir>/ray_current_cluster` (as `ray start` writes it);
+    # the helper writes only /tmp/ray's, and without the file Ray picks any GCS process running on the machine.
+    (temp_dir / "ray_current_cluster").write_text(made.gcs_address)
     for _ in range(3):
         _add_worker_node(made)
     made.job_address = f"http://127.0.0.1:{dashboard_port}"
