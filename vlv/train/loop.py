@@ -333,10 +333,13 @@ def full_trainable_state(engine: Any) -> dict[str, Any] | None:
 
 
 def export_safetensors(state: dict[str, Any], path: Path) -> None:
-    """Clones above make tied tensors independent, which safetensors requires."""
+    """Clones above make tied tensors independent, which safetensors requires.
+
+    One metadata entry only: safetensors writes its metadata map in hash order, which changes from one process to
+    the next, so two entries made the same weights a different file now and then (outputs compared by sha256)."""
     from safetensors.torch import save_file
 
-    save_file(state, str(path), metadata={"format": "pt", "contents": "trainable parameters"})
+    save_file(state, str(path), metadata={"format": "pt"})
 
 
 def rank_stats(engine: Any, rank: int) -> RankStats:
