@@ -224,7 +224,9 @@ def test_a_hash_collision_never_drops_a_different_url(tmp_path, monkeypatch):
 def test_order_keys_sort_by_file_then_row():
     keys = np.concatenate([order_keys(2, np.array([0, 5])), order_keys(0, np.array([7, 2**39]))])
     assert np.argsort(keys).tolist() == [2, 3, 0, 1]
-    assert url_dedup.file_of_keys(keys).tolist() == [2, 2, 0, 0]
+    assert (keys >> url_dedup.ROW_BITS).tolist() == [2, 2, 0, 0]
+    with pytest.raises(ValueError, match="at most 8388608 files"):
+        order_keys(2**23, np.array([0]))
 
 
 def test_the_split_into_ray_tasks_changes_nothing_in_the_output(tmp_path, ray_session, monkeypatch):
@@ -261,3 +263,16 @@ def test_the_work_folder_is_removed_when_the_job_fails(tmp_path):
         prepare_laion_metadata(path, str(tmp_path / "out.parquet"), PAPER, plan=IN_PROCESS,
                                work_uri=str(tmp_path / "work"))
     assert not (tmp_path / "work").exists()
+
+
+def test_synthetic_laion_is_deterministic_with_duplicates_across_files(tmp_path):
+    from vlv.testing.laion_rows import write_synthetic_laion
+
+    first = write_synthetic_laion(tmp_path / "a", 30_000, 3, seed=4)
+    again = write_synthetic_laion(tmp_path / "b", 30_000, 3, seed=4)
+    assert [f.read_bytes() for f in first.files] == [f.read_bytes() for f in again.files]
+    urls = [set(pq.read_table(f, columns=["URL"]).column("URL").drop_null().to_pylist()) for f in first.files]
+    assert len(urls[0] & urls[2]) > 100  # the same popular images in different files
+    funnel, table = _prepare(tmp_path, str(first.folder))
+    assert 0.1 < funnel.rows_kept / funnel.rows_read < 0.3 and funnel.duplicate_url > 0
+    assert funnel.invalid_url > 0 and funnel.watermarked > 0 and funnel.too_small > funnel.rows_kept

@@ -303,14 +303,15 @@ def _ipc_writer(work_uri: str, name: str, schema: pa.Schema) -> Iterator[pa.ipc.
 
 @contextmanager
 def _ipc_readers(work_uri: str, names: list[str]) -> Iterator[list[pa.ipc.RecordBatchFileReader]]:
-    """Random-access readers (memory-mapped for a local folder)."""
+    """Random-access readers. Local files are read, not memory-mapped: a batch's memory is freed with the batch,
+    where mapped pages would stay in this process's resident set until the file is closed."""
     handles: list[Any] = []
     try:
         if is_remote(work_uri):
             fs, root = filesystem(work_uri)
             handles = [fs.open(f"{root}/{name}", "rb") for name in names]
         else:
-            handles = [pa.memory_map(str(Path(local_path_of(work_uri)) / name)) for name in names]
+            handles = [pa.OSFile(str(Path(local_path_of(work_uri)) / name), "rb") for name in names]
         yield [pa.ipc.open_file(handle) for handle in handles]
     finally:
         for handle in handles:

@@ -25,10 +25,6 @@ def order_keys(file_index: int, rows: np.ndarray) -> np.ndarray:
     return (np.int64(file_index) << np.int64(ROW_BITS)) + rows.astype(np.int64, copy=False)
 
 
-def file_of_keys(keys: np.ndarray) -> np.ndarray:
-    return keys >> np.int64(ROW_BITS)
-
-
 def hash_urls(urls: pa.Array) -> np.ndarray:
     """uint64 hashes of the URL strings (deterministic across processes and runs)."""
     if len(urls) == 0:

@@ -1,17 +1,18 @@
 """Synthetic LAION metadata at scale, for the prepare_metadata benchmark and tests: real column names and types,
 realistic value distributions, duplicate URLs within and across files, a few broken rows.
 
-Deterministic in (seed, total rows, file count): file i is generated from its own seeded generator, so any file
-can be rebuilt alone, and a cached folder is reused when its stamp matches. Built column by column with numpy and
-Arrow compute (no per-row Python), about a million rows a second.
+Deterministic in (seed, total rows, file count): file i is generated from its own seeded generator, and a
+cached folder is reused when its stamp matches. Built column by column with numpy and Arrow compute (no per-row
+Python): a few hundred thousand rows per CPU second.
 
-What is modelled, roughly after LAION-2B-en's published statistics:
-- sizes: the shorter side log-normal around 360 px (most images are small: about a fifth pass `> 512`), aspect
-  ratios log-normal around 1.2 with long tails (portrait, panoramas), 0.1% missing or zero sizes;
-- pwatermark Beta(0.5, 3) (most near 0, a long tail: about 9% at >= 0.5), punsafe Beta(0.3, 6), a few nulls;
-- URLs: about 85% seen once; the rest drawn from a pool of popular images shared by all files (so duplicates
-  fall both within one file and across files); the same URL always carries the same image (size, watermark,
-  safety), its caption and LAION hash differ per row; 0.3% are not http(s) or null;
+What is modelled:
+- sizes: the shorter side log-normal around 360 px, so most images are small (about a quarter pass `> 512`),
+  aspect ratios log-normal around 1.2 with long tails (portraits, panoramas), 0.1% missing or zero widths;
+- pwatermark u**3.2 and punsafe u**6 for uniform u (most near 0, long tails: about 19% and 11% at >= 0.5),
+  a few nulls;
+- URLs: 15% of rows draw from a pool of popular images shared by all files (skewed toward a few), so duplicates
+  fall both within one file and across files (about 10% of rows); the same URL always shows the same image (size,
+  watermark, safety) while its caption and LAION hash differ per row; 0.3% are not http(s) or null;
 - `hash` is unique per row, so a kept row can be told apart from its duplicates.
 """
 
