@@ -57,13 +57,13 @@ class PrepareMetadataConfig:
     max_punsafe: float | None = None  # keep punsafe < max_punsafe when set
     batch_rows: int = DEFAULT_BATCH_ROWS  # rows read per batch: bounds memory on LAION-2B-scale metadata
     # The laion source runs as Ray tasks: `num_tasks` filter tasks over groups of consecutive input files, then
-    # as many tasks de-duplicating URLs over `dedup_partitions` hash partitions (held one at a time: about
-    # kept rows x 80 bytes / dedup_partitions each), each task asking `cpus_per_task` CPUs. The defaults fill a
-    # 2-CPU machine (this step's own task asks 0.5 more); on a cluster, raise num_tasks to the CPUs to use.
-    # One input file (and the tiny source) runs in this step's own process. The output does not depend on them.
-    num_tasks: int = field(default=2, metadata=RUNTIME_ONLY)
-    cpus_per_task: float = field(default=0.75, metadata=RUNTIME_ONLY)
-    dedup_partitions: int = field(default=64, metadata=RUNTIME_ONLY)
+    # as many tasks de-duplicating URLs over `dedup_partitions` hash partitions, held one at a time (about 100
+    # bytes per row that passed the filter / dedup_partitions); each task asks `cpus_per_task` CPUs. The defaults
+    # fill a 2-CPU machine (this step's own task asks 0.5 more); on a cluster, raise num_tasks to the CPUs to
+    # use. One input file (and the tiny source) runs in this step's own task. The output does not depend on them.
+    num_tasks: int = field(default=ParallelPlan.num_tasks, metadata=RUNTIME_ONLY)
+    cpus_per_task: float = field(default=ParallelPlan.cpus_per_task, metadata=RUNTIME_ONLY)
+    dedup_partitions: int = field(default=ParallelPlan.num_partitions, metadata=RUNTIME_ONLY)
     tiny_num_images: int = 24  # tiny source: number of good photos (plus the broken rows)
     tiny_image_side: int = 640  # tiny source: longer side of the served photos
     # tiny source: the 127.0.0.1 port this step serves the photo site on to check it (the download step serves it
