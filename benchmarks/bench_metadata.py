@@ -142,9 +142,9 @@ def child_ours(folder: str, output: str, num_tasks: int, cpus_per_task: float, p
 
     from vlv.data.laion import MetadataFilter
     from vlv.data.laion_prepare import ParallelPlan, prepare_laion_metadata
+    from vlv.engine.executor import connect_ray
 
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    connect_ray()  # an embedded Ray of this process's own (started again once if a busy machine delays it)
     sampler = TreeRss()
     idle_mib = sampler.total_mib()
     plan = ParallelPlan(num_tasks=num_tasks, cpus_per_task=cpus_per_task, num_partitions=partitions)
@@ -164,7 +164,7 @@ def run_child(role: str, *args: str) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child", role, *args], capture_output=True, text=True,
                           cwd=HERE.parent)
     if proc.returncode != 0:
-        raise RuntimeError(f"{role} failed:\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"{role} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr).strip()[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
