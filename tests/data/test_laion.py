@@ -276,3 +276,25 @@ def test_synthetic_laion_is_deterministic_with_duplicates_across_files(tmp_path)
     funnel, table = _prepare(tmp_path, str(first.folder))
     assert 0.1 < funnel.rows_kept / funnel.rows_read < 0.3 and funnel.duplicate_url > 0
     assert funnel.invalid_url > 0 and funnel.watermarked > 0 and funnel.too_small > funnel.rows_kept
+
+
+def test_input_and_work_folder_on_an_object_store(tmp_path, s3_bucket):
+    """s3:// input files and an s3:// work folder (the step's attempt folder on an object store)."""
+    from vlv.engine.storage import filesystem
+
+    folder = tmp_path / "laion"
+    folder.mkdir()
+    files = _three_files_with_duplicates(folder)
+    fs, root = filesystem(f"s3://{s3_bucket}")
+    for path in sorted(folder.iterdir()):
+        fs.put_file(str(path), f"{root}/laion/{path.name}")
+    out = tmp_path / "metadata.parquet"
+    work = f"s3://{s3_bucket}/attempt/_work"
+    funnel = prepare_laion_metadata(f"s3://{s3_bucket}/laion", str(out), PAPER, batch_rows=100, plan=IN_PROCESS,
+                                    work_uri=work)
+    table = pq.read_table(out)
+    expected = _reference(files, lambda row: row["WIDTH"] > 512)
+    assert list(zip(table.column("URL").to_pylist(), table.column("TEXT").to_pylist())) == expected
+    assert funnel.rows_kept == len(expected)
+    fs.invalidate_cache()
+    assert not fs.exists(f"{root}/attempt/_work")
