@@ -42,10 +42,12 @@ from vlv.data.laion import (
     list_parquet_files,
 )
 from vlv.data.url_dedup import first_occurrence_mask, order_keys, sorted_contains, url_partitions
-from vlv.engine.executor import map_chunks_with_tasks
+from vlv.engine.executor import map_chunks_with_tasks, worker_logger
 from vlv.engine.storage import filesystem, is_remote, local_path_of
+from vlv.progress import rate_and_eta
 
 log = logging.getLogger("vlv.data.laion_prepare")
+PROGRESS_EVERY_S = 30.0  # a filter task's progress line: files and rows done, rate, ETA
 
 KEY = "_key"
 FILTERED_SCHEMA = CANONICAL_SCHEMA.append(pa.field(KEY, pa.int64()))
@@ -163,6 +165,7 @@ def filter_file_group(job: FilterJob) -> FilteredGroup:
     pending: list[list[pa.RecordBatch]] = [[] for _ in range(job.num_partitions)]
     pending_rows = 0
     written = 0
+    started = last_report = time.monotonic()
     with _ipc_writer(job.work_uri, filtered_name, FILTERED_SCHEMA) as filtered, \
             _ipc_writer(job.work_uri, urls_name, URLS_SCHEMA) as urls_out:
 
@@ -175,7 +178,13 @@ def filter_file_group(job: FilterJob) -> FilteredGroup:
                     written += 1
                     parts.clear()
 
-        for file_index, path in job.files:
+        for files_done, (file_index, path) in enumerate(job.files):
+            if time.monotonic() - last_report >= PROGRESS_EVERY_S:
+                last_report = time.monotonic()
+                elapsed = last_report - started
+                worker_logger(log.name).info(
+                    "prepare_metadata filter group %d: %d/%d files, %d rows read, %s", job.group, files_done,
+                    len(job.files), funnel.rows_read, rate_and_eta(files_done, len(job.files), elapsed, "files"))
             first_row = 0
             for batch in iter_file_batches(job.fs, path, job.column_map, job.rule.required_columns(),
                                            job.batch_rows):
