@@ -229,10 +229,12 @@ def _task_cpus(config: PipelineConfig, step_name: str) -> float:
 
 
 def _prepare_metadata(config: PipelineConfig, w: Workload, p: _Pricing) -> StepEstimate:
+    cfg = config.prepare_metadata
     cpus = _task_cpus(config, "prepare_metadata")
     cpu_hours = w.metadata_rows / w.metadata_rows_per_s_per_cpu / 3600
-    return p.cpu_step("prepare_metadata", f"{cpus:g} CPU task",
-                      f"{_n(w.metadata_rows)} rows -> ~{_n(w.images_after_prefilter)}", cpu_hours, 1.0,
+    return p.cpu_step("prepare_metadata", f"{cpus:g} CPU + {cfg.num_tasks} x {cfg.cpus_per_task:g} CPU tasks",
+                      f"{_n(w.metadata_rows)} rows -> ~{_n(w.images_after_prefilter)}", cpu_hours,
+                      max(1.0, cfg.num_tasks * cfg.cpus_per_task),
                       "paper: ~40M after pre-filter; scan rate assumed")
 
 

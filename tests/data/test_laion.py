@@ -1,4 +1,5 @@
-"""LAION metadata reading: column aliases and maps, the funnel's counts, bounded batches, clear errors."""
+"""LAION metadata reading: column aliases and maps, the funnel's counts, bounded batches, clear errors, and the
+exact URL de-duplication across files (first by file order, then row order), whatever the task split."""
 
 from __future__ import annotations
 
@@ -7,16 +8,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vlv.data.laion import CANONICAL_COLUMNS, Funnel, MetadataFilter, prepare_laion_metadata
-from vlv.data.url_dedup import SeenUrlHashes, first_occurrences, hash_urls
+from vlv.data import laion_prepare, url_dedup
+from vlv.data.laion import CANONICAL_COLUMNS, Funnel, MetadataFilter
+from vlv.data.laion_prepare import ParallelPlan, prepare_laion_metadata
+from vlv.data.url_dedup import first_occurrence_mask, order_keys, sorted_contains
 from vlv.testing.step_inputs import laion_row, write_parquet
 
 PAPER = MetadataFilter(min_side=512, min_aspect=0.5, max_aspect=2.0, max_pwatermark=0.5)
+IN_PROCESS = ParallelPlan(num_tasks=1, num_partitions=8)  # no Ray tasks: one filter group
 
 
-def _prepare(tmp_path, input_uri, rule=PAPER, column_map=None, batch_rows=65536):
+def _prepare(tmp_path, input_uri, rule=PAPER, column_map=None, batch_rows=65536, plan=IN_PROCESS):
     out = tmp_path / "metadata.parquet"
-    funnel = prepare_laion_metadata(input_uri, str(out), rule, column_map, batch_rows=batch_rows)
+    funnel = prepare_laion_metadata(input_uri, str(out), rule, column_map, batch_rows=batch_rows, plan=plan)
     return funnel, pq.read_table(out)
 
 
@@ -155,18 +159,142 @@ def test_folder_and_glob_stream_in_small_batches_with_dedup_across_files(tmp_pat
         assert table.num_rows == 40
 
 
-def test_seen_url_hashes_match_a_python_set():
+def test_first_occurrence_mask_matches_a_python_set():
     rng = np.random.default_rng(0)
-    seen, reference = SeenUrlHashes(), set()
-    for _ in range(40):
-        urls = np.array([f"http://h{int(v)}.example/x.jpg" for v in rng.integers(0, 3000, 200)], dtype=object)
-        hashes = hash_urls(urls)
-        new = first_occurrences(hashes) & ~seen.contains(hashes)
-        expected = []
-        for url in urls:
-            expected.append(url not in reference)
-            reference.add(url)
-        assert new.tolist() == expected  # within a batch too, only the first occurrence is new
-        seen.add(hashes[new])
-    assert len(seen) == len(reference)
-    assert seen.num_levels <= int(np.log2(len(reference))) + 1
+    urls = [f"http://h{int(v)}.example/x.jpg" for v in rng.integers(0, 3000, 5000)]
+    seen: set[str] = set()
+    expected = [not (url in seen or seen.add(url)) for url in urls]
+    assert first_occurrence_mask(pa.array(urls)).tolist() == expected
+    chunked = pa.chunked_array([urls[:1234], urls[1234:]])  # one dictionary over the chunks
+    assert first_occurrence_mask(chunked).tolist() == expected
+    assert sorted_contains(np.array([3, 8, 20]), np.array([1, 3, 9, 20, 25])).tolist() == [False, True, False,
+                                                                                           True, False]
+
+
+def _reference(files_rows, rule_passes):
+    """(URL, TEXT) of the rows kept by a plain loop: files in order, rows in order, first passing URL wins."""
+    kept, seen = [], set()
+    for rows in files_rows:
+        for row in rows:
+            if rule_passes(row) and row["URL"] not in seen:
+                seen.add(row["URL"])
+                kept.append((row["URL"], row["TEXT"]))
+    return kept
+
+
+def _three_files_with_duplicates(folder):
+    """Duplicates within a file and across files; one URL's first copy is too small, so a later copy wins."""
+    rng = np.random.default_rng(1)
+    files = []
+    for f in range(3):
+        rows = []
+        for r in range(300):
+            url = f"http://img.example/{int(rng.integers(0, 400))}.jpg"
+            small = r % 17 == 0
+            rows.append(laion_row(url=url, text=f"file {f} row {r}", width=300 if small else 800))
+        files.append(rows)
+        write_parquet(folder / f"part-{f:05d}.parquet", rows)
+    return files
+
+
+def test_duplicates_within_and_across_files_keep_the_first_by_file_then_row(tmp_path):
+    folder = tmp_path / "laion"
+    folder.mkdir()
+    files = _three_files_with_duplicates(folder)
+    expected = _reference(files, lambda row: row["WIDTH"] > 512)
+    funnel, table = _prepare(tmp_path, str(folder), batch_rows=64)
+    assert list(zip(table.column("URL").to_pylist(), table.column("TEXT").to_pylist())) == expected
+    assert funnel.rows_kept == len(expected) and funnel.rows_read == 900
+    assert funnel.duplicate_url == 900 - funnel.too_small - len(expected) > 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".metadata-work-")]  # work folder removed
+
+
+def test_a_hash_collision_never_drops_a_different_url(tmp_path, monkeypatch):
+    """Every URL hashed alike (all in one partition): only equal strings are duplicates."""
+    rows = [laion_row(url="http://a.example/1.jpg", text="a first"), laion_row(url="http://b.example/2.jpg"),
+            laion_row(url="http://a.example/1.jpg", text="a again"), laion_row(url="http://c.example/3.jpg")]
+    path = write_parquet(tmp_path / "in.parquet", rows)
+    monkeypatch.setattr(url_dedup, "hash_urls", lambda urls: np.zeros(len(urls), dtype=np.uint64))
+    funnel, table = _prepare(tmp_path, path)
+    assert table.column("URL").to_pylist() == ["http://a.example/1.jpg", "http://b.example/2.jpg",
+                                               "http://c.example/3.jpg"]
+    assert table.column("TEXT").to_pylist()[0] == "a first" and funnel.duplicate_url == 1
+
+
+def test_order_keys_sort_by_file_then_row():
+    keys = np.concatenate([order_keys(2, np.array([0, 5])), order_keys(0, np.array([7, 2**39]))])
+    assert np.argsort(keys).tolist() == [2, 3, 0, 1]
+    assert (keys >> url_dedup.ROW_BITS).tolist() == [2, 2, 0, 0]
+    with pytest.raises(ValueError, match="at most 8388608 files"):
+        order_keys(2**23, np.array([0]))
+
+
+def test_the_split_into_ray_tasks_changes_nothing_in_the_output(tmp_path, ray_session, monkeypatch):
+    folder = tmp_path / "laion"
+    folder.mkdir()
+    files = _three_files_with_duplicates(folder)
+    calls = []
+    real = laion_prepare.map_chunks_with_tasks
+
+    def recording(fn, chunks, **options):
+        calls.append((fn.__name__, len(chunks), options["num_cpus"]))
+        return real(fn, chunks, **options)
+
+    monkeypatch.setattr(laion_prepare, "map_chunks_with_tasks", recording)
+    outputs = {}
+    for plan in (ParallelPlan(num_tasks=1, num_partitions=1), ParallelPlan(num_tasks=3, cpus_per_task=0.5,
+                                                                            num_partitions=5)):
+        out = tmp_path / f"out-{plan.num_tasks}.parquet"
+        funnel = prepare_laion_metadata(str(folder), str(out), PAPER, batch_rows=50, plan=plan,
+                                        work_uri=str(tmp_path / f"work-{plan.num_tasks}"))
+        outputs[plan.num_tasks] = (funnel, out.read_bytes())
+        assert not (tmp_path / f"work-{plan.num_tasks}").exists()
+    assert calls == [("filter_file_group", 3, 0.5), ("dedup_partitions", 3, 0.5)]  # one group per file
+    assert outputs[1] == outputs[3]
+    table = pq.read_table(tmp_path / "out-3.parquet")
+    expected = _reference(files, lambda row: row["WIDTH"] > 512)
+    assert list(zip(table.column("URL").to_pylist(), table.column("TEXT").to_pylist())) == expected
+    assert pq.ParquetFile(tmp_path / "out-3.parquet").metadata.num_row_groups > 1
+
+
+def test_the_work_folder_is_removed_when_the_job_fails(tmp_path):
+    path = write_parquet(tmp_path / "in.parquet", [laion_row(width=100, height=100)])
+    with pytest.raises(ValueError, match="no row .* passed the filter"):
+        prepare_laion_metadata(path, str(tmp_path / "out.parquet"), PAPER, plan=IN_PROCESS,
+                               work_uri=str(tmp_path / "work"))
+    assert not (tmp_path / "work").exists()
+
+
+def test_synthetic_laion_is_deterministic_with_duplicates_across_files(tmp_path):
+    from vlv.testing.laion_rows import write_synthetic_laion
+
+    first = write_synthetic_laion(tmp_path / "a", 30_000, 3, seed=4)
+    again = write_synthetic_laion(tmp_path / "b", 30_000, 3, seed=4)
+    assert [f.read_bytes() for f in first.files] == [f.read_bytes() for f in again.files]
+    urls = [set(pq.read_table(f, columns=["URL"]).column("URL").drop_null().to_pylist()) for f in first.files]
+    assert len(urls[0] & urls[2]) > 100  # the same popular images in different files
+    funnel, table = _prepare(tmp_path, str(first.folder))
+    assert 0.1 < funnel.rows_kept / funnel.rows_read < 0.3 and funnel.duplicate_url > 0
+    assert funnel.invalid_url > 0 and funnel.watermarked > 0 and funnel.too_small > funnel.rows_kept
+
+
+def test_input_and_work_folder_on_an_object_store(tmp_path, s3_bucket):
+    """s3:// input files and an s3:// work folder (the step's attempt folder on an object store)."""
+    from vlv.engine.storage import filesystem
+
+    folder = tmp_path / "laion"
+    folder.mkdir()
+    files = _three_files_with_duplicates(folder)
+    fs, root = filesystem(f"s3://{s3_bucket}")
+    for path in sorted(folder.iterdir()):
+        fs.put_file(str(path), f"{root}/laion/{path.name}")
+    out = tmp_path / "metadata.parquet"
+    work = f"s3://{s3_bucket}/attempt/_work"
+    funnel = prepare_laion_metadata(f"s3://{s3_bucket}/laion", str(out), PAPER, batch_rows=100, plan=IN_PROCESS,
+                                    work_uri=work)
+    table = pq.read_table(out)
+    expected = _reference(files, lambda row: row["WIDTH"] > 512)
+    assert list(zip(table.column("URL").to_pylist(), table.column("TEXT").to_pylist())) == expected
+    assert funnel.rows_kept == len(expected)
+    fs.invalidate_cache()
+    assert not fs.exists(f"{root}/attempt/_work")

@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from vlv.data.laion import MetadataFilter, prepare_laion_metadata
+from vlv.data.laion import MetadataFilter
+from vlv.data.laion_prepare import prepare_laion_metadata
 from vlv.data.loopback_site import (
     CANONICAL_BASE_URL,
     TinySiteSpec,

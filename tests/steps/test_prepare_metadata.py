@@ -122,3 +122,36 @@ def test_served_folder_settings_are_checked():
     with pytest.raises(ValueError, match="serve_folder='/no/such/site' is not a folder"):
         PrepareMetadataStep().preflight(PrepareMetadataConfig(source="laion", input_uri="s3://bucket/x.parquet",
                                                               serve_folder="/no/such/site"))
+
+
+def test_the_task_split_settings_are_checked_and_kept_out_of_the_step_key(tmp_path):
+    for field_name, bad in (("num_tasks", 0), ("cpus_per_task", 0.0), ("dedup_partitions", 0)):
+        with pytest.raises(ValueError, match=f"prepare_metadata.{field_name} must be"):
+            PrepareMetadataConfig(**{field_name: bad})
+    store = RunStore(str(tmp_path / "store"))
+    default = make_plan(pipeline_steps(), load_config("tiny"), store)
+    split = load_config("tiny", overrides={"prepare_metadata.num_tasks": "8", "prepare_metadata.cpus_per_task": "2",
+                                           "prepare_metadata.dedup_partitions": "256"})
+    assert [p.key for p in make_plan(pipeline_steps(), split, store)] == [p.key for p in default]
+    step = PrepareMetadataStep()
+    assert step.resources(split.prepare_metadata).num_cpus == 0.5
+    assert [(p.kind, p.count, p.cpus) for p in step.worker_pools(PrepareMetadataConfig(num_tasks=8))] == [
+        ("tasks", 8, 0.75)]
+    assert step.worker_pools(split.prepare_metadata) == ()  # the tiny source runs in the step's own task
+
+
+def test_files_split_over_ray_tasks_publish_one_metadata_file_without_the_work_folder(tmp_path, ray_session):
+    folder = tmp_path / "laion"
+    folder.mkdir()
+    for part, urls in enumerate((["http://a.example/1.jpg", "http://a.example/2.jpg"],
+                                 ["http://a.example/2.jpg", "http://a.example/3.jpg"])):
+        pq.write_table(pa.table({"URL": urls, "TEXT": [f"part {part}"] * 2, "WIDTH": [1024, 1024],
+                                 "HEIGHT": [768, 768], "pwatermark": [0.1, 0.1]}), folder / f"part-{part}.parquet")
+    config = PrepareMetadataConfig(source="laion", input_uri=str(folder), num_tasks=2, cpus_per_task=0.5)
+    manifest, out = run_prepare_metadata(tmp_path / "store", config)
+    table = pq.read_table(out / "metadata.parquet")
+    assert table.column("URL").to_pylist() == ["http://a.example/1.jpg", "http://a.example/2.jpg",
+                                               "http://a.example/3.jpg"]
+    assert table.column("TEXT").to_pylist() == ["part 0", "part 0", "part 1"]
+    assert manifest.metrics["dropped_duplicate_url"] == 1
+    assert sorted(entry.path for entry in manifest.files) == ["funnel.csv", "metadata.parquet"]

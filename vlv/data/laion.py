@@ -1,7 +1,7 @@
-"""LAION metadata parquet -> the paper's pre-filtered, de-duplicated metadata, in bounded memory.
+"""Reading and filtering LAION metadata parquet, one record batch at a time.
 
-LAION-2B-en-aesthetic metadata is tens of millions of rows, so files are streamed as record batches and
-written out batch by batch; only an 8-byte hash per kept URL is held for de-duplication. Releases name
+LAION-2B-en-aesthetic metadata is tens of millions of rows, so files are streamed as record batches; the
+parallel job that filters every file and de-duplicates URLs across them is `vlv.data.laion_prepare`. Releases name
 their columns differently (`url`/`caption`/`NSFW`/`prob_watermark`/...): known aliases are mapped to the
 canonical names automatically and a user's explicit `column_map` wins. A row that cannot pass (null or
 non-http(s) URL, size that is not a positive number, unreadable probability) is dropped and counted with its
@@ -11,8 +11,6 @@ reason in the `Funnel`, never silently.
 from __future__ import annotations
 
 import dataclasses
-import logging
-import time
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
@@ -21,8 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-
-from vlv.data.url_dedup import SeenUrlHashes, first_occurrences, hash_urls
+from fsspec.implementations.local import LocalFileSystem
 
 CANONICAL_SCHEMA = pa.schema([
     ("URL", pa.string()), ("TEXT", pa.string()), ("WIDTH", pa.int64()), ("HEIGHT", pa.int64()),
@@ -47,8 +44,6 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
 # LAION-400M ships NSFW as a label, not a probability; these are the labels' meaning on the punsafe scale.
 NSFW_LABELS = {"UNLIKELY": 0.0, "UNSURE": 0.5, "NSFW": 1.0}
 DEFAULT_BATCH_ROWS = 65_536
-
-log = logging.getLogger("vlv.data.laion")
 
 
 @dataclass(frozen=True)
@@ -134,7 +129,8 @@ def list_parquet_files(input_uri: str) -> tuple[fsspec.AbstractFileSystem, list[
 def open_parquet(fs: fsspec.AbstractFileSystem, path: str) -> pq.ParquetFile:
     """Open one file, turning Arrow's errors for an empty or non-parquet file into a message naming it."""
     try:
-        return pq.ParquetFile(fs.open(path, "rb"))
+        # A local file is read by Arrow's own I/O (no Python file object in the hot path).
+        return pq.ParquetFile(path if isinstance(fs, LocalFileSystem) else fs.open(path, "rb"))
     except (pa.ArrowInvalid, OSError) as err:
         size = fs.size(path)
         what = "is empty (0 bytes)" if size == 0 else f"is not a parquet file ({err})"
@@ -195,18 +191,16 @@ def check_column_types(schema: pa.Schema, mapping: ColumnMapping, path: str) -> 
             )
 
 
-def iter_metadata_batches(input_uri: str, column_map: Mapping[str, str], required: tuple[str, ...],
-                          batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.Table]:
-    """Batches with canonical column names (only the columns found), one file and row group at a time."""
-    fs, files = list_parquet_files(input_uri)
-    for path in files:
-        parquet = open_parquet(fs, path)
-        mapping = resolve_columns(parquet.schema_arrow.names, column_map, required, path)
-        check_column_types(parquet.schema_arrow, mapping, path)
-        columns = list(dict.fromkeys(mapping.source.values()))
-        for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
-            yield pa.table([batch.column(theirs) for theirs in mapping.source.values()],
-                           names=list(mapping.source.keys()))
+def iter_file_batches(fs: fsspec.AbstractFileSystem, path: str, column_map: Mapping[str, str],
+                      required: tuple[str, ...], batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.Table]:
+    """One file's batches with canonical column names (only the columns found), in row order."""
+    parquet = open_parquet(fs, path)
+    mapping = resolve_columns(parquet.schema_arrow.names, column_map, required, path)
+    check_column_types(parquet.schema_arrow, mapping, path)
+    columns = list(dict.fromkeys(mapping.source.values()))
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+        yield pa.table([batch.column(theirs) for theirs in mapping.source.values()],
+                       names=list(mapping.source.keys()))
 
 
 # -- typing and filtering one batch ---------------------------------------------------------------------------
@@ -258,8 +252,9 @@ def _probability_ok(values: np.ndarray) -> np.ndarray:
     return np.isfinite(values) & (values >= 0.0) & (values <= 1.0)
 
 
-def filter_batch(batch: pa.Table, rule: MetadataFilter, seen: SeenUrlHashes) -> tuple[pa.Table, Funnel]:
-    """Type, test and de-duplicate one canonical-named batch; returns the kept rows and their funnel."""
+def filter_batch(batch: pa.Table, rule: MetadataFilter) -> tuple[pa.Table, np.ndarray, Funnel]:
+    """Type and test one canonical-named batch: the passing rows (canonical schema), their positions in the
+    batch, and the funnel (de-duplication comes later, across all files: `vlv.data.laion_prepare`)."""
     n = batch.num_rows
     funnel = Funnel(rows_read=n)
     urls = to_strings(batch.column("URL"))
@@ -284,16 +279,12 @@ def filter_batch(batch: pa.Table, rule: MetadataFilter, seen: SeenUrlHashes) -> 
         alive = _drop(alive, _probability_ok(punsafe), funnel, "invalid_punsafe")
         alive = _drop(alive, punsafe < rule.max_punsafe, funnel, "unsafe")
 
-    candidates = np.flatnonzero(alive)
-    hashes = hash_urls(urls.take(pa.array(candidates)).to_numpy(zero_copy_only=False))
-    unique = first_occurrences(hashes) & ~seen.contains(hashes)
-    seen.add(hashes[unique])
-    funnel.duplicate_url = int(len(candidates) - unique.sum())
-    keep = pa.array(candidates[unique])
-    funnel.rows_kept = len(keep)
+    positions = np.flatnonzero(alive)
+    keep = pa.array(positions)
+    funnel.rows_kept = len(positions)
 
     def pick(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
-        chosen = values[candidates[unique]]
+        chosen = values[positions]
         return pa.array(np.rint(chosen) if pa.types.is_integer(arrow_type) else chosen,
                         mask=~np.isfinite(chosen)).cast(arrow_type, safe=False)
 
@@ -305,7 +296,7 @@ def filter_batch(batch: pa.Table, rule: MetadataFilter, seen: SeenUrlHashes) -> 
                pick(_optional_float(batch, "aesthetic"), pa.float64())]
     kept = pa.table(columns, schema=CANONICAL_SCHEMA)
     assert funnel.rows_read == sum(funnel.drop_counts().values()) + funnel.rows_kept
-    return kept, funnel
+    return kept, positions, funnel
 
 
 def _hash_column(batch: pa.Table, keep: pa.Array) -> pa.Array:
@@ -329,47 +320,3 @@ def _drop(alive: np.ndarray, passes: np.ndarray, funnel: Funnel, reason: str) ->
     failing = alive & ~passes
     setattr(funnel, reason, getattr(funnel, reason) + int(failing.sum()))
     return alive & passes
-
-
-# -- the whole job ------------------------------------------------------------------------------------------
-
-
-def prepare_laion_metadata(input_uri: str, output_path: str, rule: MetadataFilter,
-                           column_map: Mapping[str, str] | None = None, batch_rows: int = DEFAULT_BATCH_ROWS,
-                           progress_every_s: float = 30.0, logger: logging.Logger = log) -> Funnel:
-    """Stream `input_uri` through the filter into one parquet file with the canonical schema."""
-    funnel = Funnel()
-    seen = SeenUrlHashes()
-    started = last_report = time.monotonic()
-    pending: list[pa.Table] = []
-    pending_rows = 0
-    with pq.ParquetWriter(output_path, CANONICAL_SCHEMA) as writer:
-        for batch in iter_metadata_batches(input_uri, column_map or {}, rule.required_columns(), batch_rows):
-            if "TEXT" not in batch.column_names and funnel.rows_read == 0:
-                logger.warning("LAION metadata at %s has no caption column (TEXT): captions will be empty",
-                               input_uri)
-            kept, batch_funnel = filter_batch(batch, rule, seen)
-            funnel.add(batch_funnel)
-            pending.append(kept)
-            pending_rows += kept.num_rows
-            if pending_rows >= batch_rows:  # row groups of about batch_rows rows, whatever the input batches
-                writer.write_table(pa.concat_tables(pending))
-                pending, pending_rows = [], 0
-            if time.monotonic() - last_report >= progress_every_s:
-                last_report = time.monotonic()
-                rate = funnel.rows_read / max(last_report - started, 1e-9)
-                logger.info("prepare_metadata: %d rows read, %d kept (%.0f rows/s)", funnel.rows_read,
-                            funnel.rows_kept, rate)
-        if pending_rows:
-            writer.write_table(pa.concat_tables(pending))
-    if funnel.rows_read == 0:
-        raise ValueError(f"prepare_metadata.input_uri: the parquet files at {input_uri} hold no rows")
-    if funnel.rows_kept == 0:
-        drops = ", ".join(f"{k}={v}" for k, v in funnel.drop_counts().items() if v)
-        raise ValueError(f"prepare_metadata: no row of {input_uri} passed the filter ({funnel.rows_read} read; "
-                         f"dropped: {drops}); check the column mapping and the min_side/aspect/pwatermark "
-                         f"settings")
-    elapsed = time.monotonic() - started
-    logger.info("prepare_metadata: %d rows read, %d kept in %.1fs (%.0f rows/s)", funnel.rows_read,
-                funnel.rows_kept, elapsed, funnel.rows_read / max(elapsed, 1e-9))
-    return funnel

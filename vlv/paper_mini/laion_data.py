@@ -23,7 +23,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from vlv.data.caption_synthetic import write_tiny_gemini_output
-from vlv.data.laion import MetadataFilter, prepare_laion_metadata
+from vlv.data.laion import MetadataFilter
+from vlv.data.laion_prepare import prepare_laion_metadata
 from vlv.data.loopback_site import TinySiteSpec, build_loopback_site
 from vlv.models.image_files import decode_image
 from vlv.paper_mini.layout import PaperMiniAssets

@@ -14,7 +14,8 @@ from typing import Literal
 import pyarrow.parquet as pq
 
 from vlv.config_tree import RUNTIME_ONLY
-from vlv.data.laion import CANONICAL_COLUMNS, DEFAULT_BATCH_ROWS, Funnel, MetadataFilter, prepare_laion_metadata
+from vlv.data.laion import CANONICAL_COLUMNS, DEFAULT_BATCH_ROWS, Funnel, MetadataFilter
+from vlv.data.laion_prepare import ParallelPlan, prepare_laion_metadata
 from vlv.data.loopback_site import (
     CANONICAL_BASE_URL,
     LoopbackSite,
@@ -23,10 +24,14 @@ from vlv.data.loopback_site import (
     probe_urls,
     serve_folder,
 )
-from vlv.engine.step import OutputFile, Step, StepContext, StepResult
+from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepResult, WorkerPool
 from vlv.ports import check_port
 
 SITE_FOLDER = "loopback_site"
+WORK_FOLDER = "_work"  # the filter tasks' intermediate files, inside the attempt; removed before publishing
+# This step's own task mostly waits for its filter and de-dup tasks, then writes metadata.parquet: half a CPU,
+# so on a 2-CPU machine it and the default two tasks of 0.75 CPU all fit at once.
+_STEP_TASK_CPUS = 0.5
 METADATA = OutputFile("metadata.parquet", "the filtered, de-duplicated LAION rows img2dataset downloads "
                       "(URL, TEXT, WIDTH, HEIGHT and the other LAION columns present)")
 FUNNEL = OutputFile("funnel.csv", "rows kept and dropped per filter stage")
@@ -51,6 +56,14 @@ class PrepareMetadataConfig:
     max_pwatermark: float | None = 0.5  # keep pwatermark < max_pwatermark (paper); null: no watermark test
     max_punsafe: float | None = None  # keep punsafe < max_punsafe when set
     batch_rows: int = DEFAULT_BATCH_ROWS  # rows read per batch: bounds memory on LAION-2B-scale metadata
+    # The laion source runs as Ray tasks: `num_tasks` filter tasks over groups of consecutive input files, then
+    # as many tasks de-duplicating URLs over `dedup_partitions` hash partitions, held one at a time (about 100
+    # bytes per row that passed the filter / dedup_partitions); each task asks `cpus_per_task` CPUs. The defaults
+    # fill a 2-CPU machine (this step's own task asks 0.5 more); on a cluster, raise num_tasks to the CPUs to
+    # use. One input file (and the tiny source) runs in this step's own task. The output does not depend on them.
+    num_tasks: int = field(default=ParallelPlan.num_tasks, metadata=RUNTIME_ONLY)
+    cpus_per_task: float = field(default=ParallelPlan.cpus_per_task, metadata=RUNTIME_ONLY)
+    dedup_partitions: int = field(default=ParallelPlan.num_partitions, metadata=RUNTIME_ONLY)
     tiny_num_images: int = 24  # tiny source: number of good photos (plus the broken rows)
     tiny_image_side: int = 640  # tiny source: longer side of the served photos
     # tiny source: the 127.0.0.1 port this step serves the photo site on to check it (the download step serves it
@@ -82,12 +95,22 @@ class PrepareMetadataConfig:
                              f"({', '.join(CANONICAL_COLUMNS)}), got {', '.join(unknown)}")
         if self.batch_rows <= 0:
             raise ValueError(f"prepare_metadata.batch_rows must be > 0, got {self.batch_rows}")
+        if self.num_tasks < 1:
+            raise ValueError(f"prepare_metadata.num_tasks must be >= 1, got {self.num_tasks}")
+        if not self.cpus_per_task > 0:
+            raise ValueError(f"prepare_metadata.cpus_per_task must be > 0, got {self.cpus_per_task}")
+        if self.dedup_partitions < 1:
+            raise ValueError(f"prepare_metadata.dedup_partitions must be >= 1, got {self.dedup_partitions}")
         if self.tiny_num_images <= 0:
             raise ValueError(f"prepare_metadata.tiny_num_images must be > 0, got {self.tiny_num_images}")
 
     def metadata_filter(self) -> MetadataFilter:
         return MetadataFilter(min_side=self.min_side, min_aspect=self.min_aspect, max_aspect=self.max_aspect,
                               max_pwatermark=self.max_pwatermark, max_punsafe=self.max_punsafe)
+
+    def parallel_plan(self) -> ParallelPlan:
+        return ParallelPlan(num_tasks=self.num_tasks, cpus_per_task=self.cpus_per_task,
+                            num_partitions=self.dedup_partitions)
 
 
 class PrepareMetadataStep(Step[PrepareMetadataConfig]):
@@ -96,6 +119,14 @@ class PrepareMetadataStep(Step[PrepareMetadataConfig]):
     code_version = "2"  # 2: tiny URLs are canonical (no port)
     description = "Filter LAION metadata (or build the tiny loopback set) for img2dataset"
     outputs = (METADATA, FUNNEL, SITE_INFO, SITE)
+
+    def resources(self, config: PrepareMetadataConfig) -> Resources:
+        return Resources(num_cpus=_STEP_TASK_CPUS)
+
+    def worker_pools(self, config: PrepareMetadataConfig) -> tuple[WorkerPool, ...]:
+        if config.source != "laion":
+            return ()
+        return (WorkerPool("metadata filter / URL de-dup task", "tasks", config.num_tasks, config.cpus_per_task),)
 
     def preflight(self, config: PrepareMetadataConfig) -> None:
         if config.source != "laion":
@@ -125,6 +156,7 @@ class PrepareMetadataStep(Step[PrepareMetadataConfig]):
                          len(site.good_urls), site.rows.num_rows)
         metadata_path = ctx.output_dir / str(METADATA)
         funnel = prepare_laion_metadata(input_uri, str(metadata_path), rule, cfg.column_map, cfg.batch_rows,
+                                        plan=cfg.parallel_plan(), work_uri=f"{ctx.output_uri}/{WORK_FOLDER}",
                                         logger=ctx.log)
         if site is not None:
             _check_site_answers(site, metadata_path, cfg.tiny_port, ctx)
