@@ -1,13 +1,13 @@
-"""Aesthetic scoring throughput: the `aesthetic_filter` step's Ray Data actor pool against a bare loop.
+"""Aesthetic scoring throughput: the `aesthetic_filter` step's actor pool against a bare loop.
 
     python benchmarks/bench_aesthetic.py [--images 96] [--batch-size 32] [--arch vit-l-14|mini]
 
 Both sides use the same open_clip model (the paper's ViT-L/14 architecture with seeded random weights, saved as
 an open_clip `local-dir:` folder, so nothing is downloaded; `--arch mini` uses the paper_mini miniature), the
 same LAION v2 MLP predictor, the same batch size and one CPU thread each:
-- step: `_score_dataset` + `_write_scores` of vlv/steps/aesthetic_filter.py on webdataset shards of 384 px JPEGs
-  (img2dataset's member layout): Ray Data reads the tars, one actor decodes, preprocesses, embeds and scores, the
-  driver writes scores.parquet. Its wall time includes the actor's one model load.
+- step: `score_shards` + `_write_scores` of vlv/steps/aesthetic_filter.py on webdataset shards of 384 px JPEGs
+  (img2dataset's member layout): one actor reads the tars, decodes, preprocesses, embeds and scores, the driver
+  writes scores.parquet. Its wall time includes the actor's one model load.
 - bare: the same embedder and predictor in this process on tensors decoded and preprocessed beforehand, so only
   the forward passes are timed.
 Both must give the same scores (checked). Ends with `result: step_over_bare <ratio> (target >= 0.7: met|not met)`.
@@ -65,13 +65,10 @@ def write_models(folder: Path, arch: str) -> tuple[str, str]:
 def run_step(shards: list[str], cfg, output_dir: Path) -> tuple[float, object]:
     import logging
 
-    import pyarrow.fs as pafs
-
-    from vlv.steps.aesthetic_filter import _score_dataset, _write_scores
+    from vlv.steps.aesthetic_filter import _write_scores, score_shards
 
     started = time.perf_counter()
-    outcome = _write_scores(_score_dataset(shards, pafs.LocalFileSystem(), cfg), output_dir, len(shards),
-                            logging.getLogger("bench"))
+    outcome = _write_scores(score_shards(shards, cfg), output_dir, len(shards), logging.getLogger("bench"))
     return time.perf_counter() - started, outcome.scores
 
 

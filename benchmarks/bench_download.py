@@ -15,7 +15,6 @@ img2dataset's pool and logger) is printed beside it as the steadier of the two f
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import resource
 import shutil
 import statistics
@@ -65,7 +64,7 @@ def _run(args: argparse.Namespace, root: Path) -> int:
 
     def request(step, key, config, inputs):
         return StepRequest(step=step, key=key, preset="tiny", section=config,
-                           section_dict=dataclasses.asdict(config), upstream_keys={k: v.key for k, v in inputs.items()},
+                           upstream_keys={k: v.key for k, v in inputs.items()},
                            inputs=inputs, store_uri=store.uri, tracking_uri=None, mlflow_run_id=None, on_cluster=False)
 
     prepare = PrepareMetadataConfig(source="tiny", min_side=64, tiny_num_images=args.photos, tiny_image_side=320)

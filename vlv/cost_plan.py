@@ -5,16 +5,19 @@ Every figure rests on a named basis, printed with the plan:
   stage 2: 100K steps at batch 64; about 40M images after the pre-filter; about 6M Gemini captions);
 - measurements published by the tools' authors (img2dataset: 1350 URLs/s on one 16-core machine);
 - assumptions, labelled as such (relative GPU speeds, prices, the per-sample cost of stage 2, model throughputs).
-Training rows read steps, global batch, precision and GPUs from the config's `train_stage*` sections (the paper's
-recipe when a section is missing). GPU-hours are taken as independent of the GPU count (the global batch is kept
-with gradient accumulation), so more GPUs shorten the wall time, not the bill. Stages the repository does not
-have yet (evaluation, report) appear as the paper's recipe stages.
+A row's resources, and so its GPUs and CPUs, are what the step declares for the config (`Step.work`: its task
+and worker pools), the declarations the step runs on and the cluster preflight checks; this module holds only
+the work side (`Workload`, `_job`). Training rows also read steps, global batch, precision and ZeRO stage from the
+config's `train_stage*` sections. GPU-hours are taken as independent of the GPU count (the global batch is kept
+with gradient accumulation), so more GPUs shorten the wall time, not the bill.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
+from vlv.engine.step import StepWork
+from vlv.pipeline import pipeline_steps
 from vlv.pipeline_config import PipelineConfig
 
 
@@ -91,8 +94,7 @@ class Workload:
 @dataclass(frozen=True)
 class StepEstimate:
     step: str
-    exists: bool  # a step of this repository's pipeline (False: a recipe stage still to be written)
-    resources: str
+    resources: str  # what the step declares for this config (`Step.work`)
     work: str
     gpu_hours: float
     cpu_hours: float
@@ -128,10 +130,25 @@ class CostPlan:
         return sum(s.cost_usd for s in self.steps)
 
 
+@dataclass(frozen=True)
+class Job:
+    """What one step has to do at the paper's scale (the cost model's side; its resources are the step's own
+    declaration). GPU work is given in hours of the reference GPU, CPU work in CPU-hours."""
+
+    work: str
+    basis: str
+    reference_gpu_hours: float = 0.0
+    cpu_hours: float = 0.0
+
+
 def make_cost_plan(config: PipelineConfig, *, gpu_type: str = "L40S", gpus: int | None = None,
                    price_per_gpu_hour: float | None = None, price_per_cpu_hour: float = 0.05,
                    workload: Workload | None = None) -> CostPlan:
-    """`gpus`: GPUs for training and evaluation; None means what the training config asks for (paper: 8)."""
+    """`gpus`: GPUs for every step that declares GPUs; None means what each step declares (paper: 8).
+
+    Each row's resources are the step's declared work for this config (`Step.work`: its task and worker pools),
+    the same declarations the step runs on and the cluster preflight checks; the GPU-hours and CPU-hours come
+    from `Workload` (the paper's figures and stated rates)."""
     if config.preset != "paper":
         raise ValueError(f"vlv plan estimates the paper-scale run (--preset paper); the '{config.preset}' preset "
                          "runs on a CPU in minutes (make run)")
@@ -143,167 +160,106 @@ def make_cost_plan(config: PipelineConfig, *, gpu_type: str = "L40S", gpus: int 
         raise ValueError(f"--price-per-cpu-hour must be >= 0, got {price_per_cpu_hour}")
     gpu = gpu_type_by_name(gpu_type)
     w = workload or Workload()
-    stage1, stage2 = _training(config, "train_stage1", w), _training(config, "train_stage2", w)
-    used_gpus = gpus or stage1.gpus or w.recipe_gpus
     price = gpu.usd_per_gpu_hour if price_per_gpu_hour is None else price_per_gpu_hour
-    pricing = _Pricing(gpu, used_gpus, price, price_per_cpu_hour)
+    declared = {step.name: step.work(getattr(config, step.name)) for step in pipeline_steps()}
+    headline_gpus = gpus or declared["train_stage1"].gpus or w.recipe_gpus
     warnings: list[str] = []
-    steps = [_prepare_metadata(config, w, pricing), _download(config, w, pricing),
-             _aesthetic_filter(config, w, pricing, warnings), _ingest_captions(config, w, pricing),
-             *_recipe_stages(stage1, stage2, w, pricing)]
+    estimates = []
+    for name, work in declared.items():
+        job = _job(name, config, work, w, gpu, headline_gpus, warnings)
+        if job is None:
+            continue
+        gpu_hours = job.reference_gpu_hours / gpu.relative_speed
+        used_gpus = gpus or work.gpus
+        if gpu_hours and not used_gpus:
+            used_gpus = headline_gpus
+            warnings.append(f"{name} declares no GPU in this config: the estimate assumes {used_gpus:g} GPUs")
+        elif gpu_hours and gpus and gpus != work.gpus and work.pool_of_kind("train_workers"):
+            warnings.append(f"{name}: {gpus} GPUs instead of the config's {work.gpus:g}; keep the global batch "
+                            f"(--set {name}.ray_train.num_workers=..., micro batch x accumulation adjusted); "
+                            "GPU-hours assume linear scaling")
+        wall = gpu_hours / used_gpus if gpu_hours else job.cpu_hours / max(_working_cpus(work), 1e-9)
+        estimates.append(StepEstimate(name, _describe_resources(work), job.work, gpu_hours, job.cpu_hours, wall,
+                                      gpu_hours * price + job.cpu_hours * price_per_cpu_hour, job.basis))
     if gpu.memory_gb < 48:
         warnings.append(f"{gpu.name} has {gpu.memory_gb} GB: stage 1's 64 images per GPU were run on 48 GB cards; "
                         "expect a smaller per-GPU batch with more gradient accumulation")
-    for name, stage in (("train_stage1", stage1), ("train_stage2", stage2)):
-        if stage.gpus == 0:
-            warnings.append(f"{name} asks for no GPU in this config (ray_train.use_gpu=false): the estimate "
-                            f"assumes {used_gpus} GPUs")
-        elif used_gpus != stage.gpus:
-            warnings.append(f"{name}: {used_gpus} GPUs instead of the config's {stage.gpus:g}; keep the global batch "
-                            f"{stage.global_batch} (--set {name}.ray_train.num_workers=..., micro batch x "
-                            "accumulation adjusted); GPU-hours assume linear scaling")
-    existing = _existing_steps()
-    steps = [replace(s, exists=s.step in existing) for s in steps]
-    return CostPlan(config.preset, gpu, used_gpus, price, price_per_cpu_hour, tuple(steps), tuple(warnings))
+    return CostPlan(config.preset, gpu, headline_gpus, price, price_per_cpu_hour, tuple(estimates), tuple(warnings))
 
 
-@dataclass(frozen=True)
-class _Training:
-    """A training stage as configured (or the paper's recipe when the config has no such section)."""
-
-    steps: int
-    global_batch: int
-    precision: str
-    zero_stage: int
-    gpus: float  # 0 when the config trains on CPU
-
-    @property
-    def samples(self) -> int:
-        return self.steps * self.global_batch
+def _working_cpus(work: StepWork) -> float:
+    """The CPUs a step's CPU work runs on: its worker pools when it has any, else its own task."""
+    if not work.pools:
+        return work.task.num_cpus
+    return sum(p.count * max(p.cpus, 1.0 if p.kind == "processes" else 0.0) for p in work.pools)
 
 
-def _training(config: PipelineConfig, name: str, w: Workload) -> _Training:
-    section = getattr(config, name, None)
-    if section is None:
-        stage1 = name == "train_stage1"
-        return _Training(w.stage1_steps if stage1 else w.stage2_steps,
-                         w.stage1_global_batch if stage1 else w.stage2_batch,
-                         "fp32" if stage1 else "bf16", 2, w.recipe_gpus)
-    ray_train, deepspeed = section.ray_train, section.deepspeed
-    gpus = ray_train.num_workers * ray_train.gpus_per_worker if ray_train.use_gpu else 0
-    return _Training(section.loop.total_steps, deepspeed.global_batch, deepspeed.precision, deepspeed.zero_stage,
-                     gpus)
+def _describe_resources(work: StepWork) -> str:
+    """`0.5 CPU task + 8 actors x 4 CPU, 1 GPU`: the declared task (when it asks for anything) and pools."""
+    kinds = {"actors": "actors", "tasks": "tasks", "train_workers": "train workers", "processes": "processes"}
+    parts = [f"{work.task.num_cpus:g} CPU task"] if work.task.num_cpus or not work.pools else []
+    for pool in work.pools:
+        gpus = f", {pool.gpus:g} GPU" if pool.gpus else ""
+        parts.append(f"{pool.count} {kinds[pool.kind]} x {pool.cpus:g} CPU{gpus}")
+    return " + ".join(parts)
 
 
-@dataclass(frozen=True)
-class _Pricing:
-    gpu: GpuType
-    gpus: float
-    per_gpu_hour: float
-    per_cpu_hour: float
-
-    def gpu_step(self, step: str, resources: str, work: str, reference_gpu_hours: float, basis: str,
-                 gpus: float | None = None) -> StepEstimate:
-        used = self.gpus if gpus is None else gpus
-        gpu_hours = reference_gpu_hours / self.gpu.relative_speed
-        return StepEstimate(step, False, resources, work, gpu_hours, 0.0, gpu_hours / used,
-                            gpu_hours * self.per_gpu_hour, basis)
-
-    def cpu_step(self, step: str, resources: str, work: str, cpu_hours: float, cpus: float,
-                 basis: str) -> StepEstimate:
-        return StepEstimate(step, False, resources, work, 0.0, cpu_hours, cpu_hours / cpus,
-                            cpu_hours * self.per_cpu_hour, basis)
-
-
-def _existing_steps() -> set[str]:
-    from vlv.pipeline import step_names
-
-    return set(step_names())
-
-
-def _task_cpus(config: PipelineConfig, step_name: str) -> float:
-    """The CPUs the step's Ray task asks for (its own `resources()` declaration)."""
-    from vlv.pipeline import step_by_name
-
-    return step_by_name(step_name).resources(getattr(config, step_name)).num_cpus
-
-
-def _prepare_metadata(config: PipelineConfig, w: Workload, p: _Pricing) -> StepEstimate:
-    cfg = config.prepare_metadata
-    cpus = _task_cpus(config, "prepare_metadata")
-    cpu_hours = w.metadata_rows / w.metadata_rows_per_s_per_cpu / 3600
-    return p.cpu_step("prepare_metadata", f"{cpus:g} CPU + {cfg.num_tasks} x {cfg.cpus_per_task:g} CPU tasks",
-                      f"{_n(w.metadata_rows)} rows -> ~{_n(w.images_after_prefilter)}", cpu_hours,
-                      max(1.0, cfg.num_tasks * cfg.cpus_per_task),
-                      "paper: ~40M after pre-filter; scan rate assumed")
-
-
-def _download(config: PipelineConfig, w: Workload, p: _Pricing) -> StepEstimate:
-    cfg = config.download
-    urls_per_s = w.download_urls_per_s_per_process * cfg.processes_count
-    wall_hours = w.images_after_prefilter / urls_per_s / 3600
-    resources = f"{_task_cpus(config, 'download'):g} CPU task, {cfg.processes_count} x {cfg.thread_count} thr"
-    return p.cpu_step("download", resources, f"{_n(w.images_after_prefilter)} URLs, {cfg.image_size} px",
-                      wall_hours * cfg.processes_count, cfg.processes_count,
-                      "img2dataset README: 1350 URLs/s per 16 cores (measured)")
-
-
-def _aesthetic_filter(config: PipelineConfig, w: Workload, p: _Pricing, warnings: list[str]) -> StepEstimate:
-    cfg = config.aesthetic_filter
-    task_cpus = _task_cpus(config, "aesthetic_filter")
+def _job(name: str, config: PipelineConfig, work: StepWork, w: Workload, gpu: GpuType, gpus: float,
+         warnings: list[str]) -> Job | None:
+    """The paper-scale work of step `name` (None: a step with nothing to price, the arena's judge runs outside)."""
     images = int(w.images_after_prefilter * w.download_success_rate)
-    work = f"{_n(images)} images ({w.download_success_rate:.0%} of URLs)"
-    if cfg.gpus_per_actor > 0:
-        gpus = cfg.num_actors * cfg.gpus_per_actor
-        resources = f"{task_cpus:g} CPU + {cfg.num_actors} actor(s) x {cfg.gpus_per_actor:g} GPU"
-        reference_gpu_hours = images / w.clip_images_per_s_per_gpu / 3600
-        return p.gpu_step("aesthetic_filter", resources, work, reference_gpu_hours,
-                          "CLIP ViT-L/14 rate assumed", gpus=gpus)
-    cpus = cfg.num_actors * cfg.cpus_per_actor
-    cpu_hours = images / w.clip_images_per_s_per_cpu / 3600
-    estimate = p.cpu_step("aesthetic_filter", f"{task_cpus:g} + {cfg.num_actors} actor(s) x {cfg.cpus_per_actor:g} CPU",
-                          work, cpu_hours, cpus, "CLIP ViT-L/14 on CPU, rate assumed")
-    gpu_hours = images / w.clip_images_per_s_per_gpu / 3600 / p.gpu.relative_speed
-    warnings.append(
-        f"aesthetic_filter asks for no GPU: ~{estimate.wall_hours / 24:,.0f} days on {cpus:g} CPU cores; "
-        f"with GPUs it is ~{gpu_hours:,.0f} GPU-hours: --set aesthetic_filter.gpus_per_actor=1 "
-        f"--set aesthetic_filter.num_actors={p.gpus}")
-    return estimate
-
-
-def _ingest_captions(config: PipelineConfig, w: Workload, p: _Pricing) -> StepEstimate:
-    cpus = _task_cpus(config, "ingest_captions")
-    cpu_hours = w.captions / w.caption_lines_per_s_per_cpu / 3600
-    return p.cpu_step("ingest_captions", f"{cpus:g} CPU task", f"{_n(w.captions)} Gemini captions", cpu_hours,
-                      cpus, "paper: ~6M captions; parse rate assumed")
-
-
-def _recipe_stages(stage1: _Training, stage2: _Training, w: Workload, p: _Pricing) -> list[StepEstimate]:
-    gpus = f"{p.gpus:g} x {p.gpu.name}"
+    if name == "prepare_metadata":
+        return Job(f"{_n(w.metadata_rows)} rows -> ~{_n(w.images_after_prefilter)}",
+                   "paper: ~40M after pre-filter; scan rate assumed",
+                   cpu_hours=w.metadata_rows / w.metadata_rows_per_s_per_cpu / 3600)
+    if name == "download":
+        processes = _working_cpus(work)
+        wall_hours = w.images_after_prefilter / (w.download_urls_per_s_per_process * processes) / 3600
+        return Job(f"{_n(w.images_after_prefilter)} URLs, {config.download.image_size} px",
+                   "img2dataset README: 1350 URLs/s per 16 cores (measured)", cpu_hours=wall_hours * processes)
+    if name == "aesthetic_filter":
+        scored = f"{_n(images)} images ({w.download_success_rate:.0%} of URLs)"
+        if work.gpus:
+            return Job(scored, "CLIP ViT-L/14 rate assumed", reference_gpu_hours=images / w.clip_images_per_s_per_gpu
+                       / 3600)
+        job = Job(scored, "CLIP ViT-L/14 on CPU, rate assumed", cpu_hours=images / w.clip_images_per_s_per_cpu / 3600)
+        gpu_hours = images / w.clip_images_per_s_per_gpu / 3600 / gpu.relative_speed
+        warnings.append(
+            f"aesthetic_filter asks for no GPU: ~{job.cpu_hours / _working_cpus(work) / 24:,.0f} days on "
+            f"{_working_cpus(work):g} CPU cores; with GPUs it is ~{gpu_hours:,.0f} GPU-hours: --set "
+            f"aesthetic_filter.gpus_per_actor=1 --set aesthetic_filter.num_actors={gpus:g}")
+        return job
+    if name == "ingest_captions":
+        return Job(f"{_n(w.captions)} Gemini captions", "paper: ~6M captions; parse rate assumed",
+                   cpu_hours=w.captions / w.caption_lines_per_s_per_cpu / 3600)
     reference_seconds_per_sample = w.stage1_gpu_hours_reference * 3600 / (w.stage1_steps * w.stage1_global_batch)
-    stage1_hours = reference_seconds_per_sample * stage1.samples / 3600
-    stage2_hours = reference_seconds_per_sample * stage2.samples * w.stage2_relative_cost_per_sample / 3600
+    if name in ("train_stage1", "train_stage2"):
+        section = getattr(config, name)
+        deepspeed, steps = section.deepspeed, section.loop.total_steps
+        samples = steps * deepspeed.global_batch * (1.0 if name == "train_stage1"
+                                                    else w.stage2_relative_cost_per_sample)
+        basis = ("paper: ~770 GPU-h per 200K x 512 on RTX 6000 Ada" if name == "train_stage1"
+                 else f"stage-1 s/sample x {w.stage2_relative_cost_per_sample:g} (assumed)")
+        return Job(f"{_n(steps)} steps x {deepspeed.global_batch}, ZeRO-{deepspeed.zero_stage} "
+                   f"{deepspeed.precision}", basis, reference_gpu_hours=reference_seconds_per_sample * samples / 3600)
     caption_hours = w.eval_images / w.caption_images_per_s_per_gpu / 3600
-    recon_hours = w.recon_fid_cfg_values * w.eval_images * w.sd21_seconds_per_image / 3600
-    caption_fid_hours = w.caption_fid_cfg_values * (caption_hours + w.eval_images * w.sd35_seconds_per_image / 3600)
-    vqa_hours = (w.vqa_images / w.caption_images_per_s_per_gpu
-                 + w.vqa_shot_settings * w.vqa_questions / w.vqa_answers_per_s_per_gpu) / 3600
-    return [
-        p.gpu_step("train_stage1", f"{gpus}, ZeRO-{stage1.zero_stage} {stage1.precision}",
-                   f"{_n(stage1.steps)} steps x {stage1.global_batch}", stage1_hours,
-                   "paper: ~770 GPU-h per 200K x 512 on RTX 6000 Ada"),
-        p.gpu_step("train_stage2", f"{gpus}, ZeRO-{stage2.zero_stage} {stage2.precision}",
-                   f"{_n(stage2.steps)} steps x {stage2.global_batch}", stage2_hours,
-                   f"stage-1 s/sample x {w.stage2_relative_cost_per_sample:g} (assumed)"),
-        p.gpu_step("caption_eval", gpus, f"{_n(w.eval_images)} COCO captions, beam 4", caption_hours,
-                   "caption rate assumed"),
-        p.gpu_step("eval_fid", gpus, f"{w.recon_fid_cfg_values} recon + {w.caption_fid_cfg_values} caption CFG x "
-                   f"{_n(w.eval_images)}",
-                   recon_hours + caption_fid_hours, "SD 2.1 / SD 3.5 rates assumed"),
-        p.gpu_step("eval_vqa", gpus, f"{w.vqa_shot_settings} shots x {_n(w.vqa_questions)} questions", vqa_hours,
-                   "caption + answer rates assumed"),
-        p.cpu_step("report", "1 CPU", "tables and plots", 0.05, 1.0, "negligible"),
-    ]
+    if name == "caption_eval":
+        return Job(f"{_n(w.eval_images)} COCO captions, beam 4", "caption rate assumed",
+                   reference_gpu_hours=caption_hours)
+    if name == "eval_fid":
+        recon_hours = w.recon_fid_cfg_values * w.eval_images * w.sd21_seconds_per_image / 3600
+        caption_fid_hours = w.caption_fid_cfg_values * (caption_hours
+                                                        + w.eval_images * w.sd35_seconds_per_image / 3600)
+        return Job(f"{w.recon_fid_cfg_values} recon + {w.caption_fid_cfg_values} caption CFG x {_n(w.eval_images)}",
+                   "SD 2.1 / SD 3.5 rates assumed", reference_gpu_hours=recon_hours + caption_fid_hours)
+    if name == "eval_vqa":
+        vqa_hours = (w.vqa_images / w.caption_images_per_s_per_gpu
+                     + w.vqa_shot_settings * w.vqa_questions / w.vqa_answers_per_s_per_gpu) / 3600
+        return Job(f"{w.vqa_shot_settings} shots x {_n(w.vqa_questions)} questions", "caption + answer rates assumed",
+                   reference_gpu_hours=vqa_hours)
+    if name == "report":
+        return Job("tables and plots", "negligible", cpu_hours=0.05)
+    return None
 
 
 def _n(count: float) -> str:
@@ -316,16 +272,15 @@ def _n(count: float) -> str:
 def format_cost_plan(plan: CostPlan) -> str:
     head = (f"VLV plan, preset '{plan.preset}': {plan.gpus:g} x {plan.gpu.name} (speed {plan.gpu.relative_speed:g} "
             f"x {REFERENCE_GPU}, assumed), ${plan.price_per_gpu_hour:.2f}/GPU-h, ${plan.price_per_cpu_hour:.3f}/CPU-h")
-    columns = f"{'step':<17}{'resources':<33}{'work':<31}{'GPU-h':>8}{'CPU-h':>8}{'wall h':>8}{'cost $':>10}  basis"
+    columns = f"{'step':<17}{'resources':<41}{'work':<33}{'GPU-h':>8}{'CPU-h':>8}{'wall h':>8}{'cost $':>10}  basis"
     lines = [head, "", columns, "-" * len(columns)]
     for s in plan.steps:
-        name = s.step if s.exists else f"{s.step}*"
-        lines.append(f"{name:<17}{s.resources:<33}{s.work:<31}{s.gpu_hours:>8,.1f}{s.cpu_hours:>8,.1f}"
+        lines.append(f"{s.step:<17}{s.resources:<41}{s.work:<33}{s.gpu_hours:>8,.1f}{s.cpu_hours:>8,.1f}"
                      f"{s.wall_hours:>8,.1f}{s.cost_usd:>10,.0f}  {s.basis}")
     lines.append("-" * len(columns))
-    lines.append(f"{'total':<81}{plan.gpu_hours:>8,.1f}{plan.cpu_hours:>8,.1f}{plan.wall_hours:>8,.1f}"
+    lines.append(f"{'total':<91}{plan.gpu_hours:>8,.1f}{plan.cpu_hours:>8,.1f}{plan.wall_hours:>8,.1f}"
                  f"{plan.cost_usd:>10,.0f}  (wall: steps in sequence)")
-    lines.append("* a stage of the paper's recipe that is not a step of this pipeline yet")
+    lines.append("resources: what each step declares for this config (its task and worker pools)")
     lines.append(f"GPU price basis: {plan.gpu.price_basis}" if plan.price_per_gpu_hour == plan.gpu.usd_per_gpu_hour
                  else "GPU price: --price-per-gpu-hour")
     lines.extend(f"note: {w}" for w in plan.warnings)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from vlv.engine.cluster import StepDemand, current_cluster, fit_problems, missing_paths_on_nodes
+from vlv.engine.cluster import current_cluster, fit_problems, missing_paths_on_nodes
 from vlv.engine.executor import StepRequest, connect_ray, submit_step
 from vlv.engine.manifest import verify_files
 from vlv.engine.plan import PlannedStep, describe_plan, make_plan
@@ -127,7 +127,7 @@ def run_pipeline(options: RunOptions) -> PipelineOutcome:
         tracking = PipelineTracking(tracking_uri, config.experiment, artifact_root)
     on_cluster = connect_ray() if to_run else bool(os.environ.get("RAY_ADDRESS"))
     if to_run:
-        check_against_cluster([steps[p.name] for p in to_run], config, on_cluster=on_cluster)
+        check_against_cluster([steps[p.name] for p in to_run], to_run, config, on_cluster=on_cluster)
     closed = tracking.close_runs_of_dead_drivers(socket.gethostname())
     if closed:
         log.info("marked %d MLflow run(s) of killed drivers (pid gone) KILLED", closed)
@@ -213,12 +213,11 @@ def _do_step(step: Step, planned: PlannedStep, config: PipelineConfig, store: Ru
     output_uri = store.output_uri(planned.name, planned.key)
     if planned.action == "skip":
         return StepOutcome(planned.name, planned.key, "skipped", output_uri)
-    run_id = tracking.start_child(planned.name, planned.key, output_uri, planned.section)
+    run_id = tracking.start_child(planned.name, planned.key, output_uri, planned.settings)
     if planned.action == "cached":
         return _cached(planned, store, tracking, run_id)
 
-    section = getattr(config, planned.name)
-    resources = step.resources(section)
+    resources = planned.work.task
     resources = dataclasses.replace(resources, max_retries=getattr(config, "step_max_retries", resources.max_retries))
     inputs = {}
     for up, up_key in planned.upstream_keys.items():
@@ -238,8 +237,8 @@ def _do_step(step: Step, planned: PlannedStep, config: PipelineConfig, store: Ru
             if planned.forced:  # a rerun means afresh: no "resuming" a finished or half-done earlier attempt
                 store.discard_partial_work(planned.name, planned.key)
             request = StepRequest(
-                step=step, key=planned.key, preset=config.preset, section=section,
-                section_dict=planned.section, upstream_keys=planned.upstream_keys, inputs=inputs,
+                step=step, key=planned.key, preset=config.preset, section=planned.section,
+                upstream_keys=planned.upstream_keys, inputs=inputs,
                 store_uri=store.uri, tracking_uri=tracking_uri, mlflow_run_id=run_id, on_cluster=on_cluster,
                 lock_token=token, forced=planned.forced,
             )
@@ -371,11 +370,10 @@ def verify_outputs(options: RunOptions) -> list[tuple[str, str, list[str]]]:
     return report
 
 
-def check_against_cluster(steps: Sequence[Step], config: PipelineConfig, *, on_cluster: bool) -> None:
+def check_against_cluster(steps: Sequence[Step], planned: Sequence[PlannedStep], config: PipelineConfig, *,
+                          on_cluster: bool) -> None:
     """Before any step runs: every declared worker fits some node, every weight path exists where it loads."""
-    demands = [StepDemand(step.name, step.resources(getattr(config, step.name)),
-                          tuple(step.worker_pools(getattr(config, step.name)))) for step in steps]
-    problems = fit_problems(demands, current_cluster())
+    problems = fit_problems({p.name: p.work for p in planned}, current_cluster())
     paths = {setting: value for step in steps
              for setting, value in step.weight_paths(getattr(config, step.name)).items()}
     problems += missing_paths_on_nodes(paths, on_cluster=on_cluster)

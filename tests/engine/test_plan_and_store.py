@@ -10,7 +10,7 @@ import pytest
 
 from tests.engine.toy_steps import ToyConfig, ToySection, toy_steps
 from vlv.engine.manifest import Manifest, list_files, verify_files
-from vlv.engine.plan import downstream_of, make_plan, step_key, upstream_of
+from vlv.engine.plan import describe_plan, downstream_of, make_plan, step_key, upstream_of
 from vlv.engine.store import RunStore, StoreLockedError
 
 
@@ -34,6 +34,24 @@ def test_section_change_invalidates_step_and_downstream_only(tmp_path):
     after = {p.name: p.key for p in make_plan(toy_steps(), changed, store)}
     assert before["alpha"] == after["alpha"]
     assert before["beta"] != after["beta"] and before["gamma"] != after["gamma"]
+
+
+def test_the_plan_carries_the_typed_section_and_the_declared_work(tmp_path):
+    """--dry-run prints each running step's declared task and pools: the same `Step.work` the run uses."""
+    from vlv.config import load_config
+    from vlv.pipeline import pipeline_steps
+
+    tiny = load_config("tiny")
+    plan = {p.name: p for p in make_plan(pipeline_steps(), tiny, RunStore(str(tmp_path)))}
+    stage1 = plan["train_stage1"]
+    assert stage1.section is tiny.train_stage1 and stage1.settings["ray_train"]["num_workers"] == 2
+    assert stage1.work.pools[0].kind == "train_workers" and stage1.work.gpus == 0
+    text = describe_plan(list(plan.values()))
+    assert "runs on: task 0 CPU; 2 x Ray Train worker (1 CPU each)" in text
+    assert "runs on: task 0.5 CPU; 1 x aesthetic scoring actor (1 CPU each)" in text
+    four = load_config("tiny", overrides={"aesthetic_filter.num_actors": 4})
+    planned = {p.name: p for p in make_plan(pipeline_steps(), four, RunStore(str(tmp_path)))}
+    assert planned["aesthetic_filter"].work.pools[0].count == 4
 
 
 def test_plan_actions_for_flags(tmp_path):

@@ -56,8 +56,8 @@ def test_an_orphaned_attempt_does_not_publish(tmp_path):
     """A worker that outlived its killed driver finishes the step after a new run took the key: no publish."""
     store = RunStore(str(tmp_path))
     with store.lock("alpha", "k", owner="new-run"):
-        request = StepRequest(step=Alpha(), key="k", preset="tiny", section=ToySection(), section_dict={},
-                              upstream_keys={}, inputs={}, store_uri=str(tmp_path), tracking_uri=None,
+        request = StepRequest(step=Alpha(), key="k", preset="tiny", section=ToySection(), upstream_keys={}, inputs={},
+                              store_uri=str(tmp_path), tracking_uri=None,
                               mlflow_run_id=None, on_cluster=False, lock_token="token-of-the-killed-run")
         with pytest.raises(LockLostError, match="its output is not published"):
             execute_step(request)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import tarfile
@@ -72,7 +71,7 @@ def download_output(tmp_path_factory) -> StepOutput:
 
 def _run(store: Path, upstream: StepOutput, config: AestheticFilterConfig, key: str = "af0") -> tuple[Manifest, Path]:
     request = StepRequest(step=AestheticFilterStep(), key=key, preset="tiny", section=config,
-                          section_dict=dataclasses.asdict(config), upstream_keys={"download": upstream.key},
+                          upstream_keys={"download": upstream.key},
                           inputs={"download": upstream}, store_uri=str(store), tracking_uri=None,
                           mlflow_run_id=None, on_cluster=False)
     manifest = execute_step(request)

@@ -42,7 +42,8 @@ from vlv.data.laion import (
     list_parquet_files,
 )
 from vlv.data.url_dedup import first_occurrence_mask, order_keys, sorted_contains, url_partitions
-from vlv.engine.executor import map_chunks_with_tasks, worker_logger
+from vlv.engine.executor import worker_logger
+from vlv.engine.pools import map_chunks_with_tasks
 from vlv.engine.storage import filesystem, is_remote, local_path_of
 from vlv.progress import rate_and_eta
 
@@ -284,10 +285,11 @@ def _write_metadata(groups: list[FilteredGroup], duplicates: np.ndarray, output_
 
 
 def _run(fn: Callable[[JobT], ResultT], jobs: Sequence[JobT], plan: ParallelPlan, name: str) -> list[ResultT]:
-    """One job runs here; several run as Ray tasks of `plan.cpus_per_task` CPUs."""
+    """One job runs here; several run as Ray tasks of `plan.cpus_per_task` CPUs, `plan.num_tasks` at once (the
+    step's declared pool)."""
     if len(jobs) == 1:
         return [fn(jobs[0])]
-    return map_chunks_with_tasks(fn, jobs, num_cpus=plan.cpus_per_task, name=name)
+    return map_chunks_with_tasks(fn, jobs, num_cpus=plan.cpus_per_task, name=name, max_concurrent=plan.num_tasks)
 
 
 def _split_contiguous(items: list[Any], parts: int) -> list[list[Any]]:

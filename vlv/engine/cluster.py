@@ -2,7 +2,8 @@
 
 Ray queues a request no node can ever satisfy for ever (the autoscaler logs "No available node types can
 fulfill" every 35 s and the pipeline hangs). The steps declare their own task (`Resources`) and their worker
-pools (`WorkerPool`), so the plan can be checked against the nodes that are up and the node types the
+pools (`WorkerPool`), together `Step.work`, the same declarations the plan prints and the steps run on, so the plan
+can be checked against the nodes that are up and the node types the
 autoscaler may start, and an impossible request becomes one error naming the step, what it asks for and the
 largest node.
 
@@ -15,9 +16,9 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping
 
-from vlv.engine.step import Resources, WorkerPool
+from vlv.engine.step import StepWork, WorkerPool
 from vlv.engine.storage import filesystem, is_remote
 
 log = logging.getLogger("vlv.cluster")
@@ -46,13 +47,6 @@ class ClusterShape:
         return max(self.shapes(), key=lambda n: (n.gpus, n.cpus))
 
 
-@dataclass(frozen=True)
-class StepDemand:
-    step: str
-    task: Resources
-    pools: tuple[WorkerPool, ...]
-
-
 def current_cluster() -> ClusterShape:
     """The alive nodes of the connected Ray and, when an autoscaler config is registered, its node types."""
     import ray
@@ -78,22 +72,24 @@ def current_cluster() -> ClusterShape:
     return ClusterShape(nodes=nodes, node_types=tuple(types))
 
 
-def fit_problems(demands: Sequence[StepDemand], cluster: ClusterShape) -> list[str]:
-    """Each demand that can never be placed, as a sentence naming the step, the request and the largest node."""
+def fit_problems(work: Mapping[str, StepWork], cluster: ClusterShape) -> list[str]:
+    """Each declared task or worker that can never be placed (step name -> its declared work), as a sentence
+    naming the step, the request and the largest node. Process pools run inside the step's task: not checked."""
     if not cluster.shapes():
         return ["the Ray cluster has no alive node"]
     largest = cluster.largest()
     problems = []
-    for demand in demands:
-        bundles = [("its step task", demand.task.num_cpus, demand.task.num_gpus)]
-        bundles += [(pool.describe(), pool.cpus, pool.gpus) for pool in demand.pools]
+    for step, declared in work.items():
+        pools = [pool for pool in declared.pools if pool.placed_by_ray]
+        bundles = [("its step task", declared.task.num_cpus, declared.task.num_gpus)]
+        bundles += [(pool.describe(), pool.cpus, pool.gpus) for pool in pools]
         for what, cpus, gpus in bundles:
             if not any(_fits(shape, cpus, gpus) for shape in cluster.shapes()):
-                problems.append(f"step '{demand.step}' asks for {what}: {cpus:g} CPU and {gpus:g} GPU per worker, "
+                problems.append(f"step '{step}' asks for {what}: {cpus:g} CPU and {gpus:g} GPU per worker, "
                                 f"but the largest node is {largest.describe()}")
-        for pool in demand.pools:
+        for pool in pools:
             if pool.gang and not _gang_fits(pool, cluster):
-                problems.append(f"step '{demand.step}' needs {pool.describe()} placed at once, but the cluster "
+                problems.append(f"step '{step}' needs {pool.describe()} placed at once, but the cluster "
                                 f"holds at most {_capacity(pool, cluster)} such workers "
                                 f"({', '.join(n.describe() for n in cluster.shapes())})")
     return problems

@@ -1,13 +1,11 @@
-"""The only place that turns step declarations into Ray work (our thin replacement for Ray Workflows).
+"""Where step declarations become Ray work (our thin replacement for Ray Workflows), with `vlv.engine.pools`.
 
 - `connect_ray` joins a cluster (RAY_ADDRESS, as `ray job submit` sets) or starts an embedded local Ray.
 - `submit_step` runs one step as a Ray task with the resources the step declares and returns its manifest.
 - `execute_step` is what that task does: stage, run, checksum, publish. It is plain Python, so tests and
   debuggers can call it without Ray.
-- `map_batches_with_actors` runs a per-worker-setup / per-batch-process class over a Ray Dataset as an actor
-  pool, for steps that score or embed many items (model loaded once per actor).
-- `map_chunks_with_tasks` runs one plain function over K chunks as K Ray tasks with declared resources, for
-  work whose per-worker results are merged on the driver (e.g. FID feature statistics: one model load per task).
+- Inside a step, its maps run on the worker pools it declares (`Step.worker_pools`) through `vlv.engine.pools`:
+  actor pools and task maps, started with the declared CPUs and GPUs.
 """
 
 from __future__ import annotations
@@ -18,17 +16,15 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Iterator, Sequence
 
+from vlv.config_tree import to_dict
 from vlv.engine.manifest import FileEntry, Manifest
 from vlv.engine.step import MetricLogger, Resources, Step, StepContext, StepOutput
 from vlv.engine.storage import filesystem
 from vlv.engine.store import Attempt, RunStore
 
 log = logging.getLogger("vlv.executor")
-
-ChunkT = TypeVar("ChunkT")
-ResultT = TypeVar("ResultT")
 
 
 @dataclass(frozen=True)
@@ -38,8 +34,7 @@ class StepRequest:
     step: Step
     key: str
     preset: str
-    section: Any
-    section_dict: dict[str, Any]
+    section: Any  # the step's typed config section (its dataclass); the manifest records it as a dict
     upstream_keys: dict[str, str]
     inputs: dict[str, StepOutput]
     store_uri: str
@@ -147,7 +142,7 @@ def execute_step(request: StepRequest) -> Manifest:
     files = store.attempt_files(attempt)
     check_declared_outputs(step, files, attempt)
     manifest = Manifest(
-        step=step.name, key=request.key, code_version=step.code_version, config=request.section_dict,
+        step=step.name, key=request.key, code_version=step.code_version, config=to_dict(request.section),
         upstream=request.upstream_keys, files=files,
         metrics={k: float(v) for k, v in result.metrics.items()}, artifacts=tuple(result.artifacts),
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -210,46 +205,6 @@ def _system_metrics(step: Step, request: StepRequest) -> Iterator[None]:
 class _NullMetrics:
     def log_metric(self, name: str, value: float, step: int | None = None) -> None:
         pass
-
-
-def map_batches_with_actors(dataset: Any, actor_cls: type, *, constructor_kwargs: dict[str, Any],
-                            num_actors: int, num_cpus_per_actor: float, num_gpus_per_actor: float,
-                            batch_size: int, batch_format: str = "numpy") -> Any:
-    """Ray Data actor pool: `actor_cls(**constructor_kwargs)` once per actor, `__call__(batch)` per batch."""
-    from ray.data import ActorPoolStrategy
-
-    return dataset.map_batches(
-        actor_cls, fn_constructor_kwargs=constructor_kwargs, compute=ActorPoolStrategy(size=num_actors),
-        num_cpus=num_cpus_per_actor, num_gpus=num_gpus_per_actor, batch_size=batch_size,
-        batch_format=batch_format,
-    )
-
-
-def map_chunks_with_tasks(fn: Callable[[ChunkT], ResultT], chunks: Sequence[ChunkT], *, num_cpus: float,
-                          num_gpus: float = 0.0, name: str = "vlv:chunk", max_retries: int = 1
-                          ) -> list[ResultT]:
-    """`[fn(chunk) for chunk in chunks]`, each call a Ray task with the given resources; results in chunk order.
-
-    `fn` must be a module-level function (Ray ships it by reference) and should be idempotent, since a task
-    lost with its worker is retried. Logs each completion so long fan-outs show progress. Joins or starts Ray
-    like `connect_ray` if no Ray is running yet.
-    """
-    import ray
-
-    if not ray.is_initialized():
-        connect_ray()
-    task = ray.remote(fn).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries, name=name)
-    refs = [task.remote(chunk) for chunk in chunks]
-    index_of = {ref: i for i, ref in enumerate(refs)}
-    results: list[Any] = [None] * len(refs)
-    pending = list(refs)
-    started = time.time()
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        results[index_of[done[0]]] = ray.get(done[0])
-        log.info("%s: %d/%d tasks done after %.1fs", name, len(refs) - len(pending), len(refs),
-                 time.time() - started)
-    return results
 
 
 def worker_logger(name: str) -> logging.Logger:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 from vlv.config_tree import output_settings, to_dict
-from vlv.engine.step import Step
+from vlv.engine.step import Step, StepWork
 from vlv.engine.store import RunStore
 
 Action = Literal["run", "cached", "skip"]
@@ -26,9 +26,15 @@ class PlannedStep:
     upstream_keys: dict[str, str]
     action: Action
     reason: str
-    section: dict[str, Any]
+    section: Any  # the step's typed config section (its dataclass), as the step sees it in `ctx.config`
+    work: StepWork  # what the step declares it runs for this section: its task and its worker pools
     forced: bool = False  # by --force/--from: runs even if another invocation publishes it meanwhile
     waiting: bool = False  # skipped because it waits for an outside input (Step.waiting_for)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The section as a plain dict (MLflow parameters)."""
+        return to_dict(self.section)
 
 
 def step_key(name: str, code_version: str, section: dict[str, Any], upstream_keys: dict[str, str]) -> str:
@@ -81,11 +87,11 @@ def make_plan(
     keys: dict[str, str] = {}
     plan: list[PlannedStep] = []
     for step in steps:
-        section = to_dict(getattr(config, step.name))
+        section = getattr(config, step.name)
         upstream_keys = {up: keys[up] for up in step.upstream}
-        key = step_key(step.name, step.code_version, output_settings(getattr(config, step.name)), upstream_keys)
+        key = step_key(step.name, step.code_version, output_settings(section), upstream_keys)
         keys[step.name] = key
-        waiting = step.waiting_for(getattr(config, step.name))
+        waiting = step.waiting_for(section)
         if step.name not in selected:
             action, reason = "skip", "not selected by --steps"
         elif waiting and step.name not in set(only) | set(force) and not store.is_published(step.name, key):
@@ -96,7 +102,7 @@ def make_plan(
             action, reason = "cached", "output already published for this key"
         else:
             action, reason = "run", "no published output for this key"
-        plan.append(PlannedStep(step.name, key, upstream_keys, action, reason, section,
+        plan.append(PlannedStep(step.name, key, upstream_keys, action, reason, section, step.work(section),
                                 forced=action == "run" and step.name in forced,
                                 waiting=action == "skip" and reason.startswith("waiting for")))
 
@@ -118,7 +124,12 @@ def make_plan(
 
 
 def describe_plan(plan: Sequence[PlannedStep]) -> str:
-    """Human-readable plan, one line a step (what --dry-run prints)."""
+    """Human-readable plan (what --dry-run prints): one line a step, and under each step that runs, the work it
+    declares (its task, its worker pools)."""
     width = max(len(p.name) for p in plan)
-    lines = [f"{p.name:<{width}}  {p.action:<6}  key={p.key}  ({p.reason})" for p in plan]
+    lines = []
+    for p in plan:
+        lines.append(f"{p.name:<{width}}  {p.action:<6}  key={p.key}  ({p.reason})")
+        if p.action == "run":
+            lines.append(f"{'':<{width}}  runs on: {p.work.describe()}")
     return "\n".join(lines)

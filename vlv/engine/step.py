@@ -1,8 +1,12 @@
-"""What a pipeline step is: a declaration (name, inputs, config section, resources) plus one `run` function.
+"""What a pipeline step is: a declaration (name, inputs, outputs, config section, its work) plus one `run` function.
 
-Modelled on NeMo Curator's stages: a step never calls Ray or MLflow itself. The executor turns the declared
-`resources()` into a Ray task, hands the step a `StepContext` (its config section, its upstream outputs, a
-local staging folder to write into, a metric logger) and publishes the folder atomically when `run` returns.
+Modelled on NeMo Curator's stages: a step never calls Ray or MLflow itself. It declares its work as a function
+of its typed config section: the resources of its own task (`resources`) and the worker pools its maps run on
+(`worker_pools`: actors, tasks, Ray Train workers). The executor turns `resources()` into a Ray task, hands the
+step a `StepContext` (its config section, its upstream outputs, a local staging folder to write into, a metric
+logger) and publishes the folder atomically when `run` returns; inside `run` the step maps its items over its
+declared pools through `vlv.engine.pools`. The plan (`--dry-run`), the cost estimate (`vlv plan`) and the
+cluster preflight read the same declarations (`Step.work`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any, Callable, ClassVar, Generic, Literal, Protocol, TypeVar
 from vlv.engine.step_output import OutputFile, StepOutput
 
 __all__ = ["MetricLogger", "OutputFile", "Resources", "Step", "StepContext", "StepOutput", "StepResult",
-           "WorkerPool"]
+           "StepWork", "WorkerPool"]
 
 SectionT = TypeVar("SectionT")
 
@@ -37,24 +41,70 @@ class Resources:
     max_retries: int = 2
 
 
+PoolKind = Literal["actors", "tasks", "train_workers", "processes"]
+POOL_KINDS: tuple[str, ...] = ("actors", "tasks", "train_workers", "processes")
+
+
 @dataclass(frozen=True)
 class WorkerPool:
-    """A group of Ray workers a step starts besides its own task (its actors, its tasks, its training workers).
+    """A group of workers a step's work runs on besides the step's own task, declared from its config.
 
-    Declared so the plan, the cost estimate and the cluster preflight read the same facts the step uses.
-    `gang`: every worker must be placed at once (Ray Train's placement group), not one after another.
+    The step runs its map through the executor with this very object (`vlv.engine.pools`), and the plan, the cost
+    estimate and the cluster preflight read it, so all four see the same count, CPUs and GPUs. Kinds:
+    - "actors": long-lived Ray actors that load a model once and then take item after item
+      (`map_on_actors`);
+    - "tasks": Ray tasks, one per chunk of the work (`map_on_tasks`);
+    - "train_workers": a Ray Train worker group, placed all at once (`gang`);
+    - "processes": child processes of the step's own task (img2dataset's multiprocessing): they share the
+      task's node and are not placed by Ray, so the cluster preflight does not check them.
     """
 
     name: str
-    kind: Literal["actors", "tasks", "train_workers"]
+    kind: PoolKind
     count: int
-    cpus: float
-    gpus: float = 0.0
-    gang: bool = False
+    cpus: float  # per worker
+    gpus: float = 0.0  # per worker
+    gang: bool = False  # every worker must be placed at once (Ray Train's placement group)
+
+    def __post_init__(self) -> None:
+        if self.kind not in POOL_KINDS:
+            raise ValueError(f"worker pool '{self.name}': kind must be one of {', '.join(POOL_KINDS)}, "
+                             f"got {self.kind!r}")
+        if self.count < 1:
+            raise ValueError(f"worker pool '{self.name}': count must be >= 1, got {self.count}")
+        if self.cpus < 0 or self.gpus < 0:
+            raise ValueError(f"worker pool '{self.name}': cpus and gpus must be >= 0, got {self.cpus} and "
+                             f"{self.gpus}")
+
+    @property
+    def placed_by_ray(self) -> bool:
+        return self.kind != "processes"
 
     def describe(self) -> str:
         gpus = f", {self.gpus:g} GPU" if self.gpus else ""
         return f"{self.count} x {self.name} ({self.cpus:g} CPU{gpus} each)"
+
+
+@dataclass(frozen=True)
+class StepWork:
+    """Everything a step declares it runs for one config: its own Ray task and its worker pools."""
+
+    task: Resources
+    pools: tuple[WorkerPool, ...] = ()
+
+    @property
+    def gpus(self) -> float:
+        """GPUs held at once: the task's and every Ray-placed pool's."""
+        return self.task.num_gpus + sum(p.count * p.gpus for p in self.pools if p.placed_by_ray)
+
+    def pool_of_kind(self, kind: PoolKind) -> WorkerPool | None:
+        """The step's first pool of this kind (None if it has none)."""
+        return next((p for p in self.pools if p.kind == kind), None)
+
+    def describe(self) -> str:
+        gpus = f" + {self.task.num_gpus:g} GPU" if self.task.num_gpus else ""
+        parts = [f"task {self.task.num_cpus:g} CPU{gpus}"] + [p.describe() for p in self.pools]
+        return "; ".join(parts)
 
 
 class MetricLogger(Protocol):
@@ -130,8 +180,14 @@ class Step(Generic[SectionT]):
         return Resources()
 
     def worker_pools(self, config: SectionT) -> tuple[WorkerPool, ...]:
-        """The Ray workers the step starts besides its own task (none by default)."""
+        """The workers the step's work runs on besides its own task (none by default). The step hands the same
+        objects to `vlv.engine.pools` when it runs, so what is declared is what runs."""
         return ()
+
+    def work(self, config: SectionT) -> StepWork:
+        """The step's declared work for this config: what the plan prints, what the cost estimate prices and
+        what the cluster preflight places (not overridden: override `resources` and `worker_pools`)."""
+        return StepWork(self.resources(config), tuple(self.worker_pools(config)))
 
     def weight_paths(self, config: SectionT) -> dict[str, str]:
         """Setting name -> the weights file/folder (local path or store URI) the step's workers load.

@@ -194,7 +194,7 @@ def distributed_feature_stats(images: Sequence[ImageInput], spec: InceptionSpec,
                               num_cpus_per_worker: float = 1.0, num_gpus_per_worker: float = 0.0) -> FeatureStats:
     """Split `images` (paths, preferably: they ship cheaply) over `num_workers` Ray tasks, each loading the
     Inception once and returning its statistics; merge them on the driver. Equals the single-process result."""
-    from vlv.engine.executor import map_chunks_with_tasks
+    from vlv.engine.pools import map_chunks_with_tasks
 
     if not images:
         raise ValueError("no images to compute FID statistics for")

@@ -237,8 +237,9 @@ class GeneratedSets:
 def generated_feature_stats(generators: Sequence[Generator], images: Sequence[EvalImage], inception: InceptionSpec,
                             *, num_workers: int, num_cpus_per_worker: float = 1.0, num_gpus_per_worker: float = 0.0,
                             batch_size: int = 4, seed: int = 0, keep_samples: int = 0) -> GeneratedSets:
-    """Every generator's images of `images` as statistics per label, the chunks spread over Ray tasks."""
-    from vlv.engine.executor import map_chunks_with_tasks
+    """Every generator's images of `images` as statistics per label: `num_workers` chunks per generator, each a Ray
+    task, at most `num_workers` of them running at once (the worker pool the step declares)."""
+    from vlv.engine.pools import map_chunks_with_tasks
 
     if not images:
         raise ValueError("no evaluation images to generate from")
@@ -253,7 +254,7 @@ def generated_feature_stats(generators: Sequence[Generator], images: Sequence[Ev
                           num_threads=max(1, int(num_cpus_per_worker)))
             for generator in generators for i, chunk in enumerate(chunks)]
     results = map_chunks_with_tasks(run_generation_job, jobs, num_cpus=num_cpus_per_worker,
-                                    num_gpus=num_gpus_per_worker, name="vlv:fid_generation")
+                                    num_gpus=num_gpus_per_worker, name="vlv:fid_generation", max_concurrent=num_workers)
     merged: dict[str, FeatureStats] = {}
     samples: dict[str, list[np.ndarray]] = {}
     sample_ids: list[int] = []
@@ -278,7 +279,7 @@ def _fid_task(pair: tuple[FeatureStats, FeatureStats]) -> float:
 def fids_against(real: FeatureStats, generated: dict[str, FeatureStats], *, num_cpus: float = 1.0
                  ) -> dict[str, float]:
     """FID of each label's statistics against the real ones, one Ray task each (a 2048-d sqrtm is slow)."""
-    from vlv.engine.executor import map_chunks_with_tasks
+    from vlv.engine.pools import map_chunks_with_tasks
 
     labels = list(generated)
     values = map_chunks_with_tasks(_fid_task, [(real, generated[label]) for label in labels], num_cpus=num_cpus,

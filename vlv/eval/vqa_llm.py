@@ -121,7 +121,7 @@ def answer_job(job: AnswerJob) -> list[str]:
 def distributed_answers(prompts: Sequence[str], spec: LlmSpec, *, num_workers: int, num_cpus_per_worker: float,
                         num_gpus_per_worker: float = 0.0) -> list[str]:
     """Answers to every prompt, the prompts split into `num_workers` Ray tasks; in prompt order."""
-    from vlv.engine.executor import map_chunks_with_tasks
+    from vlv.engine.pools import map_chunks_with_tasks
     from vlv.eval.fid import split_evenly
 
     if not prompts:

@@ -1,7 +1,8 @@
-"""Step `aesthetic_filter`: CLIP image embeddings + LAION aesthetic predictor, as a Ray Data actor pool.
+"""Step `aesthetic_filter`: CLIP image embeddings + LAION aesthetic predictor, on the actor pool it declares.
 
-Reads the download step's webdataset shards with Ray Data, scores every image in an actor pool (each actor
-loads CLIP and the predictor once), then writes, sorted by (shard, key) so a rerun is bit-identical:
+Scores the images of the download step's webdataset shards in an actor pool (each actor loads CLIP and the
+predictor once, then reads bundles of shards and scores them in batches: `vlv.steps.shard_batches`), then writes,
+sorted by (shard, key) so a rerun is bit-identical:
 `scores.parquet` (every decodable image, with its embedding), `kept.parquet` (all of them, or those above a
 threshold or in a top quantile: see `keep`),
 `undecodable.parquet` (key, shard, reason), `score_histogram.png` and `score_summary.csv`.
@@ -18,21 +19,20 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 import pyarrow as pa
 
+from vlv.engine.pools import map_on_actors
 from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepResult, WorkerPool
 from vlv.engine.storage import arrow_filesystem, checked_on_this_machine
 from vlv.progress import eta_text
 from vlv.steps.download import SHARDS
+from vlv.steps.shard_batches import ShardBundleActor, bundle_shards, stats_sample_count
 
 log = logging.getLogger("vlv.steps.aesthetic_filter")
 
 _IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")  # img2dataset's encode formats
-# Reading tars and splitting tables is I/O: small CPU asks, so reads, the actor pool and this step's own
-# task fit together on a 2-core machine instead of waiting on each other.
-_IO_TASK_CPUS = 0.25
 _ROWS_PER_ROW_GROUP = 8192
 _PROGRESS_EVERY_S = 30.0
 _TINY_WARNING = "tiny-random CLIP and predictor: scores from a random model mean nothing"
@@ -86,7 +86,8 @@ class AestheticFilterConfig:
 
 
 class AestheticScoringActor:
-    """One Ray Data actor: loads CLIP + predictor once, then decodes, embeds and scores batches of samples.
+    """The scorer of each pool actor: loads CLIP + predictor once, then decodes, embeds and scores batches of
+    samples (webdataset columns: `__key__`, `__url__`, one per member suffix).
 
     Output rows carry either (score, embedding) or an `error` string, never an exception, so one corrupt
     image costs one row, not the pool.
@@ -235,13 +236,12 @@ class AestheticFilterStep(Step[AestheticFilterConfig]):
                OutputFile("score_summary.csv", "counts, percentiles and the threshold"))
 
     def resources(self, config: AestheticFilterConfig) -> Resources:
-        # The actor pool asks Ray for its own CPUs/GPUs; this task only drives Ray Data and writes parquet.
+        # The actor pool asks Ray for its own CPUs/GPUs (and reads the tars); this task hands out shards and
+        # writes parquet.
         return Resources(num_cpus=0.5)
 
     def worker_pools(self, config: AestheticFilterConfig) -> tuple[WorkerPool, ...]:
-        return (WorkerPool("aesthetic scoring actor", "actors", config.num_actors, config.cpus_per_actor,
-                           config.gpus_per_actor),
-                WorkerPool("webdataset read task", "tasks", 1, _IO_TASK_CPUS))
+        return (scoring_pool(config),)
 
     def weight_paths(self, config: AestheticFilterConfig) -> dict[str, str]:
         if config.model != "pretrained":
@@ -276,13 +276,12 @@ class AestheticFilterStep(Step[AestheticFilterConfig]):
         cfg = ctx.config
         if cfg.model == "tiny-random":
             ctx.log.warning(_TINY_WARNING)
-        shard_paths, filesystem = _list_shards(ctx.input("download").path(SHARDS))
-        ctx.log.info("scoring the images of %d shards with %d actor(s) x %.2g CPU / %.2g GPU, batch %d",
-                     len(shard_paths), cfg.num_actors, cfg.cpus_per_actor, cfg.gpus_per_actor, cfg.batch_size)
-        scored = _score_dataset(shard_paths, filesystem, cfg)
-        outcome = _write_scores(scored, ctx.output_dir, len(shard_paths), ctx.log)
+        shards = _list_shards(ctx.input("download").path(SHARDS))
+        ctx.log.info("scoring the images of %d shards on %s, batch %d", len(shards),
+                     scoring_pool(cfg).describe(), cfg.batch_size)
+        outcome = _write_scores(score_shards(shards, cfg), ctx.output_dir, len(shards), ctx.log)
         if len(outcome.scores) == 0:
-            raise ValueError(f"aesthetic_filter: none of the {outcome.undecodable} samples in {len(shard_paths)} "
+            raise ValueError(f"aesthetic_filter: none of the {outcome.undecodable} samples in {len(shards)} "
                              f"shards has a decodable image; reasons in {ctx.output_dir / 'undecodable.parquet'}")
         threshold = choose_threshold(outcome.scores, cfg.keep, cfg.threshold, cfg.keep_top_quantile)
         kept = _write_kept(ctx.output_dir / "scores.parquet", ctx.output_dir / "kept.parquet", threshold)
@@ -311,8 +310,13 @@ def choose_threshold(scores: Any, keep: str, threshold: float, keep_top_quantile
     return float(np.sort(scores)[::-1][rank - 1])
 
 
-def _list_shards(shards_uri: str) -> tuple[list[str], Any]:
-    """The sorted `*.tar` files of the download output, on any pyarrow filesystem (local, s3://, gs://)."""
+def scoring_pool(config: AestheticFilterConfig) -> WorkerPool:
+    return WorkerPool("aesthetic scoring actor", "actors", config.num_actors, config.cpus_per_actor,
+                      config.gpus_per_actor)
+
+
+def _list_shards(shards_uri: str) -> list[str]:
+    """The URIs of the sorted `*.tar` files of the download output (local, s3://, gs://)."""
     import pyarrow.fs as pafs
 
     filesystem, root = arrow_filesystem(shards_uri)
@@ -325,32 +329,33 @@ def _list_shards(shards_uri: str) -> tuple[list[str], Any]:
     if not paths:
         raise ValueError(f"aesthetic_filter: no *.tar shards in {shards_uri}; the download step produced no "
                          "images (see its download_counts.csv)")
-    return paths, filesystem
+    return [f"{shards_uri.rstrip('/')}/{path.rsplit('/', 1)[-1]}" for path in paths]
 
 
-def _score_dataset(shard_paths: list[str], filesystem: Any, cfg: AestheticFilterConfig) -> Any:
-    import ray.data
+def score_shards(shards: list[str], cfg: AestheticFilterConfig) -> Iterator[Any]:
+    """The scored rows (pyarrow tables, shard after shard) of every sample of `shards`, from the actor pool.
 
-    from vlv.engine.executor import map_batches_with_actors
-
-    # Raw bytes (decoder=None): decoding happens in the actors, where a bad image becomes a recorded row.
-    # One read task per shard and ordered execution give the same batches on every run, hence the same floats.
-    samples = ray.data.read_webdataset(shard_paths, filesystem=filesystem, decoder=None,
-                                       override_num_blocks=len(shard_paths), num_cpus=_IO_TASK_CPUS)
-    samples.context.execution_options.preserve_order = True
+    Raw member bytes go to the scorer: decoding happens in the actors, where a bad image becomes a recorded row.
+    Bundles of whole shards cut into batches of `batch_size` give the same batches on every run, hence the same
+    floats (`vlv.steps.shard_batches`).
+    """
     device = "cuda" if cfg.gpus_per_actor > 0 else "cpu"
-    return map_batches_with_actors(
-        samples, AestheticScoringActor, constructor_kwargs={"config": cfg, "device": device},
-        num_actors=cfg.num_actors, num_cpus_per_actor=cfg.cpus_per_actor, num_gpus_per_actor=cfg.gpus_per_actor,
-        batch_size=cfg.batch_size)
+    bundles = bundle_shards(shards, cfg.batch_size, stats_sample_count)
+    scorer = {"scorer_cls": AestheticScoringActor, "scorer_kwargs": {"config": cfg, "device": device},
+              "batch_size": cfg.batch_size}
+    for table in map_on_actors(scoring_pool(cfg), ShardBundleActor, bundles, constructor_kwargs=scorer,
+                               unit="shard bundles"):
+        if table is not None:
+            yield table
 
 
-def _write_scores(scored: Any, output_dir: Path, num_shards: int, run_log: logging.Logger) -> ScoreOutcome:
+def _write_scores(scored: Iterable[Any], output_dir: Path, num_shards: int, run_log: logging.Logger
+                  ) -> ScoreOutcome:
     """Stream the pool's output into scores.parquet and undecodable.parquet, sorted by (shard, key).
 
-    Ordered execution delivers the rows shard after shard, so sorting one shard at a time in the driver gives
-    a total order without a distributed shuffle (img2dataset keys start with the shard number, so this is
-    also key order). Memory holds one shard, not the dataset.
+    The pool returns its rows shard after shard, so sorting one shard at a time in the driver gives a total
+    order without a distributed shuffle (img2dataset keys start with the shard number, so this is also key
+    order). Memory holds one bundle of shards, not the dataset.
     """
     import numpy as np
     import pyarrow as pa
@@ -380,7 +385,7 @@ def _write_scores(scored: Any, output_dir: Path, num_shards: int, run_log: loggi
             counts["scored"] += ok.num_rows
             counts["undecodable"] += failed.num_rows
 
-        for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for batch in scored:
             for shard, part in _runs_by_shard(batch):
                 if pending and pending[0]["shard"][0].as_py() != shard:
                     flush()

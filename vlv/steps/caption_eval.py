@@ -1,4 +1,4 @@
-"""Step `caption_eval`: caption the evaluation images with the trained captioner (Ray Data actor pool).
+"""Step `caption_eval`: caption the evaluation images with the trained captioner (on the actor pool it declares).
 
 Two image sets: a COCO-format caption set (caption FID, reconstruction FID, sample captions in the report) and
 the images of the VQA benchmarks, evaluation split and exemplar split (k-shot prompts). Each distinct image file
@@ -29,6 +29,7 @@ from typing import Any, Callable, Literal
 
 import pyarrow as pa
 
+from vlv.engine.pools import map_on_actors
 from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepOutput, StepResult, WorkerPool
 from vlv.engine.storage import checked_on_this_machine, filesystem
 from vlv.eval.eval_sets import EVAL_SETS_FILE, EvalSets, VqaBenchmark, VqaSplit
@@ -136,7 +137,7 @@ class CaptionEvalConfig:
 
 
 class CaptioningActor:
-    """One Ray Data actor: loads the captioner once, then reads, resizes and captions batches of image files.
+    """One pool actor: loads the captioner once, then reads, resizes and captions batches of image files.
 
     A file that cannot be read becomes an `error` row, so the driver can name every bad file at once.
     """
@@ -206,8 +207,7 @@ class CaptionEvalStep(Step[CaptionEvalConfig]):
         return Resources(num_cpus=0)  # the actor pool asks for its own CPUs/GPUs
 
     def worker_pools(self, config: CaptionEvalConfig) -> tuple[WorkerPool, ...]:
-        return (WorkerPool("captioning actor", "actors", config.num_actors, config.cpus_per_actor,
-                           config.gpus_per_actor),)
+        return (captioning_pool(config),)
 
     def preflight(self, config: CaptionEvalConfig) -> None:
         missing = config.missing_paths()
@@ -342,30 +342,31 @@ def share_written_images(ctx: StepContext[CaptionEvalConfig]) -> Callable[[str],
     return where
 
 
+def captioning_pool(config: CaptionEvalConfig) -> WorkerPool:
+    return WorkerPool("captioning actor", "actors", config.num_actors, config.cpus_per_actor, config.gpus_per_actor)
+
+
 def caption_files(paths: list[str], checkpoint: StepOutput, cfg: CaptionEvalConfig, log: Any) -> dict[str, str]:
-    """`{path: caption}` for every file, from an actor pool; ValueError naming every unreadable file."""
-    import ray.data
-
-    from vlv.engine.executor import map_batches_with_actors
-
+    """`{path: caption}` for every file, from the actor pool, `batch_size` files a call; ValueError naming
+    every unreadable file."""
     started = time.monotonic()
-    dataset = ray.data.from_items([{"path": p} for p in paths],
-                                  override_num_blocks=max(1, min(len(paths) // cfg.batch_size, 64)))
-    captioned = map_batches_with_actors(
-        dataset, CaptioningActor,
+    batches = [{"path": paths[i:i + cfg.batch_size]} for i in range(0, len(paths), cfg.batch_size)]
+    captioned = map_on_actors(
+        captioning_pool(cfg), CaptioningActor, batches, total=len(batches), unit="batches",
         constructor_kwargs={"checkpoint": checkpoint, "num_beams": cfg.num_beams,
                             "max_new_tokens": cfg.max_new_tokens, "device": "cuda" if cfg.gpus_per_actor else "cpu",
-                            "num_threads": int(cfg.cpus_per_actor)},
-        num_actors=cfg.num_actors, num_cpus_per_actor=cfg.cpus_per_actor, num_gpus_per_actor=cfg.gpus_per_actor,
-        batch_size=cfg.batch_size)
+                            "num_threads": int(cfg.cpus_per_actor)})
     captions: dict[str, str] = {}
     errors: list[str] = []
     last_log = started
-    for done, row in enumerate(captioned.iter_rows(), start=1):
-        if row["error"]:
-            errors.append(f"{row['path']}: {row['error']}")
-        else:
-            captions[str(row["path"])] = str(row["caption"])
+    done = 0
+    for batch in captioned:
+        for path, caption, error in zip(batch["path"], batch["caption"], batch["error"]):
+            if error:
+                errors.append(f"{path}: {error}")
+            else:
+                captions[str(path)] = str(caption)
+        done += len(batch["path"])
         if time.monotonic() - last_log >= _PROGRESS_EVERY_S:
             last_log = time.monotonic()
             log.info("captioned %d/%d images, %s", done, len(paths),

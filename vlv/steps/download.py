@@ -24,7 +24,7 @@ from vlv.data.img2dataset_runner import (
 )
 from vlv.data.laion import CANONICAL_COLUMNS
 from vlv.data.loopback_site import canonical_urls, serve_folder
-from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepOutput, StepResult
+from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepOutput, StepResult, WorkerPool
 from vlv.engine.storage import filesystem
 from vlv.paths import check_relative
 from vlv.steps.prepare_metadata import METADATA, SITE_INFO
@@ -88,6 +88,14 @@ class DownloadStep(Step[DownloadConfig]):
 
     def resources(self, config: DownloadConfig) -> Resources:
         return Resources(num_cpus=config.num_cpus)
+
+    def worker_pools(self, config: DownloadConfig) -> tuple[WorkerPool, ...]:
+        """img2dataset's `processes_count` download processes (each with `thread_count` threads): child processes
+        of this task, or with the `ray` distributor Ray tasks of 1 CPU each (img2dataset's own request). "auto"
+        picks `ray` on a cluster; declared as processes, since the CPUs and the count are the same."""
+        kind = "tasks" if config.distributor == "ray" else "processes"
+        name = f"img2dataset process of {config.thread_count} threads"
+        return (WorkerPool(name, kind, config.processes_count, 1.0),)
 
     def run(self, ctx: StepContext[DownloadConfig]) -> StepResult:
         cfg = ctx.config

@@ -186,8 +186,7 @@ class EvalFidStep(Step[EvalFidConfig]):
         return Resources(num_cpus=0)  # generation and feature tasks ask for their own CPUs/GPUs
 
     def worker_pools(self, config: EvalFidConfig) -> tuple[WorkerPool, ...]:
-        return (WorkerPool("generation + Inception task", "tasks", config.num_workers, config.cpus_per_worker,
-                           config.gpus_per_worker),)
+        return (generation_pool(config), frechet_pool(config))
 
     def weight_paths(self, config: EvalFidConfig) -> dict[str, str]:
         paths = {}
@@ -235,8 +234,8 @@ class EvalFidStep(Step[EvalFidConfig]):
         sources = caption_sources(cfg, ctx.input("caption_eval"), images)
         if not spec.comparable:
             ctx.log.warning(NOT_COMPARABLE)
-        workers = dict(num_workers=cfg.num_workers, num_cpus_per_worker=cfg.cpus_per_worker,
-                       num_gpus_per_worker=cfg.gpus_per_worker)
+        pool = generation_pool(cfg)
+        workers = dict(num_workers=pool.count, num_cpus_per_worker=pool.cpus, num_gpus_per_worker=pool.gpus)
         real = real_image_stats([image.path for image in images], spec, cache_uri=ctx.cache_uri, **workers)
         ctx.log.info("real-image statistics of %d images (%s, key %s)", real.stats.n,
                      "from cache" if real.cached else "computed", real.key)
@@ -250,7 +249,7 @@ class EvalFidStep(Step[EvalFidConfig]):
                                                          tuple(cfg.recon_cfg_scales), cfg.recon_scheduler))
         generated = generated_feature_stats(generators, images, spec, batch_size=cfg.generation_batch_size,
                                             seed=cfg.seed, keep_samples=cfg.grid_images, **workers)
-        fids = fids_against(real.stats, generated.stats, num_cpus=min(1.0, cfg.cpus_per_worker))
+        fids = fids_against(real.stats, generated.stats, num_cpus=frechet_pool(cfg).cpus)
         counts = {label: stats.n for label, stats in generated.stats.items()}
         rows = fid_rows(cfg, [s.name for s in sources], fids, counts)
         write_fid_csv(ctx.output_dir / "fid.csv", rows, comparable=spec.comparable)
@@ -282,6 +281,20 @@ class EvalFidStep(Step[EvalFidConfig]):
         ctx.log.info("FIDs%s: %s", "" if spec.comparable else " (NOT COMPARABLE)",
                      ", ".join(f"{row.label}={row.fid:.3f}" for row in rows))
         return StepResult(metrics=metrics, artifacts=artifacts)
+
+
+def generation_pool(config: EvalFidConfig) -> WorkerPool:
+    """The tasks that generate images and compute Inception features, one model load each: the images are split
+    into `num_workers` chunks per generator (and for the real images), at most `num_workers` tasks at once."""
+    return WorkerPool("generation + Inception task", "tasks", config.num_workers, config.cpus_per_worker,
+                      config.gpus_per_worker)
+
+
+def frechet_pool(config: EvalFidConfig) -> WorkerPool:
+    """One task per FID (a 2048-d matrix square root each): the reconstruction and caption rows of fid.csv."""
+    captioners = 1 + int(config.reference_captions) + len(config.other_captioners)
+    count = len(config.recon_cfg_scales) * int(config.reconstruction) + captioners * len(config.cfg_scales)
+    return WorkerPool("Frechet distance task", "tasks", count, min(1.0, config.cpus_per_worker))
 
 
 def fid_rows(cfg: EvalFidConfig, captioners: list[str], fids: dict[str, float], counts: dict[str, int]

@@ -141,8 +141,7 @@ class EvalVqaStep(Step[EvalVqaConfig]):
     def worker_pools(self, config: EvalVqaConfig) -> tuple[WorkerPool, ...]:
         if config.llm == "endpoint":
             return ()
-        return (WorkerPool("LLM answer task", "tasks", config.num_workers, config.cpus_per_worker,
-                           config.gpus_per_worker),)
+        return (answer_pool(config),)
 
     def weight_paths(self, config: EvalVqaConfig) -> dict[str, str]:
         return {"eval_vqa.llm_path": config.llm_path} if config.llm == "pretrained" else {}
@@ -202,11 +201,11 @@ class EvalVqaStep(Step[EvalVqaConfig]):
                                               progress=lambda u, total: _log_endpoint_cost(ctx, u, total))
             metrics.update(usage.metrics(ENDPOINT_METRIC_PREFIX))
         else:
-            ctx.log.info("answering %d prompts (%d benchmarks x shots %s) with the %s LLM over %d task(s)",
-                         len(rows), len(names), cfg.shots, cfg.llm, cfg.num_workers)
-            answers = distributed_answers(prompts, cfg.llm_spec(), num_workers=cfg.num_workers,
-                                          num_cpus_per_worker=cfg.cpus_per_worker,
-                                          num_gpus_per_worker=cfg.gpus_per_worker)
+            pool = answer_pool(cfg)
+            ctx.log.info("answering %d prompts (%d benchmarks x shots %s) with the %s LLM on %s",
+                         len(rows), len(names), cfg.shots, cfg.llm, pool.describe())
+            answers = distributed_answers(prompts, cfg.llm_spec(), num_workers=pool.count,
+                                          num_cpus_per_worker=pool.cpus, num_gpus_per_worker=pool.gpus)
         score_rows: list[tuple[str, int, str, int, float]] = []
         per_question: dict[tuple[str, int, int], float] = {}
         for name in names:
@@ -238,6 +237,11 @@ class EvalVqaStep(Step[EvalVqaConfig]):
         }), ctx.output_dir / "vqa_results.parquet")
         write_results_csv(ctx.output_dir / "vqa_results.csv", rows, answers, scores, cfg.results_csv_rows)
         return StepResult(metrics=metrics, artifacts=["vqa_scores.csv", "vqa_results.csv"])
+
+
+def answer_pool(config: EvalVqaConfig) -> WorkerPool:
+    """The tasks that answer the prompts with a local LLM (one model load each); none with an endpoint."""
+    return WorkerPool("LLM answer task", "tasks", config.num_workers, config.cpus_per_worker, config.gpus_per_worker)
 
 
 def _log_endpoint_cost(ctx: StepContext[EvalVqaConfig], usage: EndpointUsage, total: int) -> None:

@@ -126,7 +126,7 @@ class PrepareMetadataStep(Step[PrepareMetadataConfig]):
     def worker_pools(self, config: PrepareMetadataConfig) -> tuple[WorkerPool, ...]:
         if config.source != "laion":
             return ()
-        return (WorkerPool("metadata filter / URL de-dup task", "tasks", config.num_tasks, config.cpus_per_task),)
+        return (WorkerPool("metadata_filter", "tasks", config.num_tasks, config.cpus_per_task),)
 
     def preflight(self, config: PrepareMetadataConfig) -> None:
         if config.source != "laion":

@@ -13,19 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from vlv.config_tree import KEYED_WHEN_SET
-from vlv.engine.step import Resources, Step, StepContext, StepResult, WorkerPool
+from vlv.engine.step import StepContext, StepResult
 from vlv.models.config import Stage1ModelConfig
 from vlv.models.trained_folder import STAGE1_WEIGHTS, load_stage1, save_stage1_checkpoint
 from vlv.steps.aesthetic_filter import KEPT
 from vlv.steps.download import SHARDS
-from vlv.steps.training_common import describe_training, train_worker_pool, training_metrics
-from vlv.train.deepspeed_config import (
-    DeepSpeedConfig,
-    build_deepspeed_config,
-    describe_schedule,
-    lr_multiplier,
-    stage1_official,
-)
+from vlv.steps.training_common import TrainingStep, training_metrics
+from vlv.train.deepspeed_config import DeepSpeedConfig, stage1_official
 from vlv.train.loop import EXPORT_FILE, LoopConfig
 from vlv.train.ray_trainer import RayTrainConfig
 
@@ -56,30 +50,14 @@ class TrainStage1Config:
                              f"got {self.max_images}")
 
 
-class TrainStage1Step(Step[TrainStage1Config]):
+class TrainStage1Step(TrainingStep[TrainStage1Config]):
     name = "train_stage1"
     upstream = ("download", "aesthetic_filter")
     code_version = "2"  # 2: Florence pixels resized with PIL bicubic, as its image processor does
-    resumable = True
     description = "Train the VLV encoder through the frozen SD 2.1 decoder (DeepSpeed ZeRO on Ray Train)"
-    system_metrics = True
-
-    def resources(self, config: TrainStage1Config) -> Resources:
-        return Resources(num_cpus=0)  # the Ray Train workers ask for their own CPUs/GPUs
-
-    def worker_pools(self, config: TrainStage1Config) -> tuple[WorkerPool, ...]:
-        return (train_worker_pool(config.ray_train),)
-
-    def preflight(self, config: TrainStage1Config) -> None:
-        config.model.check_weights("train_stage1.model")
-        build_deepspeed_config(config.deepspeed, num_workers=config.ray_train.num_workers,
-                               on_gpu=config.ray_train.use_gpu)
-        # Fails here, before any step runs, on a warm-up longer than the decay horizon.
-        lr_multiplier(config.deepspeed.schedule, loop_total_steps=config.loop.total_steps)
 
     def run(self, ctx: StepContext[TrainStage1Config]) -> StepResult:
         from vlv.train.data import ImageStreamConfig, WebDatasetImageStream
-        from vlv.train.ray_trainer import run_training
         from vlv.train.stage_tasks import Stage1Task
 
         cfg = ctx.config
@@ -90,16 +68,9 @@ class TrainStage1Step(Step[TrainStage1Config]):
                                      seed=cfg.loop.seed, max_images=cfg.max_images),
         )
         images_used = count_images(stream, ctx.log)
-        ctx.log.info("lr schedule: %s",
-                     describe_schedule(cfg.deepspeed.schedule, loop_total_steps=cfg.loop.total_steps))
-        outcome = run_training(
-            task=Stage1Task(stream=stream, model=cfg.model), deepspeed=cfg.deepspeed,
-            loop=cfg.loop, ray_train=cfg.ray_train, storage_path=f"{ctx.scratch_uri}/ray", name="ray_train",
-            metric_logger=ctx.metrics, export_dir=ctx.output_dir,
-        )
+        outcome = self.train(ctx, Stage1Task(stream=stream, model=cfg.model))
         (ctx.output_dir / EXPORT_FILE).rename(ctx.output_dir / STAGE1_WEIGHTS)
         save_stage1_checkpoint(ctx.output_dir, cfg.model, ctx.output_dir / STAGE1_WEIGHTS)
-        ctx.log.info("%s; final loss %.5f", describe_training(outcome), outcome.metrics.get("loss", float("nan")))
 
         artifacts = []
         if cfg.grid_images:

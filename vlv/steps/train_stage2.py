@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlv.engine.step import Resources, Step, StepContext, StepOutput, StepResult, WorkerPool
+from vlv.engine.step import StepContext, StepOutput, StepResult
 from vlv.engine.storage import filesystem
 from vlv.models.config import CaptionerConfig
 from vlv.models.trained_folder import (
@@ -27,14 +27,8 @@ from vlv.models.trained_folder import (
 )
 from vlv.steps.download import SHARDS
 from vlv.steps.ingest_captions import CAPTIONS
-from vlv.steps.training_common import describe_training, train_worker_pool, training_metrics
-from vlv.train.deepspeed_config import (
-    DeepSpeedConfig,
-    build_deepspeed_config,
-    describe_schedule,
-    lr_multiplier,
-    stage2_paper,
-)
+from vlv.steps.training_common import TrainingStep, training_metrics
+from vlv.train.deepspeed_config import DeepSpeedConfig, stage2_paper
 from vlv.train.loop import EXPORT_FILE, LoopConfig
 from vlv.train.ray_trainer import RayTrainConfig
 
@@ -58,31 +52,15 @@ class TrainStage2Config:
             raise ValueError(f"train_stage2.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
 
 
-class TrainStage2Step(Step[TrainStage2Config]):
+class TrainStage2Step(TrainingStep[TrainStage2Config]):
     name = "train_stage2"
     upstream = ("download", "ingest_captions", "train_stage1")
     code_version = "2"  # 2: "encoder" in the trainable set is Florence's language model only
-    resumable = True
     description = "Train the captioner: stage-1 encoder -> MLP -> Qwen2 on Gemini captions (DeepSpeed on Ray Train)"
-    system_metrics = True
     registered_model = "vlv-captioner"
-
-    def resources(self, config: TrainStage2Config) -> Resources:
-        return Resources(num_cpus=0)  # the Ray Train workers ask for their own CPUs/GPUs
-
-    def worker_pools(self, config: TrainStage2Config) -> tuple[WorkerPool, ...]:
-        return (train_worker_pool(config.ray_train),)
-
-    def preflight(self, config: TrainStage2Config) -> None:
-        config.model.check_weights("train_stage2.model")
-        build_deepspeed_config(config.deepspeed, num_workers=config.ray_train.num_workers,
-                               on_gpu=config.ray_train.use_gpu)
-        # Fails here, before any step runs, on a warm-up longer than the decay horizon.
-        lr_multiplier(config.deepspeed.schedule, loop_total_steps=config.loop.total_steps)
 
     def run(self, ctx: StepContext[TrainStage2Config]) -> StepResult:
         from vlv.train.data import ImageStreamConfig, WebDatasetImageStream
-        from vlv.train.ray_trainer import run_training
         from vlv.train.stage_tasks import Stage2Task
 
         cfg = ctx.config
@@ -98,15 +76,8 @@ class TrainStage2Step(Step[TrainStage2Config]):
             config=ImageStreamConfig(image_size=read_stage1_config(stage1_dir).image_size,
                                      shuffle_buffer=cfg.shuffle_buffer, seed=cfg.loop.seed),
         )
-        task = Stage2Task(model=cfg.model, stage1=stage1, tokenizer_uri=tokenizer_uri, stream=stream)
-        ctx.log.info("lr schedule: %s",
-                     describe_schedule(cfg.deepspeed.schedule, loop_total_steps=cfg.loop.total_steps))
-        outcome = run_training(
-            task=task, deepspeed=cfg.deepspeed, loop=cfg.loop,
-            ray_train=cfg.ray_train, storage_path=f"{ctx.scratch_uri}/ray", name="ray_train",
-            metric_logger=ctx.metrics, export_dir=ctx.output_dir,
-        )
-        ctx.log.info("%s; final loss %.5f", describe_training(outcome), outcome.metrics.get("loss", float("nan")))
+        outcome = self.train(ctx, Stage2Task(model=cfg.model, stage1=stage1, tokenizer_uri=tokenizer_uri,
+                                             stream=stream))
         (ctx.output_dir / EXPORT_FILE).rename(ctx.output_dir / CAPTIONER_WEIGHTS)
         save_captioner_checkpoint(ctx.output_dir, stage1_dir, cfg.model, ctx.output_dir / CAPTIONER_WEIGHTS,
                                   tokenizer)

@@ -1,11 +1,74 @@
-"""What the two training steps share: their Ray Train worker pool, and how a training run is reported (a log
-line saying what was really trained, and the step's metrics).
+"""What the two training steps share: one base class (`TrainingStep`: their declared work, their preflight, the
+Ray Train run), and how a training run is reported (a log line saying what was really trained, the step's
+metrics).
+
+A training section has a `model` (with `check_weights`), a `deepspeed`, a `loop` and a `ray_train` section; the
+step's worker pool is the Ray Train worker group `ray_train` describes, and `run_training` starts exactly that
+group, so what the plan, the cost estimate and the cluster preflight read is what trains.
 """
 
 from __future__ import annotations
 
-from vlv.engine.step import WorkerPool
-from vlv.train.ray_trainer import RayTrainConfig, TrainingOutcome
+from typing import Any, Protocol, TypeVar
+
+from vlv.engine.step import Resources, Step, StepContext, WorkerPool
+from vlv.train.deepspeed_config import DeepSpeedConfig, build_deepspeed_config, describe_schedule, lr_multiplier
+from vlv.train.loop import LoopConfig
+from vlv.train.ray_trainer import RayTrainConfig, TrainingOutcome, run_training
+
+
+class TrainingModel(Protocol):
+    """A model config that can say, before any work starts, which pretrained weights are missing."""
+
+    def check_weights(self, prefix: str = ...) -> None: ...
+
+
+class TrainingSection(Protocol):
+    """The fields every training step's config section has."""
+
+    model: TrainingModel  # Stage1ModelConfig or CaptionerConfig
+    deepspeed: DeepSpeedConfig
+    loop: LoopConfig
+    ray_train: RayTrainConfig
+
+
+TrainingSectionT = TypeVar("TrainingSectionT", bound=TrainingSection)
+
+
+class TrainingStep(Step[TrainingSectionT]):
+    """Base of `train_stage1` and `train_stage2`: subclasses set the class attributes and implement `run`, which
+    builds its stage task and calls `self.train`."""
+
+    # DeepSpeed checkpoints live in the step's scratch space: a rerun after a crash continues from the last one.
+    resumable = True
+    system_metrics = True
+
+    def resources(self, config: TrainingSectionT) -> Resources:
+        # The step's own task starts Ray Train, waits for it, then writes small samples (a reconstruction grid,
+        # caption samples) with what its node has spare: the training itself runs on the declared workers.
+        return Resources(num_cpus=0)
+
+    def worker_pools(self, config: TrainingSectionT) -> tuple[WorkerPool, ...]:
+        return (train_worker_pool(config.ray_train),)
+
+    def preflight(self, config: TrainingSectionT) -> None:
+        config.model.check_weights(f"{self.name}.model")
+        build_deepspeed_config(config.deepspeed, num_workers=config.ray_train.num_workers,
+                               on_gpu=config.ray_train.use_gpu)
+        # Fails here, before any step runs, on a warm-up longer than the decay horizon.
+        lr_multiplier(config.deepspeed.schedule, loop_total_steps=config.loop.total_steps)
+
+    def train(self, ctx: StepContext[TrainingSectionT], task: Any) -> TrainingOutcome:
+        """Run `task` (a stage task of vlv.train.stage_tasks) on the declared Ray Train workers; the trained
+        weights are exported into the output folder (vlv.train.loop.EXPORT_FILE)."""
+        cfg = ctx.config
+        ctx.log.info("lr schedule: %s",
+                     describe_schedule(cfg.deepspeed.schedule, loop_total_steps=cfg.loop.total_steps))
+        outcome = run_training(task=task, deepspeed=cfg.deepspeed, loop=cfg.loop, ray_train=cfg.ray_train,
+                               storage_path=f"{ctx.scratch_uri}/ray", name="ray_train", metric_logger=ctx.metrics,
+                               export_dir=ctx.output_dir)
+        ctx.log.info("%s; final loss %.5f", describe_training(outcome), outcome.metrics.get("loss", float("nan")))
+        return outcome
 
 
 def train_worker_pool(ray_train: RayTrainConfig) -> WorkerPool:

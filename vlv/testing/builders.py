@@ -89,7 +89,6 @@ def run_step(store: RunStore, step: Step, config: Any, inputs: dict[str, StepOut
              preset: str = "tiny", tracking_uri: str | None = None, mlflow_run_id: str | None = None) -> StepOutput:
     """Run a step through the real executor (no Ray task around it) and return its published output."""
     request = StepRequest(step=step, key=key, preset=preset, section=config,
-                          section_dict=dataclasses.asdict(config),
                           upstream_keys={name: out.key for name, out in inputs.items()}, inputs=inputs,
                           store_uri=store.uri, tracking_uri=tracking_uri, mlflow_run_id=mlflow_run_id,
                           on_cluster=False)

@@ -5,7 +5,6 @@ ingest_captions or any step through the real executor without a Ray task.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from vlv.config_tree import to_dict
 from vlv.engine.executor import StepRequest, execute_step
 from vlv.engine.manifest import Manifest
 from vlv.engine.step import Step, StepOutput
@@ -43,7 +41,7 @@ def write_parquet(path: Path, rows: list[dict[str, Any]], schema: pa.Schema | No
 
 def step_request(step: Step, key: str, config: Any, store: Path, inputs: dict[str, StepOutput]) -> StepRequest:
     """The executor's request for `step` on the tiny preset, its upstream outputs given, no MLflow."""
-    return StepRequest(step=step, key=key, preset="tiny", section=config, section_dict=dataclasses.asdict(config),
+    return StepRequest(step=step, key=key, preset="tiny", section=config,
                        upstream_keys={name: out.key for name, out in inputs.items()}, inputs=inputs,
                        store_uri=str(store), tracking_uri=None, mlflow_run_id=None, on_cluster=False)
 
@@ -51,7 +49,7 @@ def step_request(step: Step, key: str, config: Any, store: Path, inputs: dict[st
 def run_prepare_metadata(store: Path, config: PrepareMetadataConfig, key: str = "pm0") -> tuple[Manifest, Path]:
     """prepare_metadata (paper preset) through the executor: its manifest and its published folder."""
     request = StepRequest(step=PrepareMetadataStep(), key=key, preset="paper", section=config,
-                          section_dict=dataclasses.asdict(config), upstream_keys={}, inputs={},
+                          upstream_keys={}, inputs={},
                           store_uri=str(store), tracking_uri=None, mlflow_run_id=None, on_cluster=False)
     return execute_step(request), Path(RunStore(str(store)).output_uri("prepare_metadata", key))
 
@@ -75,7 +73,7 @@ def run_ingest_captions(tmp_path: Path, kept_output: StepOutput, config: IngestC
     """ingest_captions through the executor into `tmp_path/store`: its manifest and its published folder."""
     store = tmp_path / "store"
     request = StepRequest(step=IngestCaptionsStep(), key="testkey", preset="tiny", section=config,
-                          section_dict=to_dict(config), upstream_keys={"aesthetic_filter": "upkey"},
+                          upstream_keys={"aesthetic_filter": "upkey"},
                           inputs={"aesthetic_filter": kept_output}, store_uri=str(store), tracking_uri=None,
                           mlflow_run_id=None, on_cluster=False)
     manifest = execute_step(request)
