@@ -14,6 +14,7 @@ import torch
 
 from vlv.train.deepspeed_config import (
     STAGE2_OFFICIAL_DECAY_STEPS,
+    DeepSpeedSetup,
     DeepSpeedWarmupCosine,
     DeepSpeedWarmupCosineConfig,
     LRScheduleConfig,
@@ -146,7 +147,7 @@ def test_stage2_paper_optimizer_is_the_official_one():
     assert cfg.optimizer.betas == defaults["betas"] == (0.9, 0.999)
     assert cfg.optimizer.eps == defaults["eps"] and cfg.optimizer.weight_decay == defaults["weight_decay"] == 0.01
     assert cfg.gradient_clipping == 0.0
-    ds = build_deepspeed_config(cfg, num_workers=8, on_gpu=True)
+    ds = build_deepspeed_config(DeepSpeedSetup(cfg, num_workers=8, on_gpu=True, loop_total_steps=100_000))
     assert ds["gradient_clipping"] == 0.0 and ds["optimizer"]["params"]["betas"] == [0.9, 0.999]
     lrs = _lambda_lr_curve(cfg.schedule, 1e-5, 3, loop_total_steps=100_000)
     assert lrs == pytest.approx([1e-5, 1e-5 * (1 - 1 / 781_250), 1e-5 * (1 - 2 / 781_250), 1e-5 * (1 - 3 / 781_250)])

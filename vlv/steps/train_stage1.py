@@ -18,15 +18,9 @@ from vlv.models.trained_folder import STAGE1_WEIGHTS, load_stage1, save_stage1_c
 from vlv.steps.aesthetic_filter import KEPT
 from vlv.steps.download import SHARDS
 from vlv.steps.training_common import describe_training, train_worker_pool, training_metrics
-from vlv.train.deepspeed_config import (
-    DeepSpeedConfig,
-    build_deepspeed_config,
-    describe_schedule,
-    lr_multiplier,
-    stage1_official,
-)
+from vlv.train.deepspeed_config import DeepSpeedConfig, describe_schedule, stage1_official
 from vlv.train.loop import EXPORT_FILE, LoopConfig
-from vlv.train.ray_trainer import RayTrainConfig
+from vlv.train.ray_trainer import RayTrainConfig, deepspeed_setup
 
 
 @dataclass
@@ -65,10 +59,8 @@ class TrainStage1Step(Step[TrainStage1Config]):
 
     def preflight(self, config: TrainStage1Config) -> None:
         config.model.check_weights("train_stage1.model")
-        build_deepspeed_config(config.deepspeed, num_workers=config.ray_train.num_workers,
-                               on_gpu=config.ray_train.use_gpu)
-        # Fails here, before any step runs, on a warm-up longer than the decay horizon.
-        lr_multiplier(config.deepspeed.schedule, loop_total_steps=config.loop.total_steps)
+        # Fails here, before any step runs, on a batch, precision or lr schedule the worker group cannot run.
+        deepspeed_setup(config.deepspeed, loop=config.loop, ray_train=config.ray_train)
 
     def run(self, ctx: StepContext[TrainStage1Config]) -> StepResult:
         from vlv.train.data import ImageStreamConfig, WebDatasetImageStream

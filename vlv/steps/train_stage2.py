@@ -28,15 +28,9 @@ from vlv.models.trained_folder import (
 from vlv.steps.download import SHARDS
 from vlv.steps.ingest_captions import CAPTIONS
 from vlv.steps.training_common import describe_training, train_worker_pool, training_metrics
-from vlv.train.deepspeed_config import (
-    DeepSpeedConfig,
-    build_deepspeed_config,
-    describe_schedule,
-    lr_multiplier,
-    stage2_paper,
-)
+from vlv.train.deepspeed_config import DeepSpeedConfig, describe_schedule, stage2_paper
 from vlv.train.loop import EXPORT_FILE, LoopConfig
-from vlv.train.ray_trainer import RayTrainConfig
+from vlv.train.ray_trainer import RayTrainConfig, deepspeed_setup
 
 
 @dataclass
@@ -75,10 +69,8 @@ class TrainStage2Step(Step[TrainStage2Config]):
 
     def preflight(self, config: TrainStage2Config) -> None:
         config.model.check_weights("train_stage2.model")
-        build_deepspeed_config(config.deepspeed, num_workers=config.ray_train.num_workers,
-                               on_gpu=config.ray_train.use_gpu)
-        # Fails here, before any step runs, on a warm-up longer than the decay horizon.
-        lr_multiplier(config.deepspeed.schedule, loop_total_steps=config.loop.total_steps)
+        # Fails here, before any step runs, on a batch, precision or lr schedule the worker group cannot run.
+        deepspeed_setup(config.deepspeed, loop=config.loop, ray_train=config.ray_train)
 
     def run(self, ctx: StepContext[TrainStage2Config]) -> StepResult:
         from vlv.train.data import ImageStreamConfig, WebDatasetImageStream
