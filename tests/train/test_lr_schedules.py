@@ -131,10 +131,10 @@ def test_official_schedules_do_not_stretch_to_the_loop():
 
 
 def test_stage1_single_cosine_over_the_run_is_one_set_away():
-    from vlv.config_tree import apply_overrides, to_dict
+    from vlv.config_tree import apply_overrides
     from vlv.steps.train_stage1 import TrainStage1Config
 
-    cfg = apply_overrides(TrainStage1Config, to_dict(TrainStage1Config()), {"deepspeed.schedule.kind": "cosine"})
+    cfg = apply_overrides(TrainStage1Config(), {"deepspeed.schedule.kind": "cosine"})
     multiplier = lr_multiplier(cfg.deepspeed.schedule, loop_total_steps=cfg.loop.total_steps)
     assert multiplier(0) == 1.0 and multiplier(100_000) == pytest.approx(0.5)
     assert multiplier(200_000) == pytest.approx(0.0, abs=1e-12)
