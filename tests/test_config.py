@@ -51,6 +51,42 @@ def test_bad_overrides_fail_with_a_clear_message(item, message):
         load_config("tiny", overrides=parse_set_flags([item]))
 
 
+def test_overrides_are_checked_together_on_the_final_values_in_any_order():
+    """The warm-up may exceed the preset's decay horizon until the horizon's own override lands."""
+    warmup, horizon = "train_stage2.deepspeed.schedule.warmup_steps", "train_stage2.deepspeed.schedule.total_steps"
+    for order in ([warmup, horizon], [horizon, warmup]):
+        values = {warmup: "1000000", horizon: "2000000"}
+        schedule = load_config("paper", overrides={key: values[key] for key in order}).train_stage2.deepspeed.schedule
+        assert (schedule.warmup_steps, schedule.total_steps) == (1_000_000, 2_000_000)
+    with pytest.raises(ValueError, match=r"schedule.warmup_steps \(1000000\) must be <= schedule.total_steps"):
+        load_config("paper", overrides={warmup: "1000000"})
+
+
+def test_overrides_leave_the_config_they_start_from_unchanged():
+    from vlv.config_tree import apply_overrides, to_dict
+    from vlv.presets import tiny
+
+    base = tiny()
+    before = to_dict(base)
+    changed = apply_overrides(base, parse_set_flags(["train_stage1.deepspeed.optimizer.lr=0.5",
+                                                     "download.image_size=32"]))
+    assert changed.train_stage1.deepspeed.optimizer.lr == 0.5 and changed.download.image_size == 32
+    assert to_dict(base) == before and base.train_stage1.deepspeed.optimizer.lr == 1e-3
+
+
+def test_a_preset_value_is_normalised_as_a_loaded_one_would_be():
+    """An int written into a float field comes out a float, as from a config file (the step keys hash the JSON of
+    the settings, where 1 and 1.0 differ)."""
+    from vlv.config_tree import checked
+    from vlv.train.deepspeed_config import AdamWConfig, DeepSpeedConfig
+
+    given = DeepSpeedConfig(gradient_clipping=1, optimizer=AdamWConfig(lr=1))
+    assert isinstance(given.gradient_clipping, int)
+    config = checked(given)
+    assert isinstance(config.gradient_clipping, float) and isinstance(config.optimizer.lr, float)
+    assert config.gradient_clipping == 1.0 and config.optimizer.lr == 1.0
+
+
 def test_endpoint_and_arena_settings_from_set_flags(tmp_path):
     cfg = load_config("paper", overrides=parse_set_flags([
         "eval_vqa.llm=endpoint", "eval_vqa.endpoint_url=https://api.deepseek.com/v1",

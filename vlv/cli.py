@@ -27,15 +27,15 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace, only: Sequence[str] = ()):
     from vlv.config import load_config
     from vlv.config_tree import parse_set_flags
-    from vlv.run import DEFAULT_STORE, RunOptions, selected
+    from vlv.run import DEFAULT_STORE, RunOptions, step_names_from_flags
 
     config = load_config(args.preset, args.config, parse_set_flags(args.sets))
     return RunOptions(
         config=config,
         store_uri=args.store or os.environ.get("VLV_STORE") or DEFAULT_STORE,
-        only=tuple(only) or selected(getattr(args, "steps", [])),
+        only=tuple(only) or step_names_from_flags(getattr(args, "steps", [])),
         from_step=getattr(args, "from_step", None),
-        force=selected(getattr(args, "force", [])),
+        force=step_names_from_flags(getattr(args, "force", [])),
         dry_run=getattr(args, "dry_run", False),
     )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from vlv.config_tree import apply_overrides, flatten, load_config_file, to_dict
+from vlv.config_tree import apply_overrides, flatten, load_config_file
 from vlv.pipeline_config import PipelineConfig
 from vlv.presets import PRESETS
 
@@ -18,7 +18,6 @@ def load_config(preset: str, config_file: str | None = None, overrides: Mapping[
     """Preset, then a config file (nested mapping), then `--set` overrides; every key and type checked."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset '{preset}'; valid presets: {', '.join(PRESETS)}")
-    base = to_dict(PRESETS[preset]())
     merged: dict[str, Any] = {}
     if config_file:
         file_data = load_config_file(config_file)
@@ -29,4 +28,4 @@ def load_config(preset: str, config_file: str | None = None, overrides: Mapping[
     merged.update(overrides or {})
     if "preset" in merged and merged["preset"] != preset:
         raise ValueError("the preset is chosen with --preset, not with --set preset=...")
-    return apply_overrides(PipelineConfig, base, merged)
+    return apply_overrides(PRESETS[preset](), merged)

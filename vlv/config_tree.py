@@ -1,12 +1,15 @@
-"""Build typed dataclass config trees from nested mappings, with strict keys and types.
+"""Typed dataclass config trees: built from nested mappings, or changed by dotted-key overrides, with strict keys
+and types.
 
 Why not just `dataclasses.replace`: users hand us strings (`--set download.image_size=64`) and YAML/JSON/TOML
 files; every value must be checked against the type of the field it lands in, unknown keys must fail with the
-valid choices, and every dataclass's `__post_init__` validation must run again on the result.
+valid choices, and every dataclass's `__post_init__` validation must run again on the result (once, on the final
+values, so two overrides that only make sense together can be given in any order).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import tomllib
@@ -82,38 +85,58 @@ def build(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     return cls(**kwargs)
 
 
-def apply_overrides(cls: type[T], base: Mapping[str, Any], overrides: Mapping[str, Any]) -> T:
-    """Merge dotted-key overrides (`{"download.image_size": "64"}`) into `base` and build `cls`.
+def checked(config: T, path: str = "") -> T:
+    """`config` built again from its own values, every value checked against its field's type (ints in float
+    fields become floats, lists in tuple fields tuples) and every `__post_init__` run on the values it now holds."""
+    cls = type(config)
+    hints = typing.get_type_hints(cls)
+    return cls(**{f.name: _coerce(hints[f.name], getattr(config, f.name), _join(path, f.name))
+                  for f in dataclasses.fields(cls) if f.init})
 
-    String values are parsed into the type of the field they target; other values are type-checked.
+
+def apply_overrides(config: T, overrides: Mapping[str, Any]) -> T:
+    """`config` with dotted-key overrides (`{"download.image_size": "64"}`) set on it, checked (see `checked`).
+
+    String values are parsed into the type of the field they target; other values (a config file's) are
+    type-checked. `config` itself is left as it was: the nodes along each overridden path are copies.
     """
-    merged = json.loads(json.dumps(base))
+    updated = config
     for dotted, value in overrides.items():
-        parts = dotted.split(".")
-        node: Any = merged
-        node_cls: Any = cls
-        for depth, part in enumerate(parts):
-            valid = {f.name: f for f in dataclasses.fields(node_cls)} if dataclasses.is_dataclass(node_cls) else {}
-            if part not in valid:
-                prefix = ".".join(parts[:depth])
-                choices = ", ".join(sorted(valid)) if valid else "(none: this is a value, not a section)"
-                raise ValueError(f"unknown config key '{dotted}': no '{part}' in "
-                                 f"{prefix or 'the root config'}; valid keys there: {choices}")
-            field_type = typing.get_type_hints(node_cls)[part]
-            if depth == len(parts) - 1:
-                if dataclasses.is_dataclass(field_type):
-                    if not isinstance(value, Mapping):
-                        raise ValueError(f"config key '{dotted}' is a section; set one of its keys instead "
-                                         f"(e.g. {dotted}.{dataclasses.fields(field_type)[0].name}=...)")
-                    for k, v in flatten(value).items():
-                        merged = _set_path(merged, f"{dotted}.{k}", v)
-                    node = None
-                else:
-                    node[part] = _parse_override(field_type, value, dotted) if isinstance(value, str) else value
-            else:
-                node = node.setdefault(part, {})
-                node_cls = field_type
-    return build(cls, merged)
+        updated = _override(updated, dotted, value, parse_strings=True)
+    return checked(updated)
+
+
+def _override(config: T, dotted: str, value: Any, *, parse_strings: bool) -> T:
+    """`config` with one dotted key set (a mapping given for a section sets each of its keys), unvalidated."""
+    parts = dotted.split(".")
+    node_cls: Any = type(config)
+    for depth, part in enumerate(parts):
+        valid = {f.name: f for f in dataclasses.fields(node_cls)} if dataclasses.is_dataclass(node_cls) else {}
+        if part not in valid:
+            prefix = ".".join(parts[:depth])
+            choices = ", ".join(sorted(valid)) if valid else "(none: this is a value, not a section)"
+            raise ValueError(f"unknown config key '{dotted}': no '{part}' in "
+                             f"{prefix or 'the root config'}; valid keys there: {choices}")
+        node_cls = typing.get_type_hints(node_cls)[part]
+    field_type = node_cls
+    if dataclasses.is_dataclass(field_type):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"config key '{dotted}' is a section; set one of its keys instead "
+                             f"(e.g. {dotted}.{dataclasses.fields(field_type)[0].name}=...)")
+        for key, item in flatten(value).items():
+            config = _override(config, f"{dotted}.{key}", item, parse_strings=False)
+        return config
+    if parse_strings and isinstance(value, str):
+        value = _parse_override(field_type, value, dotted)
+    return _with_value(config, parts, _coerce(field_type, value, dotted))
+
+
+def _with_value(node: T, parts: list[str], value: Any) -> T:
+    """A shallow copy of `node` with the attribute at `parts` set to `value` (copying each node on the way)."""
+    head, *rest = parts
+    updated = copy.copy(node)
+    object.__setattr__(updated, head, _with_value(getattr(node, head), rest, value) if rest else value)
+    return updated
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -163,15 +186,6 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _set_path(tree: dict, dotted: str, value: Any) -> dict:
-    node = tree
-    *parents, last = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
-    return tree
-
-
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -208,9 +222,7 @@ def _parse_override(tp: Any, text: str, path: str) -> Any:
                 items = json.loads(stripped)
             except json.JSONDecodeError:
                 raise ValueError(f"config key '{path}' expects a list like [1, 2], got '{text}'") from None
-            checked = [_coerce(inner, item, path) for item in items]  # type errors surface here, by key
-            # overrides are merged into the plain-data tree and built once at the end: keep them plain
-            return [to_dict(item) if dataclasses.is_dataclass(item) else item for item in checked]
+            return [_coerce(inner, item, path) for item in items]  # type errors surface here, by key
         return [_parse_override(inner, part.strip(), path) for part in stripped.split(",") if part.strip()]
     if tp is bool:
         lowered = text.strip().lower()
@@ -246,7 +258,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     """Check (and lightly normalise) an already-typed value against `tp`."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        return build(tp, value, path)
+        return checked(value, path) if isinstance(value, tp) else build(tp, value, path)
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:

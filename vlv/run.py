@@ -144,8 +144,8 @@ def run_pipeline(options: RunOptions) -> PipelineOutcome:
     ok = False
     try:
         for planned in plan:
-            outcomes.append(_do_step(steps[planned.name], planned, config, store, tracking, tracking_uri,
-                                     on_cluster, steps))
+            outcomes.append(_run_planned_step(steps[planned.name], planned, config, store, tracking, tracking_uri,
+                                               on_cluster, steps))
         ok = True
     finally:
         tracking.end_parent(ok, name=options.parent.name_prefix + describe_invocation(config.preset, options,
@@ -208,8 +208,10 @@ def _cached_outcome(store: RunStore, planned: PlannedStep) -> StepOutcome:
                        output.manifest.mlflow_run_id)
 
 
-def _do_step(step: Step, planned: PlannedStep, config: PipelineConfig, store: RunStore, tracking: PipelineTracking,
-             tracking_uri: str, on_cluster: bool, steps_by_name: dict[str, Step]) -> StepOutcome:
+def _run_planned_step(step: Step, planned: PlannedStep, config: PipelineConfig, store: RunStore,
+                      tracking: PipelineTracking, tracking_uri: str, on_cluster: bool, steps_by_name: dict[str, Step]
+                      ) -> StepOutcome:
+    """What the plan says for one step: skip it, record its cached output, or run it and record the result."""
     output_uri = store.output_uri(planned.name, planned.key)
     if planned.action == "skip":
         return StepOutcome(planned.name, planned.key, "skipped", output_uri)
@@ -355,8 +357,9 @@ def step_state(store: RunStore, planned: PlannedStep) -> str:
     return "missing"
 
 
-def selected(names: Sequence[str]) -> tuple[str, ...]:
-    return tuple(n.strip() for item in names for n in item.split(",") if n.strip())
+def step_names_from_flags(values: Sequence[str]) -> tuple[str, ...]:
+    """`--steps a,b --steps c` -> ("a", "b", "c")."""
+    return tuple(name.strip() for value in values for name in value.split(",") if name.strip())
 
 
 def verify_outputs(options: RunOptions) -> list[tuple[str, str, list[str]]]:

@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.engine.toy_steps import ToyConfig, ToySection, runs, toy_steps
-from vlv.config_tree import apply_overrides, to_dict
+from vlv.config_tree import apply_overrides
 from vlv.engine.store import RunStore
 from vlv.sweep.grid import SweepSpec, parse_grid_flag, prepare_sweep
 from vlv.sweep.runner import SweepOptions, run_concurrently, run_sweep
@@ -22,7 +22,7 @@ def _sweep(counter: Path, grids: list[str]):
     base = ToyConfig(alpha=ToySection(counter_dir=str(counter)), beta=ToySection(value=10, counter_dir=str(counter)),
                      gamma=ToySection(value=100, counter_dir=str(counter)))
     spec = SweepSpec("tiny", None, {}, tuple(parse_grid_flag(g) for g in grids))
-    return prepare_sweep(spec, lambda overrides: apply_overrides(ToyConfig, to_dict(base), overrides))
+    return prepare_sweep(spec, lambda overrides: apply_overrides(base, overrides))
 
 
 def _options(store: Path, sweep, parallel: int) -> SweepOptions:

@@ -1,4 +1,5 @@
-"""DeepSpeedConfig -> DeepSpeed dict, validation messages and the learning-rate schedule (no Ray, no DeepSpeed)."""
+"""DeepSpeedConfig on a worker group (DeepSpeedSetup) -> DeepSpeed dict, validation messages and the learning-rate
+schedule (no Ray, no DeepSpeed)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from vlv.train.deepspeed_config import (
     AdamWConfig,
     DeepSpeedConfig,
+    DeepSpeedSetup,
     LRScheduleConfig,
     build_deepspeed_config,
     gradient_accumulation_steps,
@@ -18,8 +20,12 @@ from vlv.train.deepspeed_config import (
 )
 
 
+def setup(config: DeepSpeedConfig, *, num_workers: int, on_gpu: bool, loop_total_steps: int = 1000) -> DeepSpeedSetup:
+    return DeepSpeedSetup(config, num_workers=num_workers, on_gpu=on_gpu, loop_total_steps=loop_total_steps)
+
+
 def test_official_stage1_config_translates_exactly():
-    ds = build_deepspeed_config(stage1_official(), num_workers=8, on_gpu=True)
+    ds = build_deepspeed_config(setup(stage1_official(), num_workers=8, on_gpu=True))
     assert ds["train_batch_size"] == 512
     assert ds["train_micro_batch_size_per_gpu"] == 64
     assert ds["gradient_accumulation_steps"] == 1
@@ -34,7 +40,7 @@ def test_official_stage1_config_translates_exactly():
 
 def test_stage2_paper_config_is_bf16_linear_decay_batch_64():
     cfg = stage2_paper()
-    ds = build_deepspeed_config(cfg, num_workers=8, on_gpu=True)
+    ds = build_deepspeed_config(setup(cfg, num_workers=8, on_gpu=True))
     assert ds["bf16"]["enabled"] is True and ds["train_batch_size"] == 64
     assert ds["optimizer"]["params"]["lr"] == 1e-5 and cfg.schedule.kind == "linear"
     assert ds["gradient_clipping"] == 0.0 and ds["optimizer"]["params"]["betas"] == [0.9, 0.999]
@@ -42,22 +48,21 @@ def test_stage2_paper_config_is_bf16_linear_decay_batch_64():
 
 def test_accumulation_is_global_over_micro_times_workers():
     assert gradient_accumulation_steps(global_batch=512, micro_batch_per_worker=64, num_workers=2) == 4
-    ds = build_deepspeed_config(DeepSpeedConfig(micro_batch_per_worker=4, global_batch=32), num_workers=2,
-                                on_gpu=False)
+    ds = build_deepspeed_config(setup(DeepSpeedConfig(micro_batch_per_worker=4, global_batch=32), num_workers=2,
+                                      on_gpu=False))
     assert ds["gradient_accumulation_steps"] == 4
     assert ds["train_batch_size"] == 4 * 2 * 4
 
 
 def test_indivisible_global_batch_is_a_clear_error():
     with pytest.raises(ValueError, match=r"global_batch \(100\) must be a multiple of .*\(64 x 8 = 512\)"):
-        build_deepspeed_config(DeepSpeedConfig(micro_batch_per_worker=64, global_batch=100), num_workers=8,
-                               on_gpu=True)
+        setup(DeepSpeedConfig(micro_batch_per_worker=64, global_batch=100), num_workers=8, on_gpu=True)
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_allowed_zero_stages(stage):
-    ds = build_deepspeed_config(DeepSpeedConfig(zero_stage=stage, micro_batch_per_worker=1, global_batch=2),
-                                num_workers=2, on_gpu=False)
+    ds = build_deepspeed_config(setup(DeepSpeedConfig(zero_stage=stage, micro_batch_per_worker=1, global_batch=2),
+                                      num_workers=2, on_gpu=False))
     assert ds["zero_optimization"]["stage"] == stage
 
 
@@ -69,11 +74,24 @@ def test_bad_zero_stage_names_the_field_and_allowed_values(stage):
 
 def test_fp16_on_cpu_is_refused_with_the_alternatives():
     with pytest.raises(ValueError, match="refused by DeepSpeed on CPU.*use precision='bf16' or 'fp32'"):
-        build_deepspeed_config(DeepSpeedConfig(precision="fp16", micro_batch_per_worker=1, global_batch=1),
-                               num_workers=1, on_gpu=False)
-    ds = build_deepspeed_config(DeepSpeedConfig(precision="fp16", micro_batch_per_worker=1, global_batch=1),
-                                num_workers=1, on_gpu=True)
+        setup(DeepSpeedConfig(precision="fp16", micro_batch_per_worker=1, global_batch=1), num_workers=1,
+              on_gpu=False)
+    ds = build_deepspeed_config(setup(DeepSpeedConfig(precision="fp16", micro_batch_per_worker=1, global_batch=1),
+                                      num_workers=1, on_gpu=True))
     assert ds["fp16"]["enabled"] is True
+
+
+def test_setup_refuses_a_warmup_longer_than_the_loop_it_decays_over():
+    config = DeepSpeedConfig(micro_batch_per_worker=1, global_batch=2, schedule=LRScheduleConfig(warmup_steps=20))
+    with pytest.raises(ValueError, match=r"warmup_steps \(20\) must be <= the decay horizon \(10 steps"):
+        setup(config, num_workers=2, on_gpu=False, loop_total_steps=10)
+    assert setup(config, num_workers=2, on_gpu=False, loop_total_steps=20).lr_schedule()(19) == 1.0
+
+
+def test_setup_describes_how_the_global_batch_is_made_up():
+    described = setup(DeepSpeedConfig(zero_stage=1, precision="bf16", micro_batch_per_worker=2, global_batch=12),
+                      num_workers=3, on_gpu=False).describe()
+    assert described == "ZeRO-1, bf16, global batch 12 = 2 x 3 workers x 2 accumulation"
 
 
 @pytest.mark.parametrize("bad", [

@@ -14,6 +14,7 @@ import torch
 
 from vlv.train.deepspeed_config import (
     STAGE2_OFFICIAL_DECAY_STEPS,
+    DeepSpeedSetup,
     DeepSpeedWarmupCosine,
     DeepSpeedWarmupCosineConfig,
     LRScheduleConfig,
@@ -130,10 +131,10 @@ def test_official_schedules_do_not_stretch_to_the_loop():
 
 
 def test_stage1_single_cosine_over_the_run_is_one_set_away():
-    from vlv.config_tree import apply_overrides, to_dict
+    from vlv.config_tree import apply_overrides
     from vlv.steps.train_stage1 import TrainStage1Config
 
-    cfg = apply_overrides(TrainStage1Config, to_dict(TrainStage1Config()), {"deepspeed.schedule.kind": "cosine"})
+    cfg = apply_overrides(TrainStage1Config(), {"deepspeed.schedule.kind": "cosine"})
     multiplier = lr_multiplier(cfg.deepspeed.schedule, loop_total_steps=cfg.loop.total_steps)
     assert multiplier(0) == 1.0 and multiplier(100_000) == pytest.approx(0.5)
     assert multiplier(200_000) == pytest.approx(0.0, abs=1e-12)
@@ -146,7 +147,7 @@ def test_stage2_paper_optimizer_is_the_official_one():
     assert cfg.optimizer.betas == defaults["betas"] == (0.9, 0.999)
     assert cfg.optimizer.eps == defaults["eps"] and cfg.optimizer.weight_decay == defaults["weight_decay"] == 0.01
     assert cfg.gradient_clipping == 0.0
-    ds = build_deepspeed_config(cfg, num_workers=8, on_gpu=True)
+    ds = build_deepspeed_config(DeepSpeedSetup(cfg, num_workers=8, on_gpu=True, loop_total_steps=100_000))
     assert ds["gradient_clipping"] == 0.0 and ds["optimizer"]["params"]["betas"] == [0.9, 0.999]
     lrs = _lambda_lr_curve(cfg.schedule, 1e-5, 3, loop_total_steps=100_000)
     assert lrs == pytest.approx([1e-5, 1e-5 * (1 - 1 / 781_250), 1e-5 * (1 - 2 / 781_250), 1e-5 * (1 - 3 / 781_250)])

@@ -82,7 +82,7 @@ def make_plan(
         raise ValueError("--steps and --from cannot be combined: --steps runs exactly the named steps, "
                          "--from runs a step and everything downstream")
     forced = set(force) | (set(downstream_of(steps, from_step)) if from_step else set())
-    selected = set(only) if only else set(names)
+    in_scope = set(only) if only else set(names)  # the steps --steps names (all without it)
 
     keys: dict[str, str] = {}
     plan: list[PlannedStep] = []
@@ -92,7 +92,7 @@ def make_plan(
         key = step_key(step.name, step.code_version, output_settings(section), upstream_keys)
         keys[step.name] = key
         waiting = step.waiting_for(section)
-        if step.name not in selected:
+        if step.name not in in_scope:
             action, reason = "skip", "not selected by --steps"
         elif waiting and step.name not in set(only) | set(force) and not store.is_published(step.name, key):
             action, reason = "skip", f"waiting for {waiting}"

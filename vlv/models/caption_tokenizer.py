@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-if TYPE_CHECKING:  # torch is imported where used, so training a tokenizer does not load it
+from vlv.models.config import CaptionerConfig
+
+if TYPE_CHECKING:  # torch and transformers are imported where used, so training a tokenizer does not load torch
     import torch
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 PAD_TOKEN = "<|pad|>"
 BOS_TOKEN = "<|bos|>"
@@ -27,7 +31,7 @@ class CaptionTokens:
     attention_mask: torch.Tensor  # long (B, T): 1 on caption tokens and their end-of-caption token
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int):
+def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     """A byte-level BPE (tokenizers library) trained on `texts`: ids 0/1/2 = pad/bos/eos, then 256 bytes.
 
     Byte-level means no unknown tokens: any caption encodes and decodes losslessly.
@@ -44,7 +48,8 @@ def train_bpe(texts: Iterable[str], vocab_size: int):
     return tokenizer
 
 
-def train_caption_tokenizer(texts: Sequence[str], vocab_size: int, out_dir: str | Path | None = None):
+def train_caption_tokenizer(texts: Sequence[str], vocab_size: int, out_dir: str | Path | None = None
+                            ) -> PreTrainedTokenizerFast:
     """`PreTrainedTokenizerFast` (bos/eos/pad set) trained on `texts`; saved to `out_dir` when given.
 
     Deterministic: the same texts in the same order give the same vocabulary and merges (tested across
@@ -61,7 +66,8 @@ def train_caption_tokenizer(texts: Sequence[str], vocab_size: int, out_dir: str 
     return tokenizer
 
 
-def tokenize_captions(tokenizer, captions: Sequence[str], max_tokens: int) -> CaptionTokens:
+def tokenize_captions(tokenizer: PreTrainedTokenizerBase, captions: Sequence[str], max_tokens: int
+                      ) -> CaptionTokens:
     """Token ids + EOS per caption, right-padded to the longest in the batch.
 
     A caption longer than `max_tokens` is cut to `max_tokens` tokens WITHOUT an EOS: it did not end there, and
@@ -99,7 +105,7 @@ def build_caption_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     return torch.cat([prefix, labels], dim=1)
 
 
-def load_caption_tokenizer(cfg: Any, folder: str) -> Any:
+def load_caption_tokenizer(cfg: CaptionerConfig, folder: str) -> PreTrainedTokenizerBase:
     """The tokenizer saved with a stage-2 run: the Qwen one (pretrained) or the trained BPE (random init).
 
     Not AutoTokenizer for the BPE: beside a Qwen2 config it would wrap it as a Qwen tokenizer and add a token.

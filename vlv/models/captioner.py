@@ -12,7 +12,8 @@ stage 1 learned; so do DaViT, the image projection and the CLIP text encoder.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
@@ -23,6 +24,9 @@ from vlv.models.caption_tokenizer import CaptionTokens, build_caption_labels, to
 from vlv.models.config import CaptionerConfig
 from vlv.models.loading import freeze, require_weights, seeded_init, unique_parameters
 from vlv.models.vlv_stage1 import CaptionEmbedder
+
+if TYPE_CHECKING:  # transformers is imported where used
+    from transformers import PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
 
 @dataclass
@@ -40,12 +44,12 @@ class PrefixMLP(nn.Sequential):
 
 
 class VLVCaptioner(nn.Module):
-    def __init__(self, embedder: CaptionEmbedder, llm, tokenizer, *, trainable: str, max_caption_tokens: int,
-                 mlp: PrefixMLP):
+    def __init__(self, embedder: CaptionEmbedder, llm: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase, *,
+                 trainable: str, max_caption_tokens: int, mlp: PrefixMLP):
         super().__init__()
         self.embedder = embedder
         self.mlp = mlp
-        self.llm = llm  # transformers Qwen2ForCausalLM
+        self.llm = llm
         self.tokenizer = tokenizer
         self.max_caption_tokens = max_caption_tokens
         self.trainable_set = trainable
@@ -133,7 +137,8 @@ class VLVCaptioner(nn.Module):
         return [clean_caption(text) if postprocess else " ".join(text.split()) for text in texts]
 
 
-def build_caption_tokenizer(cfg: CaptionerConfig, captions: Sequence[str] | None = None, out_dir=None):
+def build_caption_tokenizer(cfg: CaptionerConfig, captions: Sequence[str] | None = None,
+                            out_dir: str | Path | None = None) -> PreTrainedTokenizerBase:
     """Pretrained: the LLM checkpoint's tokenizer. Random (tiny): a byte-level BPE trained on `captions`."""
     if cfg.init == "pretrained":
         from transformers import AutoTokenizer
@@ -149,7 +154,8 @@ def build_caption_tokenizer(cfg: CaptionerConfig, captions: Sequence[str] | None
     return train_caption_tokenizer(list(captions), cfg.tokenizer_vocab_size, out_dir)
 
 
-def build_captioner(cfg: CaptionerConfig, embedder: CaptionEmbedder, tokenizer) -> VLVCaptioner:
+def build_captioner(cfg: CaptionerConfig, embedder: CaptionEmbedder, tokenizer: PreTrainedTokenizerBase
+                    ) -> VLVCaptioner:
     """Stage-2 model around a stage-1 `CaptionEmbedder` (load its trained state before or after, same keys)."""
     from transformers import Qwen2ForCausalLM
 
@@ -174,7 +180,7 @@ def build_captioner(cfg: CaptionerConfig, embedder: CaptionEmbedder, tokenizer) 
                         mlp=mlp)
 
 
-def _tiny_llm_config(cfg: CaptionerConfig, tokenizer):
+def _tiny_llm_config(cfg: CaptionerConfig, tokenizer: PreTrainedTokenizerBase) -> Qwen2Config:
     # Embedding rows rounded up to a multiple of 64, as Qwen2.5 pads its vocabulary (151665 ids -> 151936 rows).
     config = llm_config(cfg.llm_arch, vocab_size=-(-len(tokenizer) // 64) * 64)
     config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id

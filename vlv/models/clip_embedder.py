@@ -17,7 +17,7 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -138,7 +138,7 @@ def _is_torchscript_archive(path: str) -> bool:
 class ClipImageEmbedder:
     """An open_clip model's image tower plus its eval preprocessing; `embed` gives unit-norm float32 rows."""
 
-    def __init__(self, model: torch.nn.Module, preprocess: Any, device: str = "cpu"):
+    def __init__(self, model: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor], device: str = "cpu"):
         self.model = model.eval().to(device)
         self.preprocess = preprocess
         self.device = device

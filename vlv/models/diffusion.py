@@ -15,7 +15,7 @@ with one of two samplers:
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +25,15 @@ from vlv.models.arch_configs import noise_schedule_config, unet_config, vae_conf
 from vlv.models.image_inputs import pixels_to_uint8
 from vlv.models.loading import InitMode, freeze, require_weights, seeded_init
 
+if TYPE_CHECKING:  # diffusers is imported where used
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+
 SamplerName = Literal["ddpm", "ddim"]
 SAMPLERS: tuple[str, ...] = get_args(SamplerName)
 
 
 class FrozenDiffusion(nn.Module):
-    def __init__(self, unet, vae, schedule: dict):
+    def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL, schedule: dict[str, Any]):
         super().__init__()
         from diffusers import DDPMScheduler
 
@@ -83,7 +86,7 @@ class FrozenDiffusion(nn.Module):
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latents.to(self.vae.dtype) / self.latent_scale).sample
 
-    def sampling_scheduler(self, sampler: SamplerName) -> Any:
+    def sampling_scheduler(self, sampler: SamplerName) -> DDPMScheduler | DDIMScheduler:
         """A fresh diffusers scheduler of the given kind on this model's noise schedule (no other overrides)."""
         from diffusers import DDIMScheduler, DDPMScheduler
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -16,7 +15,7 @@ from PIL import Image
 from vlv.engine.storage import is_remote, read_bytes
 
 
-def image_as_array(item: Any, size: int) -> np.ndarray:
+def image_as_array(item: str | Path | bytes | bytearray | np.ndarray, size: int) -> np.ndarray:
     """A file path, encoded image bytes or an image array -> uint8 (size, size, 3): shorter side resized,
     centre-cropped (as training)."""
     if isinstance(item, (bytes, bytearray)):

@@ -18,11 +18,18 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vlv.config_tree import build
 from vlv.models.caption_tokenizer import load_caption_tokenizer
 from vlv.models.config import CaptionerConfig, Stage1ModelConfig
+
+if TYPE_CHECKING:  # the model modules load torch and transformers: imported where a model is built
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from vlv.models.captioner import VLVCaptioner
+    from vlv.models.vlv_stage1 import CaptionEmbedder, VLVStage1
 
 STAGE1_CONFIG = "stage1_model.json"
 STAGE1_WEIGHTS = "stage1_trainable.safetensors"
@@ -42,7 +49,7 @@ def save_stage1_checkpoint(out_dir: str | Path, model_cfg: Stage1ModelConfig, tr
 
 
 def save_captioner_checkpoint(out_dir: str | Path, stage1_dir: str | Path, captioner_cfg: CaptionerConfig,
-                              trainable_weights_file: str | Path, tokenizer: Any) -> Path:
+                              trainable_weights_file: str | Path, tokenizer: PreTrainedTokenizerBase) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name in (STAGE1_CONFIG, STAGE1_WEIGHTS):
@@ -62,7 +69,7 @@ def read_captioner_config(folder: str | Path) -> CaptionerConfig:
     return build(CaptionerConfig, json.loads(_require(Path(folder), CAPTIONER_CONFIG).read_text()))
 
 
-def load_caption_embedder(folder: str | Path):
+def load_caption_embedder(folder: str | Path) -> CaptionEmbedder:
     """The trained image -> conditioning half of stage 1 (what stage 2 builds on)."""
     from vlv.models.vlv_stage1 import build_caption_embedder
 
@@ -71,7 +78,7 @@ def load_caption_embedder(folder: str | Path):
     return embedder.eval()
 
 
-def load_stage1(folder: str | Path):
+def load_stage1(folder: str | Path) -> VLVStage1:
     """The whole trained stage-1 model (encoder + frozen diffusion decoder), e.g. for reconstructions."""
     from vlv.models.vlv_stage1 import build_stage1_model
 
@@ -80,7 +87,7 @@ def load_stage1(folder: str | Path):
     return model.eval()
 
 
-def load_captioner(folder: str | Path):
+def load_captioner(folder: str | Path) -> VLVCaptioner:
     """A trained stage-2 captioner from its self-contained folder."""
     from vlv.models.captioner import build_captioner
 
@@ -95,10 +102,10 @@ def load_captioner(folder: str | Path):
     return captioner.eval()
 
 
-def check_captioner_state(captioner: Any, state: dict, path: Path) -> None:
+def check_captioner_state(captioner: VLVCaptioner, state: dict[str, torch.Tensor], path: Path) -> None:
     """The weights file must hold exactly the tensors this captioner trains: a missing one would silently stay
     at its pretrained (or random) value, an extra one belongs to another model or trainable set."""
-    trainable = sorted(name for name, p in captioner.named_parameters() if p.requires_grad)
+    trainable = sorted(name for name, param in captioner.named_parameters() if param.requires_grad)
     missing, unexpected = sorted(set(trainable) - set(state)), sorted(set(state) - set(trainable))
     if missing:
         raise ValueError(
@@ -122,7 +129,7 @@ def _require(folder: Path, name: str) -> Path:
     return path
 
 
-def _load_tensors(path: Path) -> dict:
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     if not path.is_file():

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any, Protocol, TypeVar
 
 from vlv.engine.step import Resources, Step, StepContext, WorkerPool
-from vlv.train.deepspeed_config import DeepSpeedConfig, build_deepspeed_config, describe_schedule, lr_multiplier
+from vlv.train.deepspeed_config import DeepSpeedConfig, describe_schedule
 from vlv.train.loop import LoopConfig
-from vlv.train.ray_trainer import RayTrainConfig, TrainingOutcome, run_training
+from vlv.train.ray_trainer import RayTrainConfig, TrainingOutcome, deepspeed_setup, run_training
 
 
 class TrainingModel(Protocol):
@@ -53,10 +53,8 @@ class TrainingStep(Step[TrainingSectionT]):
 
     def preflight(self, config: TrainingSectionT) -> None:
         config.model.check_weights(f"{self.name}.model")
-        build_deepspeed_config(config.deepspeed, num_workers=config.ray_train.num_workers,
-                               on_gpu=config.ray_train.use_gpu)
-        # Fails here, before any step runs, on a warm-up longer than the decay horizon.
-        lr_multiplier(config.deepspeed.schedule, loop_total_steps=config.loop.total_steps)
+        # Fails here, before any step runs, on a batch, precision or lr schedule the worker group cannot run.
+        deepspeed_setup(config.deepspeed, loop=config.loop, ray_train=config.ray_train)
 
     def train(self, ctx: StepContext[TrainingSectionT], task: Any) -> TrainingOutcome:
         """Run `task` (a stage task of vlv.train.stage_tasks) on the declared Ray Train workers; the trained

@@ -24,13 +24,16 @@ import itertools
 import random
 import tarfile
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
 from vlv.models.image_files import decode_image
 from vlv.paths import child_uri
 from vlv.train.image_subset import ImageSubset, select_images
+
+if TYPE_CHECKING:  # torch is imported where batches are made
+    import torch
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
@@ -44,7 +47,7 @@ class ShardEntry:
 @dataclass
 class ImageBatch:
     keys: list[str]
-    images: object  # torch.Tensor uint8 (B, image_size, image_size, 3), what vlv.models expects
+    images: torch.Tensor  # uint8 (B, image_size, image_size, 3), what vlv.models expects
     captions: list[str] | None = None
 
 

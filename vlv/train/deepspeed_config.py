@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+if TYPE_CHECKING:  # torch is imported where used: the config layer loads without it
+    import torch
 
 ALLOWED_ZERO_STAGES = (0, 1, 2, 3)
 ALLOWED_PRECISIONS = ("fp32", "bf16", "fp16")
@@ -141,40 +144,76 @@ def gradient_accumulation_steps(*, global_batch: int, micro_batch_per_worker: in
     return global_batch // per_step
 
 
-def build_deepspeed_config(config: DeepSpeedConfig, *, num_workers: int, on_gpu: bool) -> dict[str, Any]:
-    """The JSON-style dict for `deepspeed.initialize(config=...)`."""
-    if config.precision == "fp16" and not on_gpu:
-        raise ValueError("deepspeed.precision='fp16' is refused by DeepSpeed on CPU (no fp16 loss scaling "
-                         "there); use precision='bf16' or 'fp32'")
-    accumulation = gradient_accumulation_steps(
-        global_batch=config.global_batch, micro_batch_per_worker=config.micro_batch_per_worker,
-        num_workers=num_workers,
-    )
-    opt = config.optimizer
-    ds: dict[str, Any] = {
+@dataclass(frozen=True)
+class DeepSpeedSetup:
+    """The DeepSpeed settings of one training run: the configured hyper-parameters on a worker group of a given
+    size and device, with the loop length that bounds the lr decay.
+
+    Everything `deepspeed.initialize` needs travels as this one value, from the driver to each Ray Train worker.
+    Building it checks what only the combination can: the global batch against micro-batch x workers, fp16
+    against the device, the warm-up against the decay horizon; so a step's preflight, the driver and the workers
+    see the same errors, and the DeepSpeed dict is made once, by `build_deepspeed_config`, where DeepSpeed starts.
+    """
+
+    config: DeepSpeedConfig
+    num_workers: int
+    on_gpu: bool
+    loop_total_steps: int  # the lr decay horizon when schedule.total_steps is null
+
+    def __post_init__(self) -> None:
+        if self.config.precision == "fp16" and not self.on_gpu:
+            raise ValueError("deepspeed.precision='fp16' is refused by DeepSpeed on CPU (no fp16 loss scaling "
+                             "there); use precision='bf16' or 'fp32'")
+        gradient_accumulation_steps(global_batch=self.config.global_batch,
+                                    micro_batch_per_worker=self.config.micro_batch_per_worker,
+                                    num_workers=self.num_workers)
+        lr_multiplier(self.config.schedule, loop_total_steps=self.loop_total_steps)
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return gradient_accumulation_steps(global_batch=self.config.global_batch,
+                                           micro_batch_per_worker=self.config.micro_batch_per_worker,
+                                           num_workers=self.num_workers)
+
+    def lr_schedule(self) -> WarmupDecaySchedule | DeepSpeedWarmupCosine:
+        """The lr multiplier of optimizer step s this run follows."""
+        return lr_multiplier(self.config.schedule, loop_total_steps=self.loop_total_steps)
+
+    def describe(self) -> str:
+        """One line for the run log: the ZeRO stage, precision and how the global batch is made up."""
+        config = self.config
+        return (f"ZeRO-{config.zero_stage}, {config.precision}, global batch {config.global_batch} = "
+                f"{config.micro_batch_per_worker} x {self.num_workers} workers x "
+                f"{self.gradient_accumulation_steps} accumulation")
+
+
+def build_deepspeed_config(setup: DeepSpeedSetup) -> dict[str, Any]:
+    """The JSON-style dict for `deepspeed.initialize(config=...)`: the one place DeepSpeed's names appear."""
+    config, opt = setup.config, setup.config.optimizer
+    zero_optimization: dict[str, Any] = {"stage": config.zero_stage}
+    if config.zero_stage in (1, 2):
+        zero_optimization.update({
+            "reduce_bucket_size": config.reduce_bucket_size,
+            "allgather_bucket_size": config.allgather_bucket_size,
+            "overlap_comm": False,  # no separate comm stream on CPU; keeps the reduction order fixed
+            "contiguous_gradients": True,
+        })
+    return {
         "train_batch_size": config.global_batch,
         "train_micro_batch_size_per_gpu": config.micro_batch_per_worker,
-        "gradient_accumulation_steps": accumulation,
+        "gradient_accumulation_steps": setup.gradient_accumulation_steps,
         "gradient_clipping": config.gradient_clipping,
         "optimizer": {
             "type": "AdamW",
             "params": {"lr": opt.lr, "betas": list(opt.betas), "eps": opt.eps,
                        "weight_decay": opt.weight_decay, "torch_adam": True, "adam_w_mode": True},
         },
-        "zero_optimization": {"stage": config.zero_stage},
+        "zero_optimization": zero_optimization,
         "bf16": {"enabled": config.precision == "bf16"},
         "fp16": {"enabled": config.precision == "fp16"},
         "steps_per_print": 10**9,  # we log ourselves, from rank 0 only
         "wall_clock_breakdown": False,
     }
-    if config.zero_stage in (1, 2):
-        ds["zero_optimization"].update({
-            "reduce_bucket_size": config.reduce_bucket_size,
-            "allgather_bucket_size": config.allgather_bucket_size,
-            "overlap_comm": False,  # no separate comm stream on CPU; keeps the reduction order fixed
-            "contiguous_gradients": True,
-        })
-    return ds
 
 
 @dataclass(frozen=True)
@@ -272,13 +311,14 @@ def describe_schedule(config: LRScheduleConfig, *, loop_total_steps: int) -> str
     return text
 
 
-def build_lr_scheduler_factory(config: LRScheduleConfig, *, loop_total_steps: int):
+def build_lr_scheduler_factory(config: LRScheduleConfig, *, loop_total_steps: int
+                               ) -> Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LambdaLR]:
     """What `deepspeed.initialize(lr_scheduler=...)` calls with the optimizer it built."""
     import torch
 
     schedule = lr_multiplier(config, loop_total_steps=loop_total_steps)
 
-    def make(optimizer: Any) -> torch.optim.lr_scheduler.LambdaLR:
+    def make(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=schedule)
 
     return make

@@ -2,7 +2,7 @@
 
 Reads top to bottom like torchtitan's `train()`:
     model = task.build_model()                 (same seed on every rank)
-    engine = initialize_deepspeed(...)         (ZeRO stage, precision, batch sizes from DeepSpeedConfig)
+    engine = initialize_deepspeed(...)         (ZeRO stage, precision, batch sizes from a DeepSpeedSetup)
     progress = load_checkpoint(...)            (Ray Train's latest checkpoint, if this is a restart)
     for step in range(progress.step, total):  {train_step, log (rank 0), save + report every N steps}
     final checkpoint carries the exported trainable weights (safetensors, written by rank 0)
@@ -26,14 +26,18 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, TypeVar
 
+from vlv.engine.step import MetricLogger
+from vlv.logs import configure_logging
 from vlv.progress import format_duration
-from vlv.train.deepspeed_config import (
-    DeepSpeedConfig,
-    build_deepspeed_config,
-    build_lr_scheduler_factory,
-)
+from vlv.runtime_env import apply_runtime_defaults
+from vlv.train.deepspeed_config import DeepSpeedSetup, build_deepspeed_config, build_lr_scheduler_factory
+
+if TYPE_CHECKING:  # torch, DeepSpeed and Ray are imported where used: they load slowly and set up devices
+    import ray.train
+    import torch
+    from deepspeed import DeepSpeedEngine
 
 log = logging.getLogger("vlv.train")
 
@@ -42,20 +46,19 @@ PROGRESS_FILE = "progress.json"
 WORKER_STATS_DIR = "worker_stats"
 
 
-class MetricLogger(Protocol):
-    def log_metric(self, name: str, value: float, step: int | None = None) -> None: ...
+BatchT = TypeVar("BatchT")
 
 
-class TrainTask(Protocol):
+class TrainTask(Protocol[BatchT]):
     """What a training stage plugs into the loop (picklable: it travels to every Ray Train worker)."""
 
-    def build_model(self) -> Any:
+    def build_model(self) -> torch.nn.Module:
         """The full torch module with `requires_grad` already False on frozen parts."""
 
-    def batches(self, *, rank: int, world_size: int, batch_size: int, start_batch: int) -> Iterator[Any]:
+    def batches(self, *, rank: int, world_size: int, batch_size: int, start_batch: int) -> Iterator[BatchT]:
         """This rank's micro-batches of `batch_size`, endless, from micro-batch `start_batch` (deterministic)."""
 
-    def loss(self, model: Any, batch: Any, generator: Any) -> Any:
+    def loss(self, model: torch.nn.Module, batch: BatchT, generator: torch.Generator) -> torch.Tensor:
         """Scalar loss of `model` (the engine's module) on one micro-batch; draw noise from `generator`."""
 
 
@@ -79,11 +82,10 @@ class LoopConfig:
 class WorkerSpec:
     """Everything `train_worker` needs; passed by Ray Train as `train_loop_config={"spec": spec}`."""
 
-    task: Any  # a TrainTask
-    deepspeed: DeepSpeedConfig
+    task: TrainTask[Any]
+    deepspeed: DeepSpeedSetup
     loop: LoopConfig
-    metric_logger: Any = None  # a MetricLogger, used by rank 0 only
-    on_gpu: bool = False
+    metric_logger: MetricLogger | None = None  # used by rank 0 only
 
 
 @dataclass
@@ -115,29 +117,29 @@ class RankStats:
 # -- the worker function -------------------------------------------------------------------------------------
 
 
-def train_worker(config: dict[str, Any]) -> None:
+def train_worker(config: dict[str, WorkerSpec]) -> None:
     """Ray Train's `train_loop_per_worker`."""
-    from vlv.runtime_env import apply_runtime_defaults
-
-    apply_runtime_defaults()
+    apply_runtime_defaults()  # before torch and DeepSpeed load: they read the environment once
     import ray.train
     import torch
 
-    spec: WorkerSpec = config["spec"]
+    spec = config["spec"]
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    from vlv.logs import configure_logging
-
     configure_logging(f"%(asctime)s rank{rank} %(name)s: %(message)s")
+    if world_size != spec.deepspeed.num_workers:
+        raise RuntimeError(f"Ray Train started {world_size} workers but the DeepSpeed setup is for "
+                           f"{spec.deepspeed.num_workers}")
 
     torch.manual_seed(spec.loop.seed)
     model = spec.task.build_model()
-    engine = initialize_deepspeed(model, deepspeed_config=spec.deepspeed, num_workers=world_size,
-                                  on_gpu=spec.on_gpu, loop_total_steps=spec.loop.total_steps)
+    engine = initialize_deepspeed(model, spec.deepspeed)
     engine.train()
     accumulation = engine.gradient_accumulation_steps()
     progress = load_checkpoint(engine, ray.train.get_checkpoint(), world_size=world_size)
-    batches = spec.task.batches(rank=rank, world_size=world_size, batch_size=spec.deepspeed.micro_batch_per_worker,
+    global_batch = spec.deepspeed.config.global_batch
+    batches = spec.task.batches(rank=rank, world_size=world_size,
+                                batch_size=spec.deepspeed.config.micro_batch_per_worker,
                                 start_batch=progress.step * accumulation)
     metric_logger = spec.metric_logger if rank == 0 else None  # one writer per metric series
     if metric_logger is not None and progress.resumed_from_step:
@@ -147,14 +149,14 @@ def train_worker(config: dict[str, Any]) -> None:
     for step in range(progress.step, spec.loop.total_steps):
         stats = train_step(engine, spec.task, batches, seed=spec.loop.seed, rank=rank,
                            first_micro_batch=step * accumulation)
-        progress.step, progress.samples_seen = step + 1, progress.samples_seen + spec.deepspeed.global_batch
+        progress.step, progress.samples_seen = step + 1, progress.samples_seen + global_batch
         window_steps += 1
         if progress.step % spec.loop.log_every == 0 or progress.step == spec.loop.total_steps:
             elapsed = time.perf_counter() - window_start
-            samples_per_s = window_steps * spec.deepspeed.global_batch / max(elapsed, 1e-9)
+            samples_per_s = window_steps * global_batch / max(elapsed, 1e-9)
             if rank == 0:
                 log_step(metric_logger, progress.step, stats, samples_per_s, total_steps=spec.loop.total_steps,
-                         global_batch=spec.deepspeed.global_batch)
+                         global_batch=global_batch)
             window_start, window_steps = time.perf_counter(), 0
         final = progress.step == spec.loop.total_steps
         if final or progress.step % spec.loop.checkpoint_every == 0:
@@ -162,31 +164,27 @@ def train_worker(config: dict[str, Any]) -> None:
                             metrics_run_id=getattr(metric_logger, "run_id", None))
 
 
-def initialize_deepspeed(model: Any, *, deepspeed_config: DeepSpeedConfig, num_workers: int, on_gpu: bool,
-                         loop_total_steps: int) -> Any:
-    """`deepspeed.initialize` on the process group Ray Train already set up (gloo on CPU, nccl on GPU).
-
-    `loop_total_steps` is the lr decay horizon only when the schedule's own total_steps is null.
-    """
+def initialize_deepspeed(model: torch.nn.Module, setup: DeepSpeedSetup) -> DeepSpeedEngine:
+    """`deepspeed.initialize` on the process group Ray Train already set up (gloo on CPU, nccl on GPU)."""
     import deepspeed
     import torch
 
-    ds_config = build_deepspeed_config(deepspeed_config, num_workers=num_workers, on_gpu=on_gpu)
     backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else (
-        "nccl" if on_gpu else "gloo")
+        "nccl" if setup.on_gpu else "gloo")
     deepspeed.init_distributed(dist_backend=backend)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = [param for param in model.parameters() if param.requires_grad]
     if not trainable:
         raise ValueError("the model has no trainable parameters (every requires_grad is False); "
                          "check the stage's trainable set")
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=trainable, config=ds_config,
-        lr_scheduler=build_lr_scheduler_factory(deepspeed_config.schedule, loop_total_steps=loop_total_steps),
+        model=model, model_parameters=trainable, config=build_deepspeed_config(setup),
+        lr_scheduler=build_lr_scheduler_factory(setup.config.schedule, loop_total_steps=setup.loop_total_steps),
     )
     return engine
 
 
-def load_checkpoint(engine: Any, checkpoint: Any, *, world_size: int) -> TrainProgress:
+def load_checkpoint(engine: DeepSpeedEngine, checkpoint: ray.train.Checkpoint | None, *,
+                    world_size: int) -> TrainProgress:
     """Restore engine state from a Ray Train checkpoint (or start fresh when there is none)."""
     if checkpoint is None:
         return TrainProgress()
@@ -213,9 +211,12 @@ def load_checkpoint(engine: Any, checkpoint: Any, *, world_size: int) -> TrainPr
                          metrics_run_id=saved.get("metrics_run_id"))
 
 
-def carry_curve_over(metric_logger: Any, progress: TrainProgress) -> None:
+def carry_curve_over(metric_logger: MetricLogger, progress: TrainProgress) -> None:
     """A run resumed by a new pipeline invocation logs into a new MLflow run: copy the steps the checkpoint
-    already holds from the run that logged them, so the run that publishes the output has the whole curve."""
+    already holds from the run that logged them, so the run that publishes the output has the whole curve.
+
+    Only a logger that knows its run (`run_id`) and can copy another's (`copy_history`, as the MLflow one does)
+    carries a curve over; others (a test's file logger) just log from the resumed step on."""
     source = progress.metrics_run_id
     if not source or source == getattr(metric_logger, "run_id", None) or not hasattr(metric_logger, "copy_history"):
         return
@@ -233,7 +234,7 @@ def damaged_checkpoint(folder: str, part: str, err: BaseException) -> RuntimeErr
     )
 
 
-def train_step(engine: Any, task: Any, batches: Iterator[Any], *, seed: int, rank: int,
+def train_step(engine: DeepSpeedEngine, task: TrainTask[BatchT], batches: Iterator[BatchT], *, seed: int, rank: int,
                first_micro_batch: int) -> StepStats:
     """One optimizer step = `gradient_accumulation_steps` micro-batches; loss averaged over all ranks."""
     import torch
@@ -261,7 +262,7 @@ def micro_batch_seed(seed: int, rank: int, micro_batch: int) -> int:
     return (seed * 1_000_003 + rank * 7_919 + micro_batch * 104_729 + 17) % (2**63 - 1)
 
 
-def log_step(metric_logger: Any, step: int, stats: StepStats, samples_per_s: float, *, total_steps: int,
+def log_step(metric_logger: MetricLogger | None, step: int, stats: StepStats, samples_per_s: float, *, total_steps: int,
              global_batch: int) -> None:
     """Rank 0 only: Ray Train V2 keeps no metrics reported without a checkpoint, so MLflow gets them here.
 
@@ -279,7 +280,7 @@ def log_step(metric_logger: Any, step: int, stats: StepStats, samples_per_s: flo
              "n/a" if left_s is None else format_duration(left_s))
 
 
-def save_and_report(engine: Any, progress: TrainProgress, stats: StepStats, *, rank: int, final: bool,
+def save_and_report(engine: DeepSpeedEngine, progress: TrainProgress, stats: StepStats, *, rank: int, final: bool,
                     metrics_run_id: str | None = None) -> None:
     """All ranks: DeepSpeed checkpoint into a private folder, reported (merged) as one Ray Train checkpoint."""
     import ray.train
@@ -314,7 +315,7 @@ def save_and_report(engine: Any, progress: TrainProgress, stats: StepStats, *, r
         log.info("checkpoint %s reported (final=%s)", tag, final)
 
 
-def full_trainable_state(engine: Any) -> dict[str, Any] | None:
+def full_trainable_state(engine: DeepSpeedEngine) -> dict[str, torch.Tensor] | None:
     """Full (unsharded) trainable tensors on rank 0, None elsewhere; every rank must call it.
 
     Under ZeRO-0/1/2 each rank's module holds the full parameters, so rank 0 reads its own state dict; under
@@ -322,17 +323,17 @@ def full_trainable_state(engine: Any) -> dict[str, Any] | None:
     """
     import torch
 
-    trainable = {name for name, p in engine.module.named_parameters() if p.requires_grad}
+    trainable = {name for name, param in engine.module.named_parameters() if param.requires_grad}
     if engine.zero_optimization_stage() == 3:
         state = engine._zero3_consolidated_16bit_state_dict()
     else:
         state = engine.module.state_dict() if torch.distributed.get_rank() == 0 else None
     if state is None:
         return None
-    return {name: t.detach().cpu().clone().contiguous() for name, t in state.items() if name in trainable}
+    return {name: tensor.detach().cpu().clone().contiguous() for name, tensor in state.items() if name in trainable}
 
 
-def export_safetensors(state: dict[str, Any], path: Path) -> None:
+def export_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
     """Clones above make tied tensors independent, which safetensors requires.
 
     One metadata entry only: safetensors writes its metadata map in hash order, which changes from one process to
@@ -342,18 +343,19 @@ def export_safetensors(state: dict[str, Any], path: Path) -> None:
     save_file(state, str(path), metadata={"format": "pt"})
 
 
-def rank_stats(engine: Any, rank: int) -> RankStats:
-    def count(p: Any) -> int:
-        return int(getattr(p, "ds_numel", p.numel()))  # ZeRO-3 leaves an empty placeholder in p
+def rank_stats(engine: DeepSpeedEngine, rank: int) -> RankStats:
+    def count(param: torch.nn.Parameter) -> int:
+        return int(getattr(param, "ds_numel", param.numel()))  # ZeRO-3 leaves an empty placeholder in param
 
+    parameters = list(engine.module.parameters())
     return RankStats(
         rank=rank, optimizer_state_bytes=optimizer_state_bytes(engine),
-        trainable_params=sum(count(p) for p in engine.module.parameters() if p.requires_grad),
-        frozen_params=sum(count(p) for p in engine.module.parameters() if not p.requires_grad),
+        trainable_params=sum(count(param) for param in parameters if param.requires_grad),
+        frozen_params=sum(count(param) for param in parameters if not param.requires_grad),
     )
 
 
-def optimizer_state_bytes(engine: Any) -> int:
+def optimizer_state_bytes(engine: DeepSpeedEngine) -> int:
     """Bytes of this rank's optimizer state tensors (Adam moments), i.e. what ZeRO-1/2 shard across ranks."""
     import torch
 

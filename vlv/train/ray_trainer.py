@@ -16,19 +16,26 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from vlv.engine.step import MetricLogger
 from vlv.engine.storage import arrow_filesystem
 from vlv.logs import is_verbose
-from vlv.train.deepspeed_config import DeepSpeedConfig, build_deepspeed_config
+from vlv.train.deepspeed_config import DeepSpeedConfig, DeepSpeedSetup
 from vlv.train.loop import (
     EXPORT_FILE,
+    PROGRESS_FILE,
     WORKER_STATS_DIR,
     LoopConfig,
     RankStats,
+    TrainTask,
     WorkerSpec,
     train_worker,
 )
+
+if TYPE_CHECKING:  # Ray and pyarrow are imported where used
+    import pyarrow.fs
+    import ray.train
 
 log = logging.getLogger("vlv.train")
 
@@ -60,15 +67,22 @@ class TrainingOutcome:
     """What the driver learns from a finished run."""
 
     steps: int
-    metrics: dict[str, Any]  # rank 0's metrics at the last checkpoint
+    metrics: dict[str, float | bool]  # rank 0's metrics at the last checkpoint
     checkpoint_path: str  # the last checkpoint (a path on `checkpoint_filesystem`)
     exported_weights: Path | None  # local copy of the trainable weights, if `export_dir` was given
     rank_stats: list[RankStats] = field(default_factory=list)
     resumed_from_step: int | None = None
 
 
-def run_training(*, task: Any, deepspeed: DeepSpeedConfig, loop: LoopConfig, ray_train: RayTrainConfig,
-                 storage_path: str, name: str, metric_logger: Any = None,
+def deepspeed_setup(deepspeed: DeepSpeedConfig, *, loop: LoopConfig, ray_train: RayTrainConfig) -> DeepSpeedSetup:
+    """The DeepSpeed settings of a training step's run on its Ray Train worker group; a batch, precision or
+    schedule mistake raises here (a step's preflight calls this before any step runs)."""
+    return DeepSpeedSetup(deepspeed, num_workers=ray_train.num_workers, on_gpu=ray_train.use_gpu,
+                          loop_total_steps=loop.total_steps)
+
+
+def run_training(*, task: TrainTask[Any], deepspeed: DeepSpeedConfig, loop: LoopConfig, ray_train: RayTrainConfig,
+                 storage_path: str, name: str, metric_logger: MetricLogger | None = None,
                  export_dir: Path | None = None) -> TrainingOutcome:
     """Train `task` to `loop.total_steps` (resuming a run of the same `name` if one exists) and fetch results."""
     import ray.train
@@ -76,15 +90,13 @@ def run_training(*, task: Any, deepspeed: DeepSpeedConfig, loop: LoopConfig, ray
 
     # The same S3 endpoint for Ray Train's pyarrow filesystem as for the rest of the store (AWS_ENDPOINT_URL).
     storage_fs, storage_root = arrow_filesystem(storage_path)
-    # Fail in the driver, before any worker starts, on a batch/precision mistake.
-    build_deepspeed_config(deepspeed, num_workers=ray_train.num_workers, on_gpu=ray_train.use_gpu)
+    setup = deepspeed_setup(deepspeed, loop=loop, ray_train=ray_train)  # fails here, before any worker starts
     resources = {"CPU": ray_train.cpus_per_worker}
     if ray_train.use_gpu:
         resources["GPU"] = ray_train.gpus_per_worker
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"spec": WorkerSpec(task=task, deepspeed=deepspeed, loop=loop,
-                                              metric_logger=metric_logger, on_gpu=ray_train.use_gpu)},
+        train_loop_config={"spec": WorkerSpec(task=task, deepspeed=setup, loop=loop, metric_logger=metric_logger)},
         torch_config=TorchConfig(backend="nccl" if ray_train.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=ray_train.num_workers, use_gpu=ray_train.use_gpu,
                                                resources_per_worker=resources),
@@ -96,18 +108,17 @@ def run_training(*, task: Any, deepspeed: DeepSpeedConfig, loop: LoopConfig, ray
             logging_config=ray.train.LoggingConfig(log_level="INFO" if is_verbose() else "WARNING"),
         ),
     )
-    log.info("training %s: %d workers, ZeRO-%d, %s, %d steps, storage %s", name, ray_train.num_workers,
-             deepspeed.zero_stage, deepspeed.precision, loop.total_steps, storage_path)
+    log.info("training %s: %s, %d steps, storage %s", name, setup.describe(), loop.total_steps, storage_path)
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} finished without a checkpoint in {storage_path}")
     return _outcome(result, export_dir)
 
 
-def _outcome(result: Any, export_dir: Path | None) -> TrainingOutcome:
+def _outcome(result: ray.train.Result, export_dir: Path | None) -> TrainingOutcome:
     checkpoint = result.checkpoint
     fs, root = checkpoint.filesystem, checkpoint.path.rstrip("/")
-    progress = json.loads(_read_text(fs, f"{root}/progress.json"))
+    progress = json.loads(_read_text(fs, f"{root}/{PROGRESS_FILE}"))
     metrics = dict(result.metrics or {})
     exported = None
     if export_dir is not None:
@@ -122,7 +133,7 @@ def _outcome(result: Any, export_dir: Path | None) -> TrainingOutcome:
                 dst.write(chunk)
     from pyarrow.fs import FileSelector
 
-    stats = []
+    stats: list[RankStats] = []
     for info in fs.get_file_info(FileSelector(f"{root}/{WORKER_STATS_DIR}", allow_not_found=True)):
         stats.append(RankStats(**json.loads(_read_text(fs, info.path))))
     resumed = metrics.get("resumed_from_step", -1)
@@ -133,6 +144,6 @@ def _outcome(result: Any, export_dir: Path | None) -> TrainingOutcome:
     )
 
 
-def _read_text(fs: Any, path: str) -> str:
+def _read_text(fs: pyarrow.fs.FileSystem, path: str) -> str:
     with fs.open_input_stream(path) as handle:
         return handle.read().decode()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -62,7 +62,7 @@ class ToyRegressionTask:
         for index in itertools.count(start_batch):
             yield self.batch_at(rank=rank, index=index, batch_size=batch_size)
 
-    def loss(self, model: Any, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator | None = None
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator | None = None
              ) -> torch.Tensor:
         x, y = batch
         if generator is not None and self.input_noise > 0:
