@@ -7,6 +7,10 @@ known and some work is done; until then the line says `ETA n/a` rather than gues
 
 from __future__ import annotations
 
+import logging
+import time
+from typing import Callable
+
 
 def format_duration(seconds: float) -> str:
     """12s, 3m05s, 2h07m, 3d04h: two units at most, never a fraction of a second."""
@@ -39,3 +43,24 @@ def rate_and_eta(done: float, total: float, elapsed_s: float, unit: str) -> str:
     """`1.8 images/s, ETA 4m05s` for `done` of `total` units after `elapsed_s` seconds."""
     rate = done / elapsed_s if elapsed_s > 0 else 0.0
     return f"{rate:.2f} {unit}/s, {eta_text(done, total, elapsed_s)}"
+
+
+class PeriodicProgress:
+    """Progress lines for a loop of known size, at most one every `every_s` seconds: `what: 3/8 tasks, 0.05
+    tasks/s, ETA 1m40s`. Nothing is said before the first period has passed, nor at the end (the caller's own
+    result line says that), so a short loop prints nothing and a long one prints a line a period."""
+
+    def __init__(self, log: logging.Logger, what: str, total: int, unit: str, *, every_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.log, self.what, self.total, self.unit, self.every_s, self.clock = log, what, total, unit, every_s, clock
+        self.started = self.last = clock()
+
+    def update(self, done: int) -> bool:
+        """Record that `done` of `total` are done; log a line if a period has passed. Returns whether it logged."""
+        now = self.clock()
+        if done >= self.total or now - self.last < self.every_s:
+            return False
+        self.last = now
+        self.log.info("%s: %d/%d %s, %s", self.what, done, self.total, self.unit,
+                      rate_and_eta(done, self.total, now - self.started, self.unit))
+        return True

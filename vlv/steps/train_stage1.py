@@ -82,8 +82,8 @@ class TrainStage1Step(Step[TrainStage1Config]):
             config=ImageStreamConfig(image_size=cfg.model.image_size, shuffle_buffer=cfg.shuffle_buffer,
                                      seed=cfg.loop.seed),
         )
-        ctx.log.info("lr schedule: %s",
-                     describe_schedule(cfg.deepspeed.schedule, loop_total_steps=cfg.loop.total_steps))
+        ctx.log.debug("lr schedule: %s",
+                      describe_schedule(cfg.deepspeed.schedule, loop_total_steps=cfg.loop.total_steps))
         outcome = run_training(
             task=Stage1Task(stream=stream, model=cfg.model), deepspeed=cfg.deepspeed,
             loop=cfg.loop, ray_train=cfg.ray_train, storage_path=f"{ctx.scratch_uri}/ray", name="ray_train",

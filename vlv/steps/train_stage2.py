@@ -92,15 +92,15 @@ class TrainStage2Step(Step[TrainStage2Config]):
         tokenizer_dir = ctx.output_dir / TOKENIZER_DIR
         tokenizer = prepare_tokenizer(cfg, captions, tokenizer_dir)
         tokenizer_uri = share_folder(tokenizer_dir, f"{ctx.scratch_uri}/tokenizer")
-        ctx.log.info("LLM tokenizer: %d ids (shared with the workers at %s)", len(tokenizer), tokenizer_uri)
+        ctx.log.debug("LLM tokenizer: %d ids (shared with the workers at %s)", len(tokenizer), tokenizer_uri)
         stream = WebDatasetImageStream(
             shards_uri=ctx.input("download").path(SHARDS), samples_uri=captions.path(CAPTIONS), with_captions=True,
             config=ImageStreamConfig(image_size=read_stage1_config(stage1_dir).image_size,
                                      shuffle_buffer=cfg.shuffle_buffer, seed=cfg.loop.seed),
         )
         task = Stage2Task(model=cfg.model, stage1=stage1, tokenizer_uri=tokenizer_uri, stream=stream)
-        ctx.log.info("lr schedule: %s",
-                     describe_schedule(cfg.deepspeed.schedule, loop_total_steps=cfg.loop.total_steps))
+        ctx.log.debug("lr schedule: %s",
+                      describe_schedule(cfg.deepspeed.schedule, loop_total_steps=cfg.loop.total_steps))
         outcome = run_training(
             task=task, deepspeed=cfg.deepspeed, loop=cfg.loop,
             ray_train=cfg.ray_train, storage_path=f"{ctx.scratch_uri}/ray", name="ray_train",

@@ -311,7 +311,7 @@ def save_and_report(engine: Any, progress: TrainProgress, stats: StepStats, *, r
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     if rank == 0:
-        log.info("checkpoint %s reported (final=%s)", tag, final)
+        log.debug("checkpoint %s reported (final=%s)", tag, final)
 
 
 def full_trainable_state(engine: Any) -> dict[str, Any] | None:
