@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from vlv.logs import set_quiet_environment
 from vlv.runtime_env import apply_runtime_defaults
 from vlv.testing.fake_secrets import FAKE_SECRETS
 from vlv.testing.object_store import S3Server, free_port
@@ -44,6 +45,7 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
+        set_quiet_environment()  # before Ray starts, as the pipeline's entry points do: its workers inherit it
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True, configure_logging=False)
     yield
     ray.shutdown()

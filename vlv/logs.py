@@ -202,6 +202,18 @@ def dependency_warning_options() -> str:
     return ",".join(f.as_option() for f in DEPENDENCY_WARNINGS)
 
 
+def set_quiet_environment() -> None:
+    """The quiet settings that travel by environment (QUIET_ENV, the dependency-warning filter), set unless the
+    user's environment has them; processes started afterwards (Ray's workers, when Ray starts after this) follow.
+    configure_logging calls it; so does a test session that starts Ray itself."""
+    if is_verbose():
+        return
+    for name, value in {**QUIET_ENV, "PYTHONWARNINGS": dependency_warning_options()}.items():
+        if name not in os.environ:
+            os.environ[name] = value
+            _quiet_env_set.add(name)
+
+
 def _quiet() -> None:
     logging.getLogger(PROJECT_LOGGER).setLevel(logging.NOTSET)  # INFO, from the root logger
     for noisy in NOISY_LOGGERS:
@@ -209,10 +221,7 @@ def _quiet() -> None:
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     _quiet_ray_train_worker_reports(logging.WARNING)
-    for name, value in {**QUIET_ENV, "PYTHONWARNINGS": dependency_warning_options()}.items():
-        if name not in os.environ:
-            os.environ[name] = value
-            _quiet_env_set.add(name)
+    set_quiet_environment()
     for entry in DEPENDENCY_WARNINGS:
         entry.install()
 
