@@ -27,6 +27,7 @@ run: install
 test: install
 	$(PY) -m pytest -q
 
+# The slow tests include the report opened in headless Chromium (skipped without it: apt-get install -y chromium).
 test-all: install
 	$(PY) -m pytest -q -m ''
 

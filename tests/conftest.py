@@ -3,6 +3,7 @@ the end-to-end tests."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from vlv.logs import set_quiet_environment
 from vlv.runtime_env import apply_runtime_defaults
 from vlv.testing.fake_secrets import FAKE_SECRETS
 from vlv.testing.object_store import S3Server, free_port
@@ -43,6 +45,7 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
+        set_quiet_environment()  # before Ray starts, as the pipeline's entry points do: its workers inherit it
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True, configure_logging=False)
     yield
     ray.shutdown()
@@ -50,7 +53,7 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def tiny_store(ray_session, tmp_path_factory) -> Path:
-    """The whole tiny pipeline, run once through the CLI entry point; its driver log is kept beside the store."""
+    """The whole tiny pipeline, run once through the CLI entry point; its console is kept beside the store."""
     return _run_pipeline("tiny", tmp_path_factory.mktemp("tiny_run"))
 
 
@@ -69,22 +72,27 @@ def paper_mini_store(ray_session, paper_mini_assets, tmp_path_factory) -> Path:
 
 
 def _run_pipeline(preset: str, root: Path) -> Path:
-    """Run `pipelines/full_run.py --preset <preset>` into `root/store`; driver log and wall seconds beside it."""
+    """Run `pipelines/full_run.py --preset <preset>` into `root/store`. Beside the store: driver.log, the whole
+    console as a user sees it (log lines, the lines Ray forwards from its workers, the printed summary), and
+    the wall seconds."""
     from pipelines import full_run
+    from vlv.logs import LOG_FORMAT
 
-    handler = logging.FileHandler(root / "driver.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root_logger = logging.getLogger()
-    level = root_logger.level
-    root_logger.addHandler(handler)
-    root_logger.setLevel(logging.INFO)  # pytest's own handlers are already there, so basicConfig sets nothing
-    started = time.monotonic()
-    try:
-        assert full_run.main(["--preset", preset, "--store", str(root / "store")]) == 0
-    finally:
-        root_logger.removeHandler(handler)
-        root_logger.setLevel(level)
-        handler.close()
+    with open(root / "driver.log", "w", encoding="utf-8") as console:
+        handler = logging.StreamHandler(console)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root_logger = logging.getLogger()
+        level = root_logger.level
+        root_logger.addHandler(handler)
+        root_logger.setLevel(logging.INFO)  # pytest's own handlers are already there, so basicConfig sets nothing
+        started = time.monotonic()
+        try:
+            # Ray prints its workers' lines to whatever sys.stderr / sys.stdout is when they arrive.
+            with contextlib.redirect_stderr(console), contextlib.redirect_stdout(console):
+                assert full_run.main(["--preset", preset, "--store", str(root / "store")]) == 0
+        finally:
+            root_logger.removeHandler(handler)
+            root_logger.setLevel(level)
     (root / "seconds.txt").write_text(f"{time.monotonic() - started:.1f}\n")
     return root / "store"
 

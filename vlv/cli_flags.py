@@ -22,7 +22,8 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", default=None,
                         help="run store: a folder or fsspec URI (default $VLV_STORE, else ./vlv_runs)")
     parser.add_argument("--verbose", action=VerboseFlag,
-                        help="everything on the console: dependency warnings, progress bars, tracebacks of errors")
+                        help="everything on the console: detail (DEBUG) lines, dependency warnings, Ray's own lines, "
+                             "progress bars, tracebacks of errors")
 
 
 

@@ -6,12 +6,17 @@ Quiet by default, so a run's console shows what the pipeline does and what went 
   session's ray-data.log): in a log file or a CI console each redraw of a bar is one more line;
 - the dependency warnings listed in DEPENDENCY_WARNINGS are filtered, in this process and (through the
   environment) in every process it starts: Ray workers, img2dataset's pool. Each entry says why it is harmless
-  here; warnings from this project's own code are fixed where they arise, never filtered.
-The pipeline's own progress lines carry rates and ETAs instead (vlv.progress).
+  here; warnings from this project's own code are fixed where they arise, never filtered;
+- lines that Ray's processes print and that say nothing a user can act on (WORKER_NOISE) are dropped from what
+  Ray forwards to the driver's console (they stay in the Ray session's worker logs);
+- the pipeline's own detail lines are DEBUG: the console shows when each step starts (its worker's "running
+  step" line) and ends (the driver's "done" line), progress lines with rates and ETAs (vlv.progress), training
+  lines, warnings and the summary.
 
-`--verbose` (or VLV_VERBOSE=1 in the environment) keeps everything: no filter, no held-back logger, Ray
-Data's bars and INFO lines. The settings travel as environment variables, so workers started afterwards, on
-this machine or (through vlv.runtime_env.worker_env_vars) on a cluster, follow the driver's choice.
+`--verbose` (or VLV_VERBOSE=1 in the environment) keeps everything: no filter, no held-back logger, this
+project's DEBUG lines, every line of Ray's processes, Ray Data's bars and INFO lines. The settings travel as
+environment variables, so workers started afterwards, on this machine or (through
+vlv.runtime_env.worker_env_vars) on a cluster, follow the driver's choice.
 """
 
 from __future__ import annotations
@@ -31,8 +36,12 @@ NOISY_LOGGERS = ("alembic", "mlflow", "urllib3", "filelock", "httpx")
 # Loggers held back to ERROR unless verbose, with why their warnings say nothing here.
 QUIET_LOGGERS = {
     "torch.utils.cpp_extension": "'No CUDA runtime is found' when DeepSpeed builds its CPU ops on a CPU machine",
+    "ray._private.authentication.authentication_token_setup":
+        "'Token authentication is enabled for this Ray cluster' each time the embedded Ray starts: it has no "
+        "dashboard and opens no port to anyone but this driver",
 }
 VERBOSE_ENV = "VLV_VERBOSE"
+PROJECT_LOGGER = "vlv"  # this project's loggers: DEBUG lines (details) only when verbose
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,37 @@ DEPENDENCY_WARNINGS: tuple[WarningFilter, ...] = (
                   "in the pinned torch, and moving to its replacement is DeepSpeed's change to make"),
 )
 
+
+
+@dataclass(frozen=True)
+class WorkerNoise:
+    """A line printed by one of Ray's processes that the driver leaves off its console: any line containing
+    `text` (literal)."""
+
+    text: str
+    why: str
+
+
+# Each entry was printed by the tiny run through Ray's log forwarding (Ray 2.60), with why it needs no action.
+WORKER_NOISE: tuple[WorkerNoise, ...] = (
+    WorkerNoise("Failed to query Ray Train Controller actor state",
+                "Ray Train's placement-group cleaner asks the state API, served by the Ray dashboard, every few "
+                "seconds whether the trainer lives; the embedded Ray runs without a dashboard, so every question "
+                "fails. Its placement groups go with the embedded Ray when the driver ends (a failed step ends "
+                "the driver); on a cluster the dashboard answers and the cleaner works"),
+    WorkerNoise("has constructor arguments in the object store and max_restarts > 0",
+                "Ray's core worker says it of actors that Ray Data and Ray Train create for us (MapWorker, "
+                "PreemptionWatcher); nothing in this project can change it"),
+    WorkerNoise("Progress bars disabled. To enable, set",
+                "Ray Data says once per process that its bars are off: they are off on purpose (QUIET_ENV)"),
+    WorkerNoise("No pretrained weights loaded for model",
+                "open_clip building the tiny preset's random CLIP; the step itself warns that its scores come "
+                "from a random model"),
+    WorkerNoise("_comm_op built successfully",
+                "DeepSpeed prints it when each training worker has built its CPU communication op"),
+)
+
+
 # Quiet defaults for this process and every process it starts (set unless the user's environment has them).
 QUIET_ENV = {
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",  # DataContext.enable_progress_bars=False in every Ray Data driver
@@ -77,6 +117,7 @@ QUIET_ENV = {
 CONSOLE_ENV_VARS = (VERBOSE_ENV, "PYTHONWARNINGS", *QUIET_ENV)
 _quiet_env_set: set[str] = set()  # names this module set, so --verbose removes exactly those
 _installed_filters: list[tuple] = []  # the warning filters this module installed, likewise
+_warned: set[tuple[str, str]] = set()  # (logger, message) pairs warn_once has said in this process
 
 
 def is_verbose() -> bool:
@@ -91,6 +132,49 @@ def configure_logging(fmt: str = LOG_FORMAT, *, force: bool = False) -> None:
     else:
         _quiet()
     install_log_redaction()
+
+
+def filter_worker_output() -> None:
+    """Leave the WORKER_NOISE lines off what Ray forwards from its processes to this driver's console (Ray's
+    log_to_driver); call after ray.init. Checks the verbose setting line by line, so `--verbose` later still
+    shows every line. Does nothing if this Ray does not forward logs, or forwards them some other way."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:  # another Ray release: its lines go through unfiltered
+        return
+    with dispatcher._lock:  # noqa: SLF001 - the dispatcher has no public way to wrap a handler
+        dispatcher.handlers = [
+            (name, _QuietWorkerOutput(handler) if name == "ray_print_logs" and not isinstance(
+                handler, _QuietWorkerOutput) else handler) for name, handler in dispatcher.handlers]
+
+
+def is_worker_noise(line: str) -> bool:
+    return any(entry.text in line for entry in WORKER_NOISE)
+
+
+class _QuietWorkerOutput:
+    """Ray's printer of forwarded worker output, given each batch without its noise lines."""
+
+    def __init__(self, printer: Any) -> None:
+        self.printer = printer
+
+    def __call__(self, data: dict[str, Any]) -> None:
+        if not is_verbose():
+            lines = [line for line in data.get("lines", []) if not is_worker_noise(line)]
+            if not lines:
+                return
+            data = {**data, "lines": lines}
+        self.printer(data)
+
+
+def warn_once(logger: logging.Logger, message: str, *args: Any) -> None:
+    """`logger.warning(message, *args)` the first time this process warns with that message (its format, not its
+    values); DEBUG afterwards. For a warning that every task of a fan-out would repeat word for word."""
+    if (logger.name, message) in _warned:
+        logger.debug(message, *args)
+        return
+    _warned.add((logger.name, message))
+    logger.warning(message, *args)
 
 
 def set_verbose() -> None:
@@ -118,21 +202,32 @@ def dependency_warning_options() -> str:
     return ",".join(f.as_option() for f in DEPENDENCY_WARNINGS)
 
 
+def set_quiet_environment() -> None:
+    """The quiet settings that travel by environment (QUIET_ENV, the dependency-warning filter), set unless the
+    user's environment has them; processes started afterwards (Ray's workers, when Ray starts after this) follow.
+    configure_logging calls it; so does a test session that starts Ray itself."""
+    if is_verbose():
+        return
+    for name, value in {**QUIET_ENV, "PYTHONWARNINGS": dependency_warning_options()}.items():
+        if name not in os.environ:
+            os.environ[name] = value
+            _quiet_env_set.add(name)
+
+
 def _quiet() -> None:
+    logging.getLogger(PROJECT_LOGGER).setLevel(logging.NOTSET)  # INFO, from the root logger
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     _quiet_ray_train_worker_reports(logging.WARNING)
-    for name, value in {**QUIET_ENV, "PYTHONWARNINGS": dependency_warning_options()}.items():
-        if name not in os.environ:
-            os.environ[name] = value
-            _quiet_env_set.add(name)
+    set_quiet_environment()
     for entry in DEPENDENCY_WARNINGS:
         entry.install()
 
 
 def _show_everything() -> None:
+    logging.getLogger(PROJECT_LOGGER).setLevel(logging.DEBUG)
     for noisy in (*NOISY_LOGGERS, *QUIET_LOGGERS):
         logging.getLogger(noisy).setLevel(logging.NOTSET)
     _quiet_ray_train_worker_reports(logging.NOTSET)

@@ -39,3 +39,4 @@ def rate_and_eta(done: float, total: float, elapsed_s: float, unit: str) -> str:
     """`1.8 images/s, ETA 4m05s` for `done` of `total` units after `elapsed_s` seconds."""
     rate = done / elapsed_s if elapsed_s > 0 else 0.0
     return f"{rate:.2f} {unit}/s, {eta_text(done, total, elapsed_s)}"
+

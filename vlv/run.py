@@ -244,8 +244,9 @@ def _run_planned_step(step: Step, planned: PlannedStep, config: PipelineConfig, 
                 store_uri=store.uri, tracking_uri=tracking_uri, mlflow_run_id=run_id, on_cluster=on_cluster,
                 lock_token=token, forced=planned.forced,
             )
-            log.info("step %-16s running (key %s, %s CPU, %s GPU)", planned.name, planned.key, resources.num_cpus,
-                     resources.num_gpus)
+            # DEBUG: the step's worker says when it really starts (vlv.engine.executor.execute_step)
+            log.debug("step %-16s submitted (key %s, %s CPU, %s GPU)", planned.name, planned.key, resources.num_cpus,
+                      resources.num_gpus)
             manifest = submit_step(request, resources)
     except BaseException as err:  # noqa: BLE001 - record the failure in MLflow, then re-raise
         message = _error_message(err)
@@ -261,7 +262,8 @@ def _run_planned_step(step: Step, planned: PlannedStep, config: PipelineConfig, 
     _log_lineage(tracking, run_id, inputs, steps_by_name)
     if step.registered_model and output is not None:
         _register_model(tracking, run_id, output, step.registered_model)
-    log.info("step %-16s done in %.1fs: %s", planned.name, time.time() - started,
+    log.info("step %-16s done in %.1fs (%d files, %.1f MB): %s", planned.name, time.time() - started,
+             len(manifest.files), manifest.total_bytes / 1e6,
              ", ".join(f"{k}={v:g}" for k, v in manifest.metrics.items()))
     return StepOutcome(planned.name, planned.key, "executed", output.uri if output else output_uri,
                        dict(manifest.metrics), run_id)

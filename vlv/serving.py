@@ -59,7 +59,9 @@ class CaptionerModel(mlflow.pyfunc.PythonModel):
         self._folder = Path(context.artifacts[CAPTIONER_ARTIFACT])
         self._captioner = load_captioner(self._folder)
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    # model_input: a DataFrame (SIGNATURE's table), a hint MLflow accepts without inferring a schema from it; any
+    # other hint (or none) makes MLflow warn on every import of this module.
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         images = [image_bytes(value, index) for index, value in enumerate(_image_column(model_input))]
         params = params or {}
         captions = caption_images(images, self._folder, captioner=self._captioner,

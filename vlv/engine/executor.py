@@ -23,6 +23,7 @@ from vlv.engine.manifest import FileEntry, Manifest
 from vlv.engine.step import MetricLogger, Resources, Step, StepContext, StepOutput
 from vlv.engine.storage import filesystem
 from vlv.engine.store import Attempt, RunStore
+from vlv.logs import filter_worker_output
 
 log = logging.getLogger("vlv.executor")
 
@@ -52,12 +53,14 @@ def connect_ray() -> bool:
 
     address = os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
+        filter_worker_output()
         return bool(address)
     if address:
         log.info("joining the Ray cluster at %s", address)
         from vlv.runtime_env import worker_env_vars
 
         ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": worker_env_vars()})
+        filter_worker_output()
         return True
     log.info("no RAY_ADDRESS: starting an embedded local Ray")
     for attempt in (1, 2):
@@ -65,6 +68,7 @@ def connect_ray() -> bool:
             # address="local": always a fresh Ray of our own. With no address Ray attaches to whatever
             # /tmp/ray/ray_current_cluster names: another user's `ray start`, or a dead cluster's stale file.
             ray.init(address="local", include_dashboard=False, log_to_driver=True, configure_logging=False)
+            filter_worker_output()
             return False
         except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception when its node misses the start limit
             if "timed out during startup" not in str(err):
@@ -132,8 +136,10 @@ def execute_step(request: StepRequest) -> Manifest:
         tracking_uri=request.tracking_uri,
     )
     started = time.time()
-    ctx.log.info("running step %s (key %s, attempt %s) into %s", step.name, request.key, attempt.attempt_id,
-                 attempt.data_uri)
+    # The one line that says a step started (the driver's own is DEBUG): printed where it really starts, once
+    # more if Ray reruns the task, with the resources Ray gave it.
+    ctx.log.info("running step %s (key %s, attempt %s%s) into %s", step.name, request.key, attempt.attempt_id,
+                 _assigned_resources(), attempt.data_uri)
     with _system_metrics(step, request):
         result = step.run(ctx)
     for rel in result.artifacts:
@@ -150,9 +156,23 @@ def execute_step(request: StepRequest) -> Manifest:
     )
     store.check_lock(step.name, request.key, request.lock_token)
     store.commit(attempt, manifest)
-    ctx.log.info("published %s: %d files, %.1f MB in %.1fs", step.name, len(manifest.files),
-                 manifest.total_bytes / 1e6, manifest.duration_s)
+    ctx.log.debug("published %s: %d files, %.1f MB in %.1fs", step.name, len(manifest.files),
+                  manifest.total_bytes / 1e6, manifest.duration_s)
     return manifest
+
+
+def _assigned_resources() -> str:
+    """`, 1 CPU, 0 GPU` inside a Ray task: what Ray reserved for it; "" outside one."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return ""
+    try:
+        assigned = ray.get_runtime_context().get_assigned_resources()
+    except AssertionError:  # a driver (tests call execute_step directly): nothing is reserved for it
+        return ""
+    return f", {assigned.get('CPU', 0):g} CPU, {assigned.get('GPU', 0):g} GPU"
 
 
 def check_declared_outputs(step: Step, files: Sequence[FileEntry], attempt: Attempt) -> None:

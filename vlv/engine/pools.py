@@ -98,7 +98,7 @@ def map_on_tasks(pool: WorkerPool, fn: Callable[[ItemT], ResultT], chunks: Seque
     index_of: dict[Any, int] = {}
     waiting = iter(enumerate(chunks))
     running: list[Any] = []
-    progress = _Progress(pool, len(chunks), "tasks", every_s=0.0)
+    progress = _Progress(pool, len(chunks), "tasks")
     while True:
         while len(running) < pool.count:
             nxt = next(waiting, None)
@@ -127,7 +127,8 @@ def map_chunks_with_tasks(fn: Callable[[ItemT], ResultT], chunks: Sequence[ItemT
 
 
 class _Progress:
-    """Counts results and logs `pool: n/total units, rate, ETA` at most every `every_s` seconds, and at the end."""
+    """Counts results and logs `pool: n/total units, rate, ETA` at most every `every_s` seconds (none for a map
+    shorter than that), and at the end at DEBUG."""
 
     def __init__(self, pool: WorkerPool, total: int | None, unit: str, every_s: float = _PROGRESS_EVERY_S):
         self.pool, self.total, self.unit, self.every_s = pool, total, unit, every_s
@@ -143,9 +144,10 @@ class _Progress:
         return result
 
     def finish(self) -> None:
-        self._log(time.monotonic())
+        """The closing count at DEBUG: the step's own result line says it on the console."""
+        self._log(time.monotonic(), level=logging.DEBUG)
 
-    def _log(self, now: float) -> None:
+    def _log(self, now: float, level: int = logging.INFO) -> None:
         of = f"/{self.total}" if self.total is not None else ""
-        log.info("%s: %d%s %s done on %s, %s", self.pool.name, self.count, of, self.unit, self.pool.describe(),
+        log.log(level, "%s: %d%s %s done on %s, %s", self.pool.name, self.count, of, self.unit, self.pool.describe(),
                  rate_and_eta(self.count, self.total or 0, now - self.started, self.unit))

@@ -22,6 +22,7 @@ import numpy as np
 from scipy import linalg
 
 from vlv.eval.inception import FEATURE_DIM, ImageInput, InceptionFeatureExtractor, InceptionSpec
+from vlv.logs import warn_once
 
 log = logging.getLogger("vlv.eval.fid")
 
@@ -132,8 +133,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     for other in (w for w in caught if not issubclass(w.category, linalg.LinAlgWarning)):
         warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
     if any(issubclass(w.category, linalg.LinAlgWarning) for w in caught):
-        log.warning("FID: the covariance product is singular (fewer images than its %d features?); its square "
-                    "root is approximate, as in pytorch-fid", sigma1.shape[0])
+        warn_once(log, "FID: the covariance product is singular (fewer images than its %d features?); its square "
+                       "root is approximate, as in pytorch-fid", sigma1.shape[0])
     if not np.isfinite(covmean).all():
         log.warning("FID: singular covariance product; adding %g to the diagonal of both covariances", eps)
         offset = np.eye(sigma1.shape[0]) * eps
@@ -203,7 +204,7 @@ def distributed_feature_stats(images: Sequence[ImageInput], spec: InceptionSpec,
     if num_gpus_per_worker > 0 and spec.device == "cpu":
         spec = dataclasses.replace(spec, device="cuda")
     jobs = [_StatsJob(spec, chunk) for chunk in split_evenly(images, num_workers)]
-    log.info("FID statistics for %d images over %d Ray tasks", len(images), len(jobs))
+    log.debug("FID statistics for %d images over %d Ray tasks", len(images), len(jobs))
     parts = map_chunks_with_tasks(_stats_job, jobs, num_cpus=num_cpus_per_worker, num_gpus=num_gpus_per_worker,
                                   name="vlv:fid_features")
     return merge_feature_stats(parts)

@@ -323,7 +323,7 @@ def real_image_stats(paths: Sequence[str | Path], spec: InceptionSpec, *, cache_
 
     started = time.monotonic()
     key = real_stats_key(paths, spec)
-    log.info("hashed %d real images in %.1fs: statistics key %s", len(paths), time.monotonic() - started, key)
+    log.debug("hashed %d real images in %.1fs: statistics key %s", len(paths), time.monotonic() - started, key)
     cached = f"{cache_uri.rstrip('/')}/fid_real_stats/{key}.npz" if cache_uri else None
     if cached is not None:
         fs, path = filesystem(cached)

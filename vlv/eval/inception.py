@@ -35,6 +35,7 @@ from PIL import Image
 from torch import nn
 
 from vlv.engine.storage import local_weights, read_bytes
+from vlv.logs import warn_once
 
 log = logging.getLogger("vlv.eval.inception")
 
@@ -248,8 +249,8 @@ class InceptionFeatureExtractor:
         self.spec = spec
         self.model = build_fid_inception(spec)
         if not spec.comparable:
-            log.warning("FID Inception is not the reference network (%s): FIDs are not comparable with "
-                        "published numbers", spec.identity)
+            warn_once(log, "FID Inception is not the reference network (%s): FIDs are not comparable with "
+                           "published numbers", spec.identity)
 
     @property
     def comparable(self) -> bool:

@@ -236,9 +236,9 @@ class CaptionEvalStep(Step[CaptionEvalConfig]):
         coco = load_coco_captions(sets.captions_json, images_dir=sets.images_dir)
         images = select_images(coco.images, sets.max_images, subset=sets.subset, seed=sets.subset_seed)
         write_image_ids(ctx.output_dir / EVAL_IMAGE_IDS_FILE, sets, images, len(coco.images))
-        ctx.log.info("caption set: %d of the %d images of %s (%s%s)", len(images), len(coco.images),
-                     Path(sets.captions_json).name, sets.subset,
-                     f", seed {sets.subset_seed}" if sets.subset == "random" else "")
+        ctx.log.debug("caption set: %d of the %d images of %s (%s%s)", len(images), len(coco.images),
+                      Path(sets.captions_json).name, sets.subset,
+                      f", seed {sets.subset_seed}" if sets.subset == "random" else "")
         coco_files = [safe_child(sets.images_dir, image.file_name, "COCO file_name") for image in images]
         vqa_rows: list[tuple[str, str, int, Path]] = []  # benchmark, split, image_id, file
         for bench in sets.vqa:

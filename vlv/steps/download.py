@@ -126,13 +126,13 @@ class DownloadStep(Step[DownloadConfig]):
         counts = read_download_counts(shards_uri)
         _check_complete(counts, total_shards, total_rows, shards_uri)
         # The tiny site's samples carry the served address: back to the canonical URLs of the metadata.
-        ctx.log.info("download: %d shards rewritten in key order without timestamps (reproducible bytes)",
-                     canonicalize_shards(shards_uri, canonical_urls() if site is not None else None))
+        ctx.log.debug("download: %d shards rewritten in key order without timestamps (reproducible bytes)",
+                      canonicalize_shards(shards_uri, canonical_urls() if site is not None else None))
         shutil.rmtree(parts_dir, ignore_errors=True)  # a copy of the input; kept only for a crashed attempt
         _write_counts_csv(counts, ctx.output_dir / "download_counts.csv")
         for (status, reason), count in sorted(counts.by_status_reason.items(), key=lambda item: -item[1])[:10]:
             if status != "success":
-                ctx.log.info("download: %d x %s (%s): %s", count, reason, status, counts.examples.get(reason, ""))
+                ctx.log.debug("download: %d x %s (%s): %s", count, reason, status, counts.examples.get(reason, ""))
         metrics = {"images_ok": counts.images_ok, "images_failed": counts.images_failed,
                    "shards": len(counts.shards), "success_rate": counts.images_ok / max(counts.samples, 1)}
         metrics.update({f"images_failed_{reason}": n for reason, n in counts.failed_by_reason().items()})
@@ -212,7 +212,7 @@ def _serving(upstream: StepOutput, site: dict | None, ctx: StepContext) -> Itera
                                  single=True)
     folder = upstream.local_folder(folder_name)  # in place on a local store, fetched once from an object store
     with serve_folder(folder) as server:
-        ctx.log.info("download: serving the tiny photo site %s at %s/", folder, server.base_url)
+        ctx.log.debug("download: serving the tiny photo site %s at %s/", folder, server.base_url)
         yield server.served_urls()
 
 

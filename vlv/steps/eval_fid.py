@@ -239,12 +239,13 @@ class EvalFidStep(Step[EvalFidConfig]):
         real = real_image_stats([image.path for image in images], spec, cache_uri=ctx.cache_uri, **workers)
         ctx.log.info("real-image statistics of %d images (%s, key %s)", real.stats.n,
                      "from cache" if real.cached else "computed", real.key)
-        ctx.log.info("caption FID: %s, %d steps, %d px, %s, CFG %s; captioners %s", cfg.t2i_model, cfg.t2i_num_steps,
-                     cfg.t2i_image_size, cfg.t2i_dtype, cfg.cfg_scales, ", ".join(s.name for s in sources))
+        ctx.log.debug("caption FID: %s, %d steps, %d px, %s, CFG %s; captioners %s", cfg.t2i_model,
+                      cfg.t2i_num_steps, cfg.t2i_image_size, cfg.t2i_dtype, cfg.cfg_scales,
+                      ", ".join(s.name for s in sources))
         generators: list[Any] = [CaptionGenerator(cfg.text_to_image_spec(), tuple(cfg.cfg_scales), sources)]
         if cfg.reconstruction:
-            ctx.log.info("reconstructions: %s sampler, %d steps, CFG %s", cfg.recon_scheduler, cfg.recon_num_steps,
-                         cfg.recon_cfg_scales)
+            ctx.log.debug("reconstructions: %s sampler, %d steps, CFG %s", cfg.recon_scheduler, cfg.recon_num_steps,
+                          cfg.recon_cfg_scales)
             generators.insert(0, ReconstructionGenerator(ctx.input("train_stage1"), cfg.recon_num_steps,
                                                          tuple(cfg.recon_cfg_scales), cfg.recon_scheduler))
         generated = generated_feature_stats(generators, images, spec, batch_size=cfg.generation_batch_size,

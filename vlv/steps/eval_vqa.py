@@ -190,7 +190,7 @@ class EvalVqaStep(Step[EvalVqaConfig]):
             datasets[name] = load_split(bench.eval)
             exemplar_set = load_split(bench.exemplars)
             rows += build_prompt_rows(name, datasets[name], exemplar_set, captions, cfg.shots, cfg.seed)
-        ctx.log.info("VQA answer processing: %s", cfg.answer_processing)
+        ctx.log.debug("VQA answer processing: %s", cfg.answer_processing)
         metrics: dict[str, float] = {}
         prompts = [row.prompt for row in rows]
         if cfg.llm == "endpoint":

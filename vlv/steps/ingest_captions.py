@@ -86,7 +86,7 @@ class IngestCaptionsStep(Step[IngestCaptionsConfig]):
 
         cfg = ctx.config
         kept_table = read_kept(ctx.input("aesthetic_filter"))
-        ctx.log.info("%d kept images from aesthetic_filter", kept_table.num_rows)
+        ctx.log.debug("%d kept images from aesthetic_filter", kept_table.num_rows)
         names: dict[str, str] = {}
         if cfg.generate_tiny:
             from vlv.data.caption_synthetic import write_tiny_gemini_output
@@ -111,7 +111,7 @@ class IngestCaptionsStep(Step[IngestCaptionsConfig]):
         options = IngestOptions(format=cfg.format, key_field=cfg.key_field, caption_field=cfg.caption_field,
                                 max_line_bytes=cfg.max_line_bytes, chunk_bytes=cfg.chunk_bytes,
                                 parse_bytes=cfg.parse_bytes, num_threads=cfg.num_threads, compression=cfg.compression)
-        ctx.log.info("ingesting %d caption file(s): %s", len(sources), ", ".join(names.get(s, s) for s in sources[:5]))
+        ctx.log.debug("ingesting %d caption file(s): %s", len(sources), ", ".join(names.get(s, s) for s in sources[:5]))
         stats = ingest_captions(sources, str(ctx.output_dir / "captions.parquet"),
                                 str(ctx.output_dir / "quarantine.parquet"), kept=kept, options=options,
                                 progress=progress, source_names=names)

@@ -164,7 +164,7 @@ class PrepareMetadataStep(Step[PrepareMetadataConfig]):
         elif cfg.serve_folder:
             _copy_served_folder(cfg, metadata_path, ctx)
         _write_funnel_csv(funnel, ctx.output_dir / "funnel.csv")
-        ctx.log.info("prepare_metadata funnel: %s", ", ".join(f"{stage}={n}" for stage, n in funnel.rows()))
+        ctx.log.debug("prepare_metadata funnel: %s", ", ".join(f"{stage}={n}" for stage, n in funnel.rows()))
         metrics = {"rows_read": funnel.rows_read, "rows_kept": funnel.rows_kept}
         metrics.update({f"dropped_{reason}": n for reason, n in funnel.drop_counts().items()})
         return StepResult(metrics=metrics, artifacts=["funnel.csv"])

@@ -70,7 +70,7 @@ class TrainStage2Step(TrainingStep[TrainStage2Config]):
         tokenizer_dir = ctx.output_dir / TOKENIZER_DIR
         tokenizer = prepare_tokenizer(cfg, captions, tokenizer_dir)
         tokenizer_uri = share_folder(tokenizer_dir, f"{ctx.scratch_uri}/tokenizer")
-        ctx.log.info("LLM tokenizer: %d ids (shared with the workers at %s)", len(tokenizer), tokenizer_uri)
+        ctx.log.debug("LLM tokenizer: %d ids (shared with the workers at %s)", len(tokenizer), tokenizer_uri)
         stream = WebDatasetImageStream(
             shards_uri=ctx.input("download").path(SHARDS), samples_uri=captions.path(CAPTIONS), with_captions=True,
             config=ImageStreamConfig(image_size=read_stage1_config(stage1_dir).image_size,

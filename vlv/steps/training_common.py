@@ -60,8 +60,8 @@ class TrainingStep(Step[TrainingSectionT]):
         """Run `task` (a stage task of vlv.train.stage_tasks) on the declared Ray Train workers; the trained
         weights are exported into the output folder (vlv.train.loop.EXPORT_FILE)."""
         cfg = ctx.config
-        ctx.log.info("lr schedule: %s",
-                     describe_schedule(cfg.deepspeed.schedule, loop_total_steps=cfg.loop.total_steps))
+        ctx.log.debug("lr schedule: %s",
+                      describe_schedule(cfg.deepspeed.schedule, loop_total_steps=cfg.loop.total_steps))
         outcome = run_training(task=task, deepspeed=cfg.deepspeed, loop=cfg.loop, ray_train=cfg.ray_train,
                                storage_path=f"{ctx.scratch_uri}/ray", name="ray_train", metric_logger=ctx.metrics,
                                export_dir=ctx.output_dir)

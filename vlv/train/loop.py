@@ -312,7 +312,7 @@ def save_and_report(engine: DeepSpeedEngine, progress: TrainProgress, stats: Ste
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     if rank == 0:
-        log.info("checkpoint %s reported (final=%s)", tag, final)
+        log.debug("checkpoint %s reported (final=%s)", tag, final)
 
 
 def full_trainable_state(engine: DeepSpeedEngine) -> dict[str, torch.Tensor] | None:
