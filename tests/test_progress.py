@@ -43,21 +43,3 @@ def test_training_step_line_has_step_of_total_loss_lr_rate_and_eta(caplog):
     with caplog.at_level(logging.INFO, logger="vlv.train"):
         log_step(None, 100, stats, samples_per_s=8.0, total_steps=100, global_batch=16)
     assert caplog.records[-1].getMessage().endswith("samples/s 8.0 ETA 0s")
-
-
-def test_periodic_progress_says_a_line_a_period_and_nothing_at_the_end(caplog):
-    from vlv.progress import PeriodicProgress
-
-    now = [100.0]
-    log = logging.getLogger("vlv.test_progress")
-    progress = PeriodicProgress(log, "vlv:fid", 8, "tasks", every_s=60.0, clock=lambda: now[0])
-    with caplog.at_level(logging.INFO, logger="vlv.test_progress"):
-        now[0] = 130.0
-        assert not progress.update(1)  # within the first minute: quiet
-        now[0] = 180.0
-        assert progress.update(2)  # 2 of 8 in 80 s: 6 left at 0.025 tasks/s = 240 s
-        now[0] = 200.0
-        assert not progress.update(3)
-        now[0] = 400.0
-        assert not progress.update(8)  # the end: the caller's own line says it
-    assert [r.getMessage() for r in caplog.records] == ["vlv:fid: 2/8 tasks, 0.03 tasks/s, ETA 4m00s"]
