@@ -110,6 +110,8 @@ def test_exclusive_create_on_the_object_store_and_locally(bucket_uri, tmp_path):
         assert create_exclusive(fs, path, b"first") is True
         assert create_exclusive(fs, path, b"second") is False
         assert fs.cat_file(path) == b"first"
+    fs, path = filesystem(f"{bucket_uri}/x/one.json")  # a retried create whose first answer was lost: it is ours
+    assert create_exclusive(fs, path, b"first") is True
 
 
 def test_verify_reads_every_output_through_the_store_and_names_a_missing_or_corrupt_file(bucket_uri, capsys):

@@ -127,7 +127,12 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
 
 
 def create_exclusive(fs: Any, path: str, data: bytes) -> bool:
-    """Write `data` at `path` only if nothing is there; False if something already was (atomic on each store)."""
+    """Write `data` at `path` only if nothing is there; False if something already was (atomic on each store).
+
+    `data` must be unique to the caller (the commits and leases carry an attempt id or a token): an object that
+    already holds exactly these bytes is the caller's own, created by a request whose answer was lost and that
+    the client retried (gcsfs and botocore retry a timed-out upload, and the retry then meets the precondition).
+    """
     protocol = _protocol(fs)
     if protocol in ("file", "local"):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -147,14 +152,21 @@ def create_exclusive(fs: Any, path: str, data: bytes) -> bool:
         try:
             fs.pipe_file(path, data, mode="create")  # S3 If-None-Match: *, GCS ifGenerationMatch=0
         except FileExistsError:
-            return False
+            return _holds(fs, path, data)
         except OSError as err:
             if "pre-condition" in str(err).lower() or "precondition" in str(err).lower():
-                return False
+                return _holds(fs, path, data)
             raise
         return True
     raise StoreAccessError(f"the {protocol}:// filesystem has no exclusive create, which safe publishing needs; "
                            "use a local folder, s3:// (or an S3-compatible server) or gs://")
+
+
+def _holds(fs: Any, path: str, data: bytes) -> bool:
+    try:
+        return fs.cat_file(path) == data
+    except FileNotFoundError:  # deleted since (an old lease epoch pruned): it was someone else's
+        return False
 
 
 def modified_time(info: dict[str, Any]) -> float | None:
