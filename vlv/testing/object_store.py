@@ -8,12 +8,14 @@ s3fs and boto3, and passed to pyarrow by vlv.engine.storage) plus dummy credenti
 accepts; for GCS, `STORAGE_EMULATOR_HOST` (read by gcsfs and google-cloud-storage, passed to pyarrow).
 
 fake-gcs-server honours the one GCS precondition the store needs, `ifGenerationMatch=0` on gcsfs's uploads of
-small objects (multipart): a second create of an existing object gets 412. (gcp-storage-emulator, the other
-emulator on PyPI, ignores every precondition and overwrites, so it cannot test the store.)
+small objects (multipart): a second create of an existing object gets 412 (it ignores the precondition on
+resumable uploads, which gcsfs uses above 50 MiB; the commits and leases are small JSON). gcp-storage-emulator,
+the other emulator on PyPI, ignores every precondition and overwrites, so it cannot test the store.
 """
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import shutil
@@ -40,7 +42,7 @@ def free_port() -> int:
     raise RuntimeError("no free port outside Ray's worker range 10002-19999")
 
 
-class _ServerProcess:
+class _ServerProcess(abc.ABC):
     """A server subprocess in its own session: started, polled until `_answers()`, stopped by PID."""
 
     name = "server"
@@ -51,17 +53,22 @@ class _ServerProcess:
         self.log_path = log_path
         self._process: subprocess.Popen | None = None
 
+    @abc.abstractmethod
     def _command(self) -> list[str]:
-        raise NotImplementedError
+        """The server's command line."""
 
+    @abc.abstractmethod
     def _answers(self) -> None:
         """One request that succeeds once the server is ready (raises OSError before)."""
-        raise NotImplementedError
 
     def _start(self, env: dict[str, str] | None = None):
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self._process = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True, env=env or dict(os.environ))
+        try:
+            self._process = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT,
+                                             start_new_session=True, env=env or dict(os.environ))
+        finally:
+            if log is not subprocess.DEVNULL:
+                log.close()  # the server has its own copy
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
