@@ -14,10 +14,9 @@ import pytest
 from vlv.logs import set_quiet_environment
 from vlv.runtime_env import apply_runtime_defaults
 from vlv.testing.fake_secrets import FAKE_SECRETS
-from vlv.testing.object_store import S3Server, free_port
+from vlv.testing.object_store import GcsServer, S3Server, free_port
 from vlv.testing.step_inputs import write_kept_output
 
-apply_runtime_defaults()
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("RAY_ADDRESS", None)
 os.environ.pop("VLV_STORE", None)
@@ -31,6 +30,10 @@ S3_PORT = free_port()
 os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{S3_PORT}"
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_ENDPOINT_URL_S3", None)
+# Likewise the GCS emulator (fixture `gcs_server`): gcsfs and google-cloud-storage read STORAGE_EMULATOR_HOST.
+GCS_PORT = free_port()
+os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{GCS_PORT}"
+apply_runtime_defaults()  # after the endpoints: some defaults depend on them
 
 
 @pytest.fixture
@@ -107,9 +110,35 @@ def s3_server(tmp_path_factory):
 @pytest.fixture
 def s3_bucket(s3_server, request) -> str:
     """A fresh, empty bucket for one test; returns its name."""
+    name = _bucket_name(request)
+    s3_server.create_bucket(name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory):
+    """fake-gcs-server on 127.0.0.1 for the session (the endpoint every process already has in its env)."""
+    with GcsServer(port=GCS_PORT, log_path=tmp_path_factory.mktemp("fake_gcs") / "fake-gcs-server.log") as server:
+        yield server
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server, request) -> str:
+    """A fresh, empty GCS bucket for one test; returns its name."""
+    name = _bucket_name(request)
+    gcs_server.create_bucket(name)
+    return name
+
+
+@pytest.fixture(params=["s3", "gs"])
+def bucket_uri(request) -> str:
+    """A fresh, empty bucket on each object store the tests run (moto's S3, fake-gcs-server): `s3://b`, `gs://b`."""
+    bucket = request.getfixturevalue("s3_bucket" if request.param == "s3" else "gcs_bucket")
+    return f"{request.param}://{bucket}"
+
+
+def _bucket_name(request) -> str:
     import re
     import uuid
 
-    name = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:48].strip("-") + f"-{uuid.uuid4().hex[:8]}"
-    s3_server.create_bucket(name)
-    return name
+    return re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:48].strip("-") + f"-{uuid.uuid4().hex[:8]}"

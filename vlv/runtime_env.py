@@ -33,6 +33,10 @@ def apply_runtime_defaults() -> None:
     if not _has_cuda():
         defaults["DS_ACCELERATOR"] = "cpu"
         defaults["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // 2))
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        # gcsfs's default class asks Google's gRPC control plane about every bucket, which a GCS emulator does
+        # not serve: each call would wait out a 60 s timeout. Read when gcsfs is imported, so set it first.
+        defaults["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
     from vlv.job_env import embedded_ray_env_defaults
 
     defaults.update(embedded_ray_env_defaults())  # an embedded Ray listens on 127.0.0.1 only

