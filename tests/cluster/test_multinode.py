@@ -73,9 +73,12 @@ def _ray(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def _status(cluster, job_id: str) -> str:
-    out = _ray("job", "status", job_id, "--address", cluster.job_address, timeout=120).stdout
+    """The job's state from `ray job status`, which words it differently per state ("Status for job 'x': RUNNING"
+    while it runs, "Job 'x' succeeded" at the end): matched case-insensitively."""
+    done = _ray("job", "status", job_id, "--address", cluster.job_address, timeout=120)
+    out = (done.stdout + done.stderr).lower()
     for status in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
-        if status in out:
+        if status.lower() in out:
             return status
     return "UNKNOWN"
 
