@@ -159,14 +159,14 @@ def make_cost_plan(config: PipelineConfig, *, gpu_type: str = "L40S", gpus: int 
     if price_per_cpu_hour < 0:
         raise ValueError(f"--price-per-cpu-hour must be >= 0, got {price_per_cpu_hour}")
     gpu = gpu_type_by_name(gpu_type)
-    w = workload or Workload()
+    workload = workload or Workload()
     price = gpu.usd_per_gpu_hour if price_per_gpu_hour is None else price_per_gpu_hour
     declared = {step.name: step.work(getattr(config, step.name)) for step in pipeline_steps()}
-    headline_gpus = gpus or declared["train_stage1"].gpus or w.recipe_gpus
+    headline_gpus = gpus or declared["train_stage1"].gpus or workload.recipe_gpus
     warnings: list[str] = []
     estimates = []
     for name, work in declared.items():
-        job = _job(name, config, work, w, gpu, headline_gpus, warnings)
+        job = _job(name, config, work, workload, gpu, headline_gpus, warnings)
         if job is None:
             continue
         gpu_hours = job.reference_gpu_hours / gpu.relative_speed
@@ -191,7 +191,7 @@ def _working_cpus(work: StepWork) -> float:
     """The CPUs a step's CPU work runs on: its worker pools when it has any, else its own task."""
     if not work.pools:
         return work.task.num_cpus
-    return sum(p.count * max(p.cpus, 1.0 if p.kind == "processes" else 0.0) for p in work.pools)
+    return sum(pool.count * max(pool.cpus, 1.0 if pool.kind == "processes" else 0.0) for pool in work.pools)
 
 
 def _describe_resources(work: StepWork) -> str:
@@ -204,65 +204,70 @@ def _describe_resources(work: StepWork) -> str:
     return " + ".join(parts)
 
 
-def _job(name: str, config: PipelineConfig, work: StepWork, w: Workload, gpu: GpuType, gpus: float,
+def _job(name: str, config: PipelineConfig, work: StepWork, workload: Workload, gpu: GpuType, gpus: float,
          warnings: list[str]) -> Job | None:
     """The paper-scale work of step `name` (None: a step with nothing to price, the arena's judge runs outside)."""
-    images = int(w.images_after_prefilter * w.download_success_rate)
+    images = int(workload.images_after_prefilter * workload.download_success_rate)
     if name == "prepare_metadata":
-        return Job(f"{_n(w.metadata_rows)} rows -> ~{_n(w.images_after_prefilter)}",
+        return Job(f"{_short_count(workload.metadata_rows)} rows -> ~{_short_count(workload.images_after_prefilter)}",
                    "paper: ~40M after pre-filter; scan rate assumed",
-                   cpu_hours=w.metadata_rows / w.metadata_rows_per_s_per_cpu / 3600)
+                   cpu_hours=workload.metadata_rows / workload.metadata_rows_per_s_per_cpu / 3600)
     if name == "download":
         processes = _working_cpus(work)
-        wall_hours = w.images_after_prefilter / (w.download_urls_per_s_per_process * processes) / 3600
-        return Job(f"{_n(w.images_after_prefilter)} URLs, {config.download.image_size} px",
+        wall_hours = workload.images_after_prefilter / (workload.download_urls_per_s_per_process * processes) / 3600
+        return Job(f"{_short_count(workload.images_after_prefilter)} URLs, {config.download.image_size} px",
                    "img2dataset README: 1350 URLs/s per 16 cores (measured)", cpu_hours=wall_hours * processes)
     if name == "aesthetic_filter":
-        scored = f"{_n(images)} images ({w.download_success_rate:.0%} of URLs)"
+        scored = f"{_short_count(images)} images ({workload.download_success_rate:.0%} of URLs)"
         if work.gpus:
-            return Job(scored, "CLIP ViT-L/14 rate assumed", reference_gpu_hours=images / w.clip_images_per_s_per_gpu
-                       / 3600)
-        job = Job(scored, "CLIP ViT-L/14 on CPU, rate assumed", cpu_hours=images / w.clip_images_per_s_per_cpu / 3600)
-        gpu_hours = images / w.clip_images_per_s_per_gpu / 3600 / gpu.relative_speed
+            return Job(scored, "CLIP ViT-L/14 rate assumed",
+                       reference_gpu_hours=images / workload.clip_images_per_s_per_gpu / 3600)
+        job = Job(scored, "CLIP ViT-L/14 on CPU, rate assumed",
+                  cpu_hours=images / workload.clip_images_per_s_per_cpu / 3600)
+        gpu_hours = images / workload.clip_images_per_s_per_gpu / 3600 / gpu.relative_speed
         warnings.append(
             f"aesthetic_filter asks for no GPU: ~{job.cpu_hours / _working_cpus(work) / 24:,.0f} days on "
             f"{_working_cpus(work):g} CPU cores; with GPUs it is ~{gpu_hours:,.0f} GPU-hours: --set "
             f"aesthetic_filter.gpus_per_actor=1 --set aesthetic_filter.num_actors={gpus:g}")
         return job
     if name == "ingest_captions":
-        return Job(f"{_n(w.captions)} Gemini captions", "paper: ~6M captions; parse rate assumed",
-                   cpu_hours=w.captions / w.caption_lines_per_s_per_cpu / 3600)
-    reference_seconds_per_sample = w.stage1_gpu_hours_reference * 3600 / (w.stage1_steps * w.stage1_global_batch)
+        return Job(f"{_short_count(workload.captions)} Gemini captions",
+                   "paper: ~6M captions; parse rate assumed",
+                   cpu_hours=workload.captions / workload.caption_lines_per_s_per_cpu / 3600)
+    reference_seconds_per_sample = (workload.stage1_gpu_hours_reference * 3600
+                                    / (workload.stage1_steps * workload.stage1_global_batch))
     if name in ("train_stage1", "train_stage2"):
         section = getattr(config, name)
         deepspeed, steps = section.deepspeed, section.loop.total_steps
         samples = steps * deepspeed.global_batch * (1.0 if name == "train_stage1"
-                                                    else w.stage2_relative_cost_per_sample)
+                                                    else workload.stage2_relative_cost_per_sample)
         basis = ("paper: ~770 GPU-h per 200K x 512 on RTX 6000 Ada" if name == "train_stage1"
-                 else f"stage-1 s/sample x {w.stage2_relative_cost_per_sample:g} (assumed)")
-        return Job(f"{_n(steps)} steps x {deepspeed.global_batch}, ZeRO-{deepspeed.zero_stage} "
+                 else f"stage-1 s/sample x {workload.stage2_relative_cost_per_sample:g} (assumed)")
+        return Job(f"{_short_count(steps)} steps x {deepspeed.global_batch}, ZeRO-{deepspeed.zero_stage} "
                    f"{deepspeed.precision}", basis, reference_gpu_hours=reference_seconds_per_sample * samples / 3600)
-    caption_hours = w.eval_images / w.caption_images_per_s_per_gpu / 3600
+    caption_hours = workload.eval_images / workload.caption_images_per_s_per_gpu / 3600
     if name == "caption_eval":
-        return Job(f"{_n(w.eval_images)} COCO captions, beam 4", "caption rate assumed",
+        return Job(f"{_short_count(workload.eval_images)} COCO captions, beam 4", "caption rate assumed",
                    reference_gpu_hours=caption_hours)
     if name == "eval_fid":
-        recon_hours = w.recon_fid_cfg_values * w.eval_images * w.sd21_seconds_per_image / 3600
-        caption_fid_hours = w.caption_fid_cfg_values * (caption_hours
-                                                        + w.eval_images * w.sd35_seconds_per_image / 3600)
-        return Job(f"{w.recon_fid_cfg_values} recon + {w.caption_fid_cfg_values} caption CFG x {_n(w.eval_images)}",
+        recon_hours = workload.recon_fid_cfg_values * workload.eval_images * workload.sd21_seconds_per_image / 3600
+        caption_fid_hours = workload.caption_fid_cfg_values * (
+            caption_hours + workload.eval_images * workload.sd35_seconds_per_image / 3600)
+        return Job(f"{workload.recon_fid_cfg_values} recon + {workload.caption_fid_cfg_values} caption CFG x "
+                   f"{_short_count(workload.eval_images)}",
                    "SD 2.1 / SD 3.5 rates assumed", reference_gpu_hours=recon_hours + caption_fid_hours)
     if name == "eval_vqa":
-        vqa_hours = (w.vqa_images / w.caption_images_per_s_per_gpu
-                     + w.vqa_shot_settings * w.vqa_questions / w.vqa_answers_per_s_per_gpu) / 3600
-        return Job(f"{w.vqa_shot_settings} shots x {_n(w.vqa_questions)} questions", "caption + answer rates assumed",
+        vqa_hours = (workload.vqa_images / workload.caption_images_per_s_per_gpu
+                     + workload.vqa_shot_settings * workload.vqa_questions / workload.vqa_answers_per_s_per_gpu) / 3600
+        return Job(f"{workload.vqa_shot_settings} shots x {_short_count(workload.vqa_questions)} questions",
+                   "caption + answer rates assumed",
                    reference_gpu_hours=vqa_hours)
     if name == "report":
         return Job("tables and plots", "negligible", cpu_hours=0.05)
     return None
 
 
-def _n(count: float) -> str:
+def _short_count(count: float) -> str:
     for unit, size in (("M", 1e6), ("K", 1e3)):
         if count >= size:
             return f"{count / size:.1f}".rstrip("0").rstrip(".") + unit
