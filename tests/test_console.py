@@ -3,10 +3,16 @@ user would see): short, no tracebacks or Python warnings, none of Ray's noise, a
 
 from __future__ import annotations
 
+import os
+import pty
 import re
+import subprocess
+
+import pytest
 
 from vlv.logs import is_worker_noise
 from vlv.pipeline import step_names
+from vlv.testing.driver_faults import REPO, pipeline_command
 
 MAX_LINES = 120
 TRAINING_LINE = re.compile(r"step (\d+)/(\d+) loss \S+ lr \S+ grad_norm \S+ samples/s \S+ ETA \S+")
@@ -38,3 +44,37 @@ def test_the_console_says_when_each_step_starts_and_ends_and_how_training_goes(t
     assert [i for i, _ in steps] == list(range(1, steps[0][1] + 1)) * 2  # stage 1, then stage 2
     assert re.search(r"download: \d+/\d+ shards after \d+s, .* samples/s, (ETA \S+|done)", text)  # progress
     assert f"report: {tiny_store}/steps/report/" in text  # the summary's last lines
+
+
+SPINNER_START = re.compile(r"^[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏] ")
+
+
+@pytest.mark.slow  # a tiny run of the two cheapest steps under a pseudo-terminal: about a minute
+def test_on_a_terminal_progress_is_one_live_line_under_the_log(tmp_path):
+    """The driver's stderr is a terminal: progress is redrawn in place (erase, redraw) and never runs into a log line;
+    nothing is left of it when the run ends."""
+    main, child = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ("VLV_PROGRESS", "RAY_ADDRESS", "PYTEST_CURRENT_TEST")}
+    env["COLUMNS"] = "200"
+    proc = subprocess.Popen(pipeline_command(tmp_path / "store", ["prepare_metadata", "download"]), stdin=child,
+                            stdout=child, stderr=child, env=env, cwd=REPO, start_new_session=True)
+    os.close(child)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main, 65536)
+        except OSError:  # the terminal closed: the driver and everything it started are gone
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=60) == 0
+    out = b"".join(chunks).decode("utf-8", "replace")
+    pieces = out.split("\r\x1b[K")
+    status = [p for p in pieces if SPINNER_START.match(p)]
+    assert any(re.match(r"^. download \d+s \| download \[[#-]{10}\] \d+/29 samples, [\d.]+ samples/s, ETA", p)
+               for p in status), out[-3000:]
+    assert not [p for p in status if "\n" in p], "a log line ran into the status line"  # erased before each line
+    assert "step download         done in" in out
+    assert not SPINNER_START.match(pieces[-1].strip("\r\n"))  # erased at the end
+    assert not re.search(r"download: \d+/\d+ shards after", out)  # the periodic line went to DEBUG

@@ -10,8 +10,11 @@ Quiet by default, so a run's console shows what the pipeline does and what went 
 - lines that Ray's processes print and that say nothing a user can act on (WORKER_NOISE) are dropped from what
   Ray forwards to the driver's console (they stay in the Ray session's worker logs);
 - the pipeline's own detail lines are DEBUG: the console shows when each step starts (its worker's "running
-  step" line) and ends (the driver's "done" line), progress lines with rates and ETAs (vlv.progress), training
-  lines, warnings and the summary.
+  step" line) and ends (the driver's "done" line), progress with rates and ETAs (vlv.progress), training
+  lines, warnings and the summary;
+- progress is a live status line redrawn under the log when the driver's stderr is a terminal (`bar` mode,
+  vlv.engine.progress_board), and periodic lines anywhere else (`lines` mode: log files, `ray job logs`, CI).
+  VLV_PROGRESS=lines or =bar in the environment overrides the choice.
 
 `--verbose` (or VLV_VERBOSE=1 in the environment) keeps everything: no filter, no held-back logger, this
 project's DEBUG lines, every line of Ray's processes, Ray Data's bars and INFO lines. The settings travel as
@@ -25,6 +28,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +45,7 @@ QUIET_LOGGERS = {
         "dashboard and opens no port to anyone but this driver",
 }
 VERBOSE_ENV = "VLV_VERBOSE"
+PROGRESS_ENV = "VLV_PROGRESS"  # "bar" or "lines", chosen once by the driver (choose_progress_mode)
 PROJECT_LOGGER = "vlv"  # this project's loggers: DEBUG lines (details) only when verbose
 
 
@@ -114,10 +119,14 @@ QUIET_ENV = {
     "TQDM_DISABLE": "1",  # every tqdm bar (img2dataset's shard counter, ...): a log file gets a line per redraw
 }
 # What workers on other nodes need to follow the driver's choice (vlv.runtime_env.worker_env_vars).
-CONSOLE_ENV_VARS = (VERBOSE_ENV, "PYTHONWARNINGS", *QUIET_ENV)
+CONSOLE_ENV_VARS = (VERBOSE_ENV, PROGRESS_ENV, "PYTHONWARNINGS", *QUIET_ENV)
 _quiet_env_set: set[str] = set()  # names this module set, so --verbose removes exactly those
 _installed_filters: list[tuple] = []  # the warning filters this module installed, likewise
 _warned: set[tuple[str, str]] = set()  # (logger, message) pairs warn_once has said in this process
+# Held for every write to the console while a live status line is drawn (vlv.engine.progress_board.LiveLine): the
+# line is erased before a log record or a forwarded worker line and redrawn after it.
+CONSOLE_LOCK = threading.RLock()
+_console_writers: list[Any] = []  # objects with erase() and draw(): the live lines being drawn
 
 
 def is_verbose() -> bool:
@@ -127,11 +136,55 @@ def is_verbose() -> bool:
 def configure_logging(fmt: str = LOG_FORMAT, *, force: bool = False) -> None:
     """INFO to stderr, credentials redacted from every line; quiet (see above) unless verbose."""
     logging.basicConfig(level=logging.INFO, format=fmt, force=force)
+    choose_progress_mode()
     if is_verbose():
         _show_everything()
     else:
         _quiet()
     install_log_redaction()
+
+
+def choose_progress_mode() -> str:
+    """`bar` when this process's stderr is a terminal and output is not verbose, else `lines`; decided once, by
+    the first process (the driver), and inherited through the environment by every process it starts (Ray
+    workers, here and through vlv.runtime_env.worker_env_vars on a cluster)."""
+    if os.environ.get(PROGRESS_ENV) not in ("bar", "lines"):
+        interactive = sys.stderr is not None and sys.stderr.isatty()
+        os.environ[PROGRESS_ENV] = "bar" if interactive and not is_verbose() else "lines"
+    return os.environ[PROGRESS_ENV]
+
+
+def add_console_writer(writer: Any) -> None:
+    """Start keeping `writer` (erase(), draw()) below every console write: log records of this process's root
+    handlers, and lines Ray forwards from its workers."""
+    with CONSOLE_LOCK:
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and not getattr(handler, "_vlv_console_aware", False):
+                handler.emit = _around_console_write(handler.emit)  # type: ignore[method-assign]
+                handler._vlv_console_aware = True  # type: ignore[attr-defined]
+        _console_writers.append(writer)
+
+
+def remove_console_writer(writer: Any) -> None:
+    with CONSOLE_LOCK:
+        if writer in _console_writers:
+            _console_writers.remove(writer)
+
+
+def _around_console_write(write: Any) -> Any:
+    def write_below_live_lines(*args: Any, **kwargs: Any) -> Any:
+        with CONSOLE_LOCK:
+            if not _console_writers:
+                return write(*args, **kwargs)
+            for writer in _console_writers:
+                writer.erase()
+            try:
+                return write(*args, **kwargs)
+            finally:
+                sys.stdout.flush()
+                for writer in _console_writers:
+                    writer.draw()
+    return write_below_live_lines
 
 
 def filter_worker_output() -> None:
@@ -156,7 +209,7 @@ class _QuietWorkerOutput:
     """Ray's printer of forwarded worker output, given each batch without its noise lines."""
 
     def __init__(self, printer: Any) -> None:
-        self.printer = printer
+        self.printer = _around_console_write(printer)  # below a live status line, if one is drawn
 
     def __call__(self, data: dict[str, Any]) -> None:
         if not is_verbose():
@@ -180,6 +233,7 @@ def warn_once(logger: logging.Logger, message: str, *args: Any) -> None:
 def set_verbose() -> None:
     """Everything on the console from now on, in this process and the processes it starts."""
     os.environ[VERBOSE_ENV] = "1"
+    os.environ[PROGRESS_ENV] = "lines"  # every line kept: nothing is redrawn in place
     _show_everything()
 
 

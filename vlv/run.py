@@ -20,6 +20,7 @@ from vlv.engine.cluster import current_cluster, fit_problems, missing_paths_on_n
 from vlv.engine.executor import StepRequest, connect_ray, submit_step
 from vlv.engine.manifest import verify_files
 from vlv.engine.plan import PlannedStep, describe_plan, make_plan
+from vlv.engine.progress_board import ProgressDisplay
 from vlv.engine.step import Step, StepOutput
 from vlv.engine.store import RunStore, StoreLockedError
 from vlv.job_env import check_job_paths
@@ -126,8 +127,10 @@ def run_pipeline(options: RunOptions) -> PipelineOutcome:
     with store.mutex("mlflow-db"):  # two invocations on a new store would both create MLflow's tables
         tracking = PipelineTracking(tracking_uri, config.experiment, artifact_root)
     on_cluster = connect_ray() if to_run else bool(os.environ.get("RAY_ADDRESS"))
+    display = ProgressDisplay()  # the live status line, when the console is a terminal
     if to_run:
         check_against_cluster([steps[p.name] for p in to_run], to_run, config, on_cluster=on_cluster)
+        display.start()
     closed = tracking.close_runs_of_dead_drivers(socket.gethostname())
     if closed:
         log.info("marked %d MLflow run(s) of killed drivers (pid gone) KILLED", closed)
@@ -145,7 +148,7 @@ def run_pipeline(options: RunOptions) -> PipelineOutcome:
     try:
         for planned in plan:
             outcomes.append(_run_planned_step(steps[planned.name], planned, config, store, tracking, tracking_uri,
-                                               on_cluster, steps))
+                                               on_cluster, steps, display))
         ok = True
     finally:
         tracking.end_parent(ok, name=options.parent.name_prefix + describe_invocation(config.preset, options,
@@ -209,8 +212,8 @@ def _cached_outcome(store: RunStore, planned: PlannedStep) -> StepOutcome:
 
 
 def _run_planned_step(step: Step, planned: PlannedStep, config: PipelineConfig, store: RunStore,
-                      tracking: PipelineTracking, tracking_uri: str, on_cluster: bool, steps_by_name: dict[str, Step]
-                      ) -> StepOutcome:
+                      tracking: PipelineTracking, tracking_uri: str, on_cluster: bool, steps_by_name: dict[str, Step],
+                      display: ProgressDisplay) -> StepOutcome:
     """What the plan says for one step: skip it, record its cached output, or run it and record the result."""
     output_uri = store.output_uri(planned.name, planned.key)
     if planned.action == "skip":
@@ -247,7 +250,8 @@ def _run_planned_step(step: Step, planned: PlannedStep, config: PipelineConfig, 
             # DEBUG: the step's worker says when it really starts (vlv.engine.executor.execute_step)
             log.debug("step %-16s submitted (key %s, %s CPU, %s GPU)", planned.name, planned.key, resources.num_cpus,
                       resources.num_gpus)
-            manifest = submit_step(request, resources)
+            with display.step(planned.name):
+                manifest = submit_step(request, resources)
     except BaseException as err:  # noqa: BLE001 - record the failure in MLflow, then re-raise
         message = _error_message(err)
         tracking.finish_child(run_id, "failed", None, None, error=message)

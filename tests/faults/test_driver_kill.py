@@ -70,7 +70,10 @@ def _reference(tiny_store: Path, step: str, folder: Path) -> Path:
     return reference
 
 
-@pytest.mark.parametrize("step", ["download", "aesthetic_filter", "ingest_captions"])
+# ingest_captions is the cheapest data step (about 45 s here) and stays in `make test`; download and
+# aesthetic_filter (over a minute each) run with `make test-all`.
+@pytest.mark.parametrize("step", [pytest.param("download", marks=pytest.mark.slow),
+                                  pytest.param("aesthetic_filter", marks=pytest.mark.slow), "ingest_captions"])
 def test_data_step_killed_mid_work_resumes_to_identical_output(step, tiny_store, seeded_store, tmp_path):
     store = seeded_store(ancestors(step))
     folder, _ = _kill_mid_step_then_rerun(store, step, tmp_path / "driver.log")

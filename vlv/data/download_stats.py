@@ -19,6 +19,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from vlv.engine.progress_board import is_bar_mode, publish
 from vlv.engine.storage import filesystem
 from vlv.progress import format_duration
 
@@ -148,6 +149,7 @@ def read_download_counts(shards_uri: str | Path) -> DownloadCounts:
 
 
 HEARTBEAT_S = 60.0
+BAR_TICK_S = 2.0  # how often the counts go to the live status line on a terminal (a store listing each time)
 
 
 class DownloadProgress:
@@ -178,12 +180,19 @@ class DownloadProgress:
         self.report(only_if_changed=True)  # the final count, unless the last line already said it
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.report(only_if_changed=True)
+        # On a terminal the status line wants counts every second or two; the log line keeps its own pace.
+        tick = min(self.interval_s, BAR_TICK_S) if is_bar_mode() else self.interval_s
+        last_line = time.monotonic()
+        while not self._stop.wait(tick):
+            line_due = time.monotonic() - last_line >= self.interval_s - 1e-3
+            if line_due:
+                last_line = time.monotonic()
+            self.report(only_if_changed=True, line_due=line_due)
 
-    def report(self, only_if_changed: bool = False) -> None:
+    def report(self, only_if_changed: bool = False, line_due: bool = True) -> None:
         """One progress line; `only_if_changed`: skipped when no shard finished since the last line, unless
-        HEARTBEAT_S passed (a slow start prints one line a minute, not one per interval)."""
+        HEARTBEAT_S passed (a slow start prints one line a minute, not one per interval). The counts also go to the
+        live status line on a terminal, which then shows them instead (the line goes to DEBUG)."""
         fs, stats_paths = _stats_files(self.shards_uri)
         for path in stats_paths:
             name = _shard_name(path)
@@ -194,6 +203,11 @@ class DownloadProgress:
                     continue  # being written; next time
         new = [s for name, s in self._seen.items() if name not in self._already_done]
         now = time.time()
+        on_status_line = publish("download", sum(s.count for s in self._seen.values()), self.total_rows, "samples",
+                                 now - self._started, done_before=sum(self._seen[n].count for n in self._already_done
+                                                                      if n in self._seen))
+        if not line_due:
+            return
         if only_if_changed and len(self._seen) == self._reported_shards and now - self._reported_at < HEARTBEAT_S:
             return
         self._reported_shards, self._reported_at = len(self._seen), now
@@ -203,5 +217,6 @@ class DownloadProgress:
         rate = done / elapsed
         remaining = max(self.total_rows - sum(s.count for s in self._seen.values()), 0)
         eta = "done" if not remaining else f"ETA {format_duration(remaining / rate)}" if rate > 0 else "ETA n/a"
-        self.log.info("download: %d/%d shards after %.0fs, %d samples this attempt (%d ok, %d failed), "
-                      "%.1f samples/s, %s", len(self._seen), self.total_shards, elapsed, done, ok, done - ok, rate, eta)
+        self.log.log(logging.DEBUG if on_status_line else logging.INFO,
+                     "download: %d/%d shards after %.0fs, %d samples this attempt (%d ok, %d failed), %.1f samples/s, "
+                     "%s", len(self._seen), self.total_shards, elapsed, done, ok, done - ok, rate, eta)

@@ -21,6 +21,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from vlv.engine.executor import connect_ray
+from vlv.engine.progress_board import publish
 from vlv.engine.step import WorkerPool
 from vlv.progress import rate_and_eta
 
@@ -128,7 +129,8 @@ def map_chunks_with_tasks(fn: Callable[[ItemT], ResultT], chunks: Sequence[ItemT
 
 class _Progress:
     """Counts results and logs `pool: n/total units, rate, ETA` at most every `every_s` seconds (none for a map
-    shorter than that), and at the end at DEBUG."""
+    shorter than that), and at the end at DEBUG. On a terminal the counts go to the live status line
+    (vlv.engine.progress_board) with each result, and the periodic line to DEBUG."""
 
     def __init__(self, pool: WorkerPool, total: int | None, unit: str, every_s: float = _PROGRESS_EVERY_S):
         self.pool, self.total, self.unit, self.every_s = pool, total, unit, every_s
@@ -138,9 +140,10 @@ class _Progress:
     def done(self, result: Any) -> Any:
         self.count += 1
         now = time.monotonic()
+        on_status_line = publish(self.pool.name, self.count, self.total, self.unit, now - self.started)
         if now - self.last_log >= self.every_s:
             self.last_log = now
-            self._log(now)
+            self._log(now, level=logging.DEBUG if on_status_line else logging.INFO)
         return result
 
     def finish(self) -> None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Protocol, TypeVar
 
+from vlv.engine.progress_board import publish
 from vlv.engine.step import MetricLogger
 from vlv.logs import configure_logging
 from vlv.progress import format_duration
@@ -146,11 +147,15 @@ def train_worker(config: dict[str, WorkerSpec]) -> None:
         carry_curve_over(metric_logger, progress)
 
     window_start, window_steps = time.perf_counter(), 0
+    loop_start, first_step = window_start, progress.step
     for step in range(progress.step, spec.loop.total_steps):
         stats = train_step(engine, spec.task, batches, seed=spec.loop.seed, rank=rank,
                            first_micro_batch=step * accumulation)
         progress.step, progress.samples_seen = step + 1, progress.samples_seen + global_batch
         window_steps += 1
+        if rank == 0:  # the live status line on a terminal (does nothing elsewhere)
+            publish("training", progress.step, spec.loop.total_steps, "steps", time.perf_counter() - loop_start,
+                    done_before=first_step)
         if progress.step % spec.loop.log_every == 0 or progress.step == spec.loop.total_steps:
             elapsed = time.perf_counter() - window_start
             samples_per_s = window_steps * global_batch / max(elapsed, 1e-9)
