@@ -16,6 +16,7 @@ import pytest
 
 from vlv.secrets import MASK, RedactingFilter, redact, secret_values
 from vlv.testing.fake_secrets import FAKE_SECRETS
+from vlv.testing.sockets import LOOPBACK, listening_addresses
 
 
 def _files_containing_secrets(root: Path) -> list[str]:
@@ -104,8 +105,6 @@ def test_redact_leaves_ordinary_text_alone(text):
 
 
 def test_embedded_ray_and_everything_this_process_starts_listen_on_loopback_only(ray_session):
-    from tests.infra.test_ray_job_submit import LOOPBACK, listening_addresses
-
     addresses = listening_addresses(os.getpid())  # the test process, its embedded Ray and their children
     assert addresses, "the embedded Ray listens somewhere"
     assert {ip for ip, _ in addresses} <= LOOPBACK, addresses

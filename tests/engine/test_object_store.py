@@ -221,8 +221,8 @@ def test_the_runner_on_an_object_store_caches_forces_and_logs_artifacts(ray_sess
                                                                        monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from tests.engine.toy_steps import ToyConfig, ToySection, runs, toy_steps
     from vlv.run import RunOptions, run_pipeline
+    from vlv.testing.toy_steps import ToyConfig, ToySection, runs, toy_steps
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     counter = tmp_path / "counter"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.toy_steps import ToyConfig, ToySection, toy_steps
 from vlv.engine.manifest import Manifest, list_files, verify_files
 from vlv.engine.plan import describe_plan, downstream_of, make_plan, step_key, upstream_of
 from vlv.engine.store import RunStore, StoreLockedError
+from vlv.testing.toy_steps import ToyConfig, ToySection, toy_steps
 
 
 def _publish(store: RunStore, step: str, key: str, content: str = "x") -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.engine.toy_steps import ToyConfig, ToySection, runs, toy_steps
 from vlv.run import RunOptions, StepFailed, run_pipeline
+from vlv.testing.toy_steps import ToyConfig, ToySection, runs, toy_steps
 
 
 def _options(store: Path, counter: Path, **kwargs) -> RunOptions:

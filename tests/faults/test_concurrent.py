@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.gated_pipeline import EXPERIMENT, PREFLIGHT_GATE_ENV
 from vlv.testing.driver_faults import (
     child_statuses,
     file_digests,
@@ -18,12 +17,13 @@ from vlv.testing.driver_faults import (
     start_driver,
     wait_for,
 )
+from vlv.testing.gated_pipeline import EXPERIMENT, PREFLIGHT_GATE_ENV
 
 HANG_GUARD_S = 1800.0
 
 
 def _gated(store: Path, tmp_path: Path, name: str, hold: Path, env: dict[str, str]):
-    command = [sys.executable, "-m", "tests.faults.gated_pipeline", "--store", str(store), "--hold-file", str(hold),
+    command = [sys.executable, "-m", "vlv.testing.gated_pipeline", "--store", str(store), "--hold-file", str(hold),
                "--counter-dir", str(tmp_path)]
     return start_driver(store, tmp_path / f"{name}.log", command=command, env=env)
 

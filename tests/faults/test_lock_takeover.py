@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.toy_steps import Alpha, ToySection
 from vlv.engine.executor import StepRequest, execute_step
 from vlv.engine.store import LockLostError, RunStore, StoreLockedError
+from vlv.testing.toy_steps import Alpha, ToySection
 
 HOLD = """
 import sys, time

@@ -12,16 +12,16 @@ import sys
 import time
 from pathlib import Path
 
-from tests.faults.gated_pipeline import EXPERIMENT
 from vlv.engine.manifest import Manifest, verify_files
 from vlv.engine.store import RunStore
 from vlv.testing.driver_faults import kill_driver, start_driver, wait_for
+from vlv.testing.gated_pipeline import EXPERIMENT
 
 HANG_GUARD_S = 900.0
 
 
 def _gated(store_uri: str, tmp_path: Path, name: str, env: dict[str, str], *extra: str):
-    command = [sys.executable, "-m", "tests.faults.gated_pipeline", "--store", store_uri,
+    command = [sys.executable, "-m", "vlv.testing.gated_pipeline", "--store", store_uri,
                "--counter-dir", str(tmp_path), *extra]
     env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     return start_driver(tmp_path / "unused", tmp_path / f"{name}.log", command=command, env=env)

@@ -26,6 +26,7 @@ from pipelines import full_run
 from vlv.job_env import RAY_JOB_ENV_VAR
 from vlv.pipeline import step_names
 from vlv.testing.fake_secrets import FAKE_SECRETS
+from vlv.testing.sockets import LOOPBACK, listening_addresses
 
 REPO = Path(__file__).resolve().parents[2]
 RAY_HEAD = REPO / "infra" / "local" / "ray_head.sh"
@@ -88,24 +89,6 @@ def local_services():
         for script in (RAY_HEAD, MLFLOW_SERVER):
             run([str(script), "stop"], env, timeout=120)
         shutil.rmtree(state_dir, ignore_errors=True)
-
-
-def listening_addresses(pid: int) -> set[tuple[str, int]]:
-    """(ip, port) of every listening TCP socket of `pid` and all its descendants."""
-    import psutil
-
-    root = psutil.Process(pid)
-    found = set()
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            found |= {(c.laddr.ip, c.laddr.port) for c in process.net_connections(kind="inet")
-                      if c.status == psutil.CONN_LISTEN}
-        except psutil.NoSuchProcess:
-            continue
-    return found
-
-
-LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
 def job_status(services: LocalServices, job_id: str) -> str:

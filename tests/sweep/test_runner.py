@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.engine.toy_steps import ToyConfig, ToySection, runs, toy_steps
 from vlv.config_tree import apply_overrides
 from vlv.engine.store import RunStore
 from vlv.sweep.grid import SweepSpec, parse_grid_flag, prepare_sweep
 from vlv.sweep.runner import SweepOptions, run_concurrently, run_sweep
+from vlv.testing.toy_steps import ToyConfig, ToySection, runs, toy_steps
 
 HEADLINE = (("beta", "value", "beta_value"), ("gamma", "value", "gamma_value"))
 

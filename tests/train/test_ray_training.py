@@ -22,8 +22,8 @@ import pytest
 import ray.train
 import torch
 
-from tests.train.ray_helpers import CrashOnceTask, JsonlMetricLogger
 from vlv.testing.tiny_training import tiny_stage1_task, tiny_stage2_task
+from vlv.testing.train_doubles import CrashOnceTask, JsonlMetricLogger
 from vlv.tracking import MlflowMetricLogger, metric_history
 from vlv.train.deepspeed_config import AdamWConfig, DeepSpeedConfig, LRScheduleConfig
 from vlv.train.loop import EXPORT_FILE, LoopConfig
