@@ -14,6 +14,8 @@ until it has one). CONTRIBUTING.md says where a new step, model or metric goes.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,6 +286,19 @@ def test_no_modules_import_each_other_in_a_circle():
 def test_a_module_of_vlv_is_imported_inside_a_function_only_to_put_off_a_heavy_library():
     problems = late_imports_without_reason(REPO, ("vlv", "pipelines"), HEAVY_LIBRARIES)
     assert not problems, "\n".join(problems)
+
+
+# What the driver (config loading, planning, `vlv status`) loads of HEAVY_LIBRARIES: the store and the steps' output
+# schemas need fsspec, numpy and pyarrow; pandas comes with vlv.data.url_dedup (through the steps' configs).
+DRIVER_LIBRARIES = {"fsspec", "numpy", "pandas", "pyarrow"}
+
+
+def test_the_driver_loads_no_heavy_library_beyond_what_its_config_and_store_need():
+    code = ("import sys, vlv.config, vlv.run, vlv.cli, vlv.pipeline; "
+            "print(' '.join({name.partition('.')[0] for name in sys.modules}))")
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True, text=True).stdout
+    extra = sorted(set(loaded.split()) & HEAVY_LIBRARIES.keys() - DRIVER_LIBRARIES)
+    assert not extra, f"importing the driver loads {extra}: import them inside the functions that need them"
 
 
 def test_the_layer_table_names_only_existing_modules():
