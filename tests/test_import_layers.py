@@ -1,6 +1,11 @@
 """The import contract of `vlv`: its modules form layers that import only downwards, and no modules import each
 other in a circle. Every import counts, also those inside functions (which hide circles from Python).
 
+Imports sit at module level, where a reader sees what a module depends on. An import of a module of `vlv` may wait
+inside a function only when that module loads a heavy library (`HEAVY_LIBRARIES`) that the importing module does not
+load already (the torch-free config layer and the commands must start without torch, MLflow or Ray), or when a
+comment on the import says why it must wait.
+
 `LAYERS` is the one table of the layers, lowest first. A module may import from its own layer and the layers below;
 within a layer any import is allowed as long as it closes no circle. A new module needs a row here (a test fails
 until it has one). CONTRIBUTING.md says where a new step, model or metric goes.
@@ -9,6 +14,9 @@ until it has one). CONTRIBUTING.md says where a new step, model or metric goes.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +43,28 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("testing", ("vlv.testing",), "support for tests and benchmarks: builders, toy steps, fault injection"),
 )
 
+# Third-party libraries worth importing late, with what importing one costs: `python -X importtime -c 'import X'`
+# (cumulative, best of three) and the growth of the process's peak memory, measured 2026-12-01 on this 2-core
+# machine while other jobs ran (load 5), so read the times for their order. Lighter libraries import at module level
+# (PIL.Image 27-39 ms and +3 MiB, tokenizers 17 ms, psutil 28 ms).
+HEAVY_LIBRARIES: dict[str, str] = {
+    "diffusers": "9.9 s, +663 MiB (pulls torch)",
+    "deepspeed": "7.7 s, +636 MiB (pulls torch)",
+    "open_clip": "7.2 s, +759 MiB (pulls torch, timm, transformers)",
+    "img2dataset": "7.1 s, +668 MiB (pulls torch, pandas, cv2, albumentations, wandb)",
+    "torch": "3.3 s, +496 MiB",
+    "mlflow": "2.6 s, +156 MiB (pulls pandas, pyarrow)",
+    "scipy": "1.1 s for `from scipy import linalg`, +16 MiB",
+    "transformers": "1.0 s, +47 MiB on its own; its model classes pull torch",
+    "matplotlib": "0.9 s, +33 MiB",
+    "ray": "0.7 s, +55 MiB",
+    "pandas": "0.7 s, +92 MiB",
+    "pyarrow": "0.24 s, +42 MiB",
+    "fsspec": "0.20 s, +14 MiB",
+    "cv2": "0.19 s, +31 MiB",
+    "numpy": "0.10 s, +14 MiB",
+}
+
 
 @dataclass(frozen=True)
 class Import:
@@ -42,6 +72,8 @@ class Import:
     target: str  # the imported module of the package
     path: Path  # the importing file
     line: int
+    runs: str = "module"  # when: "module" (as the module loads), "function" (when called), "type_checking" (never)
+    comment: str = ""  # the comment written on the import statement's lines, if any
 
     def where(self, root: Path) -> str:
         return f"{self.path.relative_to(root)}:{self.line}"
@@ -62,22 +94,40 @@ def package_imports(root: Path, package: str) -> list[Import]:
     """Every import of a module of `package` by a module of `package`, wherever it is written (module level,
     functions, `if TYPE_CHECKING:` blocks), relative imports resolved."""
     modules = package_modules(root, package)
-    found = []
-    for source, path in modules.items():
+    return [imp for imp in imports_by(modules, modules) if imp.target in modules]
+
+
+def imports_by(sources: Mapping[str, Path], known: Mapping[str, Path]) -> Iterator[Import]:
+    """Every import written in the `sources` modules: of a `known` module when it names one (`from a import b`
+    imports the module a.b when there is one, else a name defined in a), else of the top-level library it names."""
+    for source, path in sources.items():
         is_package = path.name == "__init__.py"
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        for node, runs in _import_statements(ast.parse(text, filename=str(path)).body, "module"):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = _absolute_base(source, is_package, node)
-                # `from a import b` imports the module a.b when there is one, else a name defined in a
-                names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
             else:
-                continue
-            for target in dict.fromkeys(_known_module(name, modules) for name in names):
-                if target is not None and target != source:
-                    found.append(Import(source, target, path, node.lineno))
-    return found
+                base = _absolute_base(source, is_package, node)
+                names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+            comment = " ".join(line.partition("#")[2].strip() for line in lines[node.lineno - 1:node.end_lineno])
+            for target in dict.fromkeys(_known_module(name, known) or name.partition(".")[0] for name in names):
+                if target != source:
+                    yield Import(source, target, path, node.lineno, runs, comment.strip())
+
+
+def _import_statements(nodes: Iterable[ast.AST], runs: str) -> Iterator[tuple[ast.Import | ast.ImportFrom, str]]:
+    """The import statements among `nodes` and inside them, each with when it runs."""
+    for node in nodes:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node, runs
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            yield from _import_statements(ast.iter_child_nodes(node), "function")
+        elif isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
+            yield from _import_statements(node.body, "type_checking")
+            yield from _import_statements(node.orelse, runs)
+        else:
+            yield from _import_statements(ast.iter_child_nodes(node), runs)
 
 
 def layer_of(module: str, layers: tuple[tuple[str, tuple[str, ...], str], ...], package: str) -> int | None:
@@ -121,6 +171,34 @@ def import_cycles(root: Path, package: str) -> list[str]:
         group = f" (one circle of {len(component)} modules importing each other)" if len(component) > len(path) else ""
         cycles.append(f"import cycle: {hops}{group}; break it by moving what they share into a module below them")
     return sorted(cycles)
+
+
+def late_imports_without_reason(root: Path, packages: tuple[str, ...], heavy: Mapping[str, str]) -> list[str]:
+    """One line per import of a module of `packages[0]` inside a function that could as well be at module level:
+    the imported module, with all it imports at module level, loads no `heavy` library that the importing module
+    does not load already, and no comment on the import says why it waits."""
+    known = {name: path for package in packages for name, path in package_modules(root, package).items()}
+    imports = list(imports_by(known, known))
+    eager: dict[str, set[str]] = {}
+    for imp in imports:
+        if imp.runs == "module":
+            eager.setdefault(imp.source, set()).add(imp.target)
+
+    def heavy_loaded(module: str) -> set[str]:
+        loaded, waiting = set(), [module]
+        while waiting:
+            name = waiting.pop()
+            if name not in loaded:
+                loaded.add(name)
+                parents = [name.rsplit(".", depth)[0] for depth in range(1, name.count(".") + 1)]
+                waiting += [*eager.get(name, ()), *parents]
+        return loaded & heavy.keys()
+
+    return [f"{imp.where(root)}: {imp.source} imports {imp.target} inside a function, though it loads no heavy "
+            f"library (HEAVY_LIBRARIES in tests/test_import_layers.py) that {imp.source} lacks: move it to module "
+            f"level, or say in a comment on the import why it must wait"
+            for imp in imports if imp.runs == "function" and imp.target.partition(".")[0] == packages[0]
+            and not heavy_loaded(imp.target) - heavy_loaded(imp.source) and not imp.comment]
 
 
 def _absolute_base(source: str, is_package: bool, node: ast.ImportFrom) -> str:
@@ -205,6 +283,24 @@ def test_no_modules_import_each_other_in_a_circle():
     assert not cycles, "\n".join(cycles)
 
 
+def test_a_module_of_vlv_is_imported_inside_a_function_only_to_put_off_a_heavy_library():
+    problems = late_imports_without_reason(REPO, ("vlv", "pipelines"), HEAVY_LIBRARIES)
+    assert not problems, "\n".join(problems)
+
+
+# What the driver (config loading, planning, `vlv status`) loads of HEAVY_LIBRARIES: the store and the steps' output
+# schemas need fsspec, numpy and pyarrow; pandas comes with vlv.data.url_dedup (through the steps' configs).
+DRIVER_LIBRARIES = {"fsspec", "numpy", "pandas", "pyarrow"}
+
+
+def test_the_driver_loads_no_heavy_library_beyond_what_its_config_and_store_need():
+    code = ("import sys, vlv.config, vlv.run, vlv.cli, vlv.pipeline; "
+            "print(' '.join({name.partition('.')[0] for name in sys.modules}))")
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True, text=True).stdout
+    extra = sorted(set(loaded.split()) & HEAVY_LIBRARIES.keys() - DRIVER_LIBRARIES)
+    assert not extra, f"importing the driver loads {extra}: import them inside the functions that need them"
+
+
 def test_the_layer_table_names_only_existing_modules():
     modules = package_modules(REPO, "vlv")
     unknown = [member for _, members, _ in LAYERS for member in members if member not in modules]
@@ -268,3 +364,22 @@ def test_the_checker_passes_a_package_that_keeps_the_rules(tmp_path):
     })
     assert layer_violations(tmp_path, "toy", TOY_LAYERS) == []
     assert import_cycles(tmp_path, "toy") == []
+
+
+def test_the_checker_lets_an_import_wait_only_for_a_heavy_library_or_with_a_reason(tmp_path):
+    _write(tmp_path, {
+        "toy/__init__.py": "",
+        "toy/light.py": "import json\n",
+        "toy/heavy.py": "from toy import light\nimport sqlite3\n",
+        "toy/via_heavy.py": "from . import heavy\n",
+        "toy/user.py": "def f():\n    from toy import light\n    from toy import via_heavy\n"
+                       "    from toy import light as again  # late: a test swaps toy.light first\n",
+        "toy/loaded.py": "import sqlite3\n\n\ndef f():\n    from toy import (\n        heavy,\n    )\n",
+    })
+    assert late_imports_without_reason(tmp_path, ("toy",), {"sqlite3": "a stand-in"}) == [
+        "toy/loaded.py:5: toy.loaded imports toy.heavy inside a function, though it loads no heavy library "
+        "(HEAVY_LIBRARIES in tests/test_import_layers.py) that toy.loaded lacks: move it to module level, or say in "
+        "a comment on the import why it must wait",
+        "toy/user.py:2: toy.user imports toy.light inside a function, though it loads no heavy library "
+        "(HEAVY_LIBRARIES in tests/test_import_layers.py) that toy.user lacks: move it to module level, or say in "
+        "a comment on the import why it must wait"]

@@ -12,8 +12,13 @@ from pathlib import Path
 from typing import Sequence
 
 from vlv.cli_flags import OneLineErrorParser, add_config_args, fail_with, print_error
+from vlv.config_tree import parse_set_flags
+from vlv.engine.plan import describe_plan, make_plan
+from vlv.engine.storage import StoreAccessError
+from vlv.engine.store import StoreLockedError
 from vlv.logs import configure_logging
 from vlv.runtime_env import apply_runtime_defaults
+from vlv.store_inventory import format_status, inventory, open_existing_store, verify_all
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +31,6 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace, only: Sequence[str] = ()):
     from vlv.config import load_config
-    from vlv.config_tree import parse_set_flags
     from vlv.run import DEFAULT_STORE, RunOptions, step_names_from_flags
 
     config = load_config(args.preset, args.config, parse_set_flags(args.sets))
@@ -42,9 +46,6 @@ def options_from_args(args: argparse.Namespace, only: Sequence[str] = ()):
 
 def run_from_args(args: argparse.Namespace, only: Sequence[str] = ()) -> int:
     """Shared body of `pipelines/full_run.py` and `vlv run STEP`: returns the process exit code."""
-    from vlv.engine.plan import describe_plan
-    from vlv.engine.storage import StoreAccessError
-    from vlv.engine.store import StoreLockedError
     from vlv.run import StepFailed, format_outcome, run_pipeline
 
     try:
@@ -185,9 +186,7 @@ def _add_sweep_args(parser: argparse.ArgumentParser) -> None:
 
 def _store_and_plan(args: argparse.Namespace):
     """(store, this config's plan, the store's published outputs) without creating or writing anything."""
-    from vlv.engine.plan import make_plan
     from vlv.pipeline import pipeline_steps, step_names
-    from vlv.store_inventory import inventory, open_existing_store
 
     options = options_from_args(args)
     store = open_existing_store(options.store_uri)
@@ -197,7 +196,6 @@ def _store_and_plan(args: argparse.Namespace):
 
 def _status(args: argparse.Namespace) -> int:
     from vlv.run import step_state
-    from vlv.store_inventory import format_status
 
     try:
         store, plan, outputs = _store_and_plan(args)
@@ -209,8 +207,6 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from vlv.store_inventory import verify_all
-
     try:
         store, _, outputs = _store_and_plan(args)
         report = verify_all(outputs)
@@ -232,7 +228,6 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from vlv.config import load_config
-    from vlv.config_tree import parse_set_flags
     from vlv.cost_plan import format_cost_plan, make_cost_plan
 
     try:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from vlv.engine.storage import STORE_ENV_VARS
+from vlv.job_env import embedded_ray_env_defaults
 from vlv.logs import CONSOLE_ENV_VARS
 
 
@@ -37,7 +38,6 @@ def apply_runtime_defaults() -> None:
         # gcsfs's default class asks Google's gRPC control plane about every bucket, which a GCS emulator does
         # not serve: each call would wait out a 60 s timeout. Read when gcsfs is imported, so set it first.
         defaults["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
-    from vlv.job_env import embedded_ray_env_defaults
 
     defaults.update(embedded_ray_env_defaults())  # an embedded Ray listens on 127.0.0.1 only
     for name, value in defaults.items():

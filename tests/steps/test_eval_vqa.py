@@ -66,12 +66,9 @@ def test_csv_outputs(vqa_output):
 @pytest.mark.parametrize("processing", ["official", "evalai"])
 def test_answer_processing_decides_how_the_same_answers_score(processing, eval_store, caption_eval_output,
                                                                monkeypatch):
-    import vlv.eval.vqa_llm
-
     # every prompt answered "Yes": the official script compares it as written against unanimous "yes" (0), the
     # EvalAI server normalises it first (1); where the humans disagree both normalise it
-    monkeypatch.setattr(vlv.eval.vqa_llm, "distributed_answers",
-                        lambda prompts, *args, **kwargs: ["Yes"] * len(prompts))
+    monkeypatch.setattr("vlv.steps.eval_vqa.distributed_answers", lambda prompts, *_, **__: ["Yes"] * len(prompts))
     config = EvalVqaConfig(llm="tiny-random", shots=[0], answer_processing=processing)
     output = run_step(eval_store, EvalVqaStep(), config, {"caption_eval": caption_eval_output}, f"vqa_yes_{processing}")
     dataset = load_split(read_eval_sets(caption_eval_output.local_dir).vqa[0].eval)

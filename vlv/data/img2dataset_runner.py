@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
+from vlv.engine.storage import filesystem
 from vlv.logs import is_verbose
 
 # Larger images are refused from their header, before decoding (vlv.data.img2dataset_resizer): PIL's own
@@ -167,8 +168,6 @@ def canonicalize_shards(shards_uri: str | Path, url_rewrite: UrlRewrite | None =
     the next call finishes. Costs one extra read and write of each shard, small next to downloading it.
     """
     import pyarrow.parquet as pq
-
-    from vlv.engine.storage import filesystem
 
     fs, root = filesystem(str(shards_uri))
     root = root.rstrip("/")

@@ -23,7 +23,10 @@ from vlv.engine.manifest import FileEntry, Manifest
 from vlv.engine.step import MetricLogger, Resources, Step, StepContext, StepOutput
 from vlv.engine.storage import filesystem
 from vlv.engine.store import Attempt, RunStore
-from vlv.logs import filter_worker_output
+from vlv.logs import LOG_FORMAT, configure_logging, filter_worker_output
+from vlv.runtime_env import worker_env_vars
+from vlv.secrets import install_log_redaction
+from vlv.tracking import MlflowMetricLogger
 
 log = logging.getLogger("vlv.executor")
 
@@ -57,8 +60,6 @@ def connect_ray() -> bool:
         return bool(address)
     if address:
         log.info("joining the Ray cluster at %s", address)
-        from vlv.runtime_env import worker_env_vars
-
         ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": worker_env_vars()})
         filter_worker_output()
         return True
@@ -112,8 +113,6 @@ def submit_step(request: StepRequest, resources: Resources) -> Manifest:
 
 
 def _step_task(request: StepRequest) -> Manifest:
-    from vlv.logs import configure_logging
-
     configure_logging(force=True)  # Ray worker processes: one format, credentials redacted
     return execute_step(request)
 
@@ -125,8 +124,6 @@ def execute_step(request: StepRequest) -> Manifest:
     attempt = store.begin_attempt(step.name, request.key, resume=step.resumable)
     metrics_logger: MetricLogger = _NullMetrics()
     if request.tracking_uri and request.mlflow_run_id:
-        from vlv.tracking import MlflowMetricLogger
-
         metrics_logger = MlflowMetricLogger(request.tracking_uri, request.mlflow_run_id)
     ctx = StepContext(
         step=step.name, key=request.key, preset=request.preset, config=request.section,
@@ -233,9 +230,6 @@ def worker_logger(name: str) -> logging.Logger:
 
     logger = logging.getLogger(name)
     if not logger.handlers:
-        from vlv.logs import LOG_FORMAT
-        from vlv.secrets import install_log_redaction
-
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         logger.addHandler(handler)

@@ -21,8 +21,9 @@ from typing import Sequence
 import numpy as np
 from scipy import linalg
 
+from vlv.engine.pools import map_chunks_with_tasks
 from vlv.eval.inception import FEATURE_DIM, ImageInput, InceptionFeatureExtractor, InceptionSpec
-from vlv.logs import warn_once
+from vlv.logs import configure_logging, warn_once
 
 log = logging.getLogger("vlv.eval.fid")
 
@@ -185,8 +186,6 @@ class _StatsJob:
 
 def _stats_job(job: _StatsJob) -> FeatureStats:
     """One Ray task: load the Inception once, then stream this worker's images into statistics."""
-    from vlv.logs import configure_logging
-
     configure_logging()
     return feature_stats_for_images(job.images, InceptionFeatureExtractor(job.spec))
 
@@ -195,8 +194,6 @@ def distributed_feature_stats(images: Sequence[ImageInput], spec: InceptionSpec,
                               num_cpus_per_worker: float = 1.0, num_gpus_per_worker: float = 0.0) -> FeatureStats:
     """Split `images` (paths, preferably: they ship cheaply) over `num_workers` Ray tasks, each loading the
     Inception once and returning its statistics; merge them on the driver. Equals the single-process result."""
-    from vlv.engine.pools import map_chunks_with_tasks
-
     if not images:
         raise ValueError("no images to compute FID statistics for")
     if num_workers < 1:

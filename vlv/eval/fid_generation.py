@@ -29,11 +29,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from vlv.engine.pools import map_chunks_with_tasks
 from vlv.engine.storage import filesystem, read_bytes
 from vlv.eval.arena import VLV
 from vlv.eval.fid import FeatureStats, distributed_feature_stats, fid_from_stats, split_evenly
 from vlv.eval.inception import InceptionFeatureExtractor, InceptionSpec
-from vlv.eval.text_to_image import TextToImageSpec
+from vlv.eval.text_to_image import TextToImageSpec, build_text_to_image, generate_from_captions
+from vlv.logs import configure_logging
 from vlv.models.image_files import image_as_array
 from vlv.models.trained_folder import load_stage1
 from vlv.progress import rate_and_eta
@@ -153,8 +155,6 @@ def run_generation_job(job: GenerationJob) -> GenerationResult:
     """Generate every label's images for the chunk, batch by batch, into per-label statistics."""
     import torch
 
-    from vlv.logs import configure_logging
-
     configure_logging()
     torch.set_num_threads(max(1, job.num_threads))
     started = time.monotonic()
@@ -205,7 +205,6 @@ def _build_generate(generator: Generator, device: str):
             return list(out.cpu().numpy())
 
         return reconstruct
-    from vlv.eval.text_to_image import build_text_to_image, generate_from_captions
 
     pipeline = build_text_to_image(generator.spec, device)
     passes = generator.passes()
@@ -239,8 +238,6 @@ def generated_feature_stats(generators: Sequence[Generator], images: Sequence[Ev
                             batch_size: int = 4, seed: int = 0, keep_samples: int = 0) -> GeneratedSets:
     """Every generator's images of `images` as statistics per label: `num_workers` chunks per generator, each a Ray
     task, at most `num_workers` of them running at once (the worker pool the step declares)."""
-    from vlv.engine.pools import map_chunks_with_tasks
-
     if not images:
         raise ValueError("no evaluation images to generate from")
     device = "cuda" if num_gpus_per_worker > 0 else "cpu"
@@ -279,8 +276,6 @@ def _fid_task(pair: tuple[FeatureStats, FeatureStats]) -> float:
 def fids_against(real: FeatureStats, generated: dict[str, FeatureStats], *, num_cpus: float = 1.0
                  ) -> dict[str, float]:
     """FID of each label's statistics against the real ones, one Ray task each (a 2048-d sqrtm is slow)."""
-    from vlv.engine.pools import map_chunks_with_tasks
-
     labels = list(generated)
     values = map_chunks_with_tasks(_fid_task, [(real, generated[label]) for label in labels], num_cpus=num_cpus,
                                    name="vlv:frechet_distance")

@@ -14,7 +14,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
+from vlv.engine.pools import map_chunks_with_tasks
 from vlv.engine.storage import local_weights
+from vlv.eval.vqa_prompts import INSTRUCTION, extract_short_answer
+from vlv.logs import configure_logging
+from vlv.models.arch_configs import llm_config
+from vlv.models.caption_tokenizer import train_caption_tokenizer
 from vlv.progress import rate_and_eta
 
 log = logging.getLogger("vlv.eval.vqa_llm")
@@ -51,9 +56,6 @@ def build_llm(spec: LlmSpec) -> tuple[Any, Any]:
     else:
         from transformers import Qwen2ForCausalLM
 
-        from vlv.eval.vqa_prompts import INSTRUCTION
-        from vlv.models.arch_configs import llm_config
-        from vlv.models.caption_tokenizer import train_caption_tokenizer
         from vlv.models.loading import seeded_init
 
         tokenizer = train_caption_tokenizer([INSTRUCTION], vocab_size=300)
@@ -73,8 +75,6 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_
                      batch_size: int) -> list[str]:
     """Greedy continuations of each prompt, cut to the short answer; results in prompt order."""
     import torch
-
-    from vlv.eval.vqa_prompts import extract_short_answer
 
     lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False).input_ids]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
@@ -109,8 +109,6 @@ def answer_job(job: AnswerJob) -> list[str]:
     """One Ray task: load the LLM once, answer this chunk of prompts."""
     import torch
 
-    from vlv.logs import configure_logging
-
     configure_logging()
     torch.set_num_threads(max(1, job.spec.num_threads))
     model, tokenizer = build_llm(job.spec)
@@ -121,7 +119,6 @@ def answer_job(job: AnswerJob) -> list[str]:
 def distributed_answers(prompts: Sequence[str], spec: LlmSpec, *, num_workers: int, num_cpus_per_worker: float,
                         num_gpus_per_worker: float = 0.0) -> list[str]:
     """Answers to every prompt, the prompts split into `num_workers` Ray tasks; in prompt order."""
-    from vlv.engine.pools import map_chunks_with_tasks
     from vlv.eval.fid import split_evenly
 
     if not prompts:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from vlv.models.arch_configs import florence_config
+from vlv.models.clip_text import build_clip_tokenizer
 from vlv.models.config import FLORENCE_CAPTION_TASKS
 from vlv.models.loading import InitMode, freeze, require_weights, seeded_init, unique_parameters
 
@@ -112,8 +113,6 @@ def load_florence(*, arch: str, weights: str | None, init: InitMode, seed: int,
     from transformers import AutoTokenizer, Florence2ForConditionalGeneration
 
     if init == "random":
-        from vlv.models.clip_text import build_clip_tokenizer
-
         with seeded_init(seed):
             florence = Florence2ForConditionalGeneration(florence_config(arch)).model
         tokenizer = build_clip_tokenizer()

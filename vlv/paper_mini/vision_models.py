@@ -20,7 +20,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from vlv.eval.inception import seeded_random_fid_state_dict
+from vlv.models.aesthetic import predict_scores, random_predictor
 from vlv.models.arch_configs import florence_config
+from vlv.models.clip_embedder import build_clip_embedder
 from vlv.models.image_inputs import FLORENCE_IMAGE_MEAN, FLORENCE_IMAGE_STD
 from vlv.models.loading import seeded_init
 
@@ -93,9 +96,6 @@ def write_open_clip(out_dir: Path, seed: int) -> None:
 def write_aesthetic_predictor(path: Path, clip_dir: Path, photos: Sequence[np.ndarray], seed: int) -> np.ndarray:
     """Seeded v2 MLP, its last layer rescaled so `photos` (uint8 HxWx3) score AESTHETIC_SCORE_MEAN +- STD through
     the miniature CLIP; returns those scores. The scores stay an affine function of the CLIP embedding."""
-    from vlv.models.aesthetic import predict_scores, random_predictor
-    from vlv.models.clip_embedder import build_clip_embedder
-
     embedder = build_clip_embedder("pretrained", model_name=f"local-dir:{clip_dir}", pretrained="")
     embeddings = embedder.embed(list(photos))
     predictor = random_predictor("v2-mlp", seed)
@@ -114,7 +114,5 @@ def write_aesthetic_predictor(path: Path, clip_dir: Path, photos: Sequence[np.nd
 
 def write_inception(path: Path, seed: int) -> None:
     """The state dict `pytorch_fid.inception.fid_inception_v3` loads, with seeded He-normal convolutions."""
-    from vlv.eval.inception import seeded_random_fid_state_dict
-
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(seeded_random_fid_state_dict(seed), path)

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Iterator, Literal
 
 import pyarrow as pa
 
+from vlv.engine.executor import worker_logger
 from vlv.engine.pools import map_on_actors
 from vlv.engine.progress_board import is_bar_mode
 from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepResult, WorkerPool
@@ -162,8 +163,6 @@ class AestheticScoringActor:
 
 
 def _worker_logger() -> logging.Logger:
-    from vlv.engine.executor import worker_logger
-
     return worker_logger("vlv.aesthetic_actor")
 
 

@@ -29,10 +29,13 @@ from typing import Any, Callable, Literal
 
 import pyarrow as pa
 
+from vlv.engine.executor import worker_logger
 from vlv.engine.pools import map_on_actors
 from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepOutput, StepResult, WorkerPool
 from vlv.engine.storage import checked_on_this_machine, filesystem
-from vlv.eval.eval_sets import EVAL_SETS_FILE, EvalSets, VqaBenchmark, VqaSplit
+from vlv.eval.coco_captions import load_coco_captions, select_images
+from vlv.eval.eval_sets import EVAL_SETS_FILE, EvalSets, VqaBenchmark, VqaSplit, image_files, load_split
+from vlv.eval.tiny_sets import write_tiny_eval_sets
 from vlv.models.image_files import image_as_array
 from vlv.models.trained_folder import load_captioner, read_captioner_config
 from vlv.paths import safe_child
@@ -186,8 +189,6 @@ class CaptioningActor:
 
 
 def _worker_logger() -> logging.Logger:
-    from vlv.engine.executor import worker_logger
-
     return worker_logger("vlv.caption_actor")
 
 
@@ -225,9 +226,6 @@ class CaptionEvalStep(Step[CaptionEvalConfig]):
     def run(self, ctx: StepContext[CaptionEvalConfig]) -> StepResult:
         import pyarrow as pa
         import pyarrow.parquet as pq
-
-        from vlv.eval.coco_captions import load_coco_captions, select_images
-        from vlv.eval.eval_sets import image_files, load_split
 
         cfg = ctx.config
         sets = resolve_eval_sets(cfg, ctx.output_dir)
@@ -278,8 +276,6 @@ def resolve_eval_sets(cfg: CaptionEvalConfig, output_dir: Path) -> EvalSets:
     """The config's sets, with empty paths taken from the tiny sets (written under output_dir) if enabled."""
     tiny = None
     if cfg.tiny_sets:
-        from vlv.eval.tiny_sets import write_tiny_eval_sets
-
         tiny = write_tiny_eval_sets(output_dir / TINY_DIR)
 
     def rel(path: Path) -> str:

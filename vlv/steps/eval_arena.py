@@ -28,9 +28,34 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlv.data.caption_formats import QUARANTINE_REASONS
+from vlv.data.caption_ingest import IngestOptions, expand_sources, ingest_captions
+from vlv.data.caption_keys import KeptKeys
 from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepOutput, StepResult
 from vlv.engine.storage import checked_on_this_machine
-from vlv.eval.arena import CAPTIONER_NAME, VLV, ArenaPair
+from vlv.eval.arena import (
+    BAD_SCORE,
+    CAPTIONER_NAME,
+    VLV,
+    ArenaPair,
+    bootstrap_interval,
+    build_pairs,
+    captions_for,
+    judge_score,
+    load_rubric,
+    read_captioner_file,
+    score_rejects,
+    write_judge_requests,
+)
+from vlv.eval.arena_tiny import (
+    TINY_JUDGE_FILE,
+    TINY_REFERENCE_FILE,
+    TINY_REFERENCE_NAME,
+    write_reference_captions,
+    write_tiny_judge_output,
+)
+from vlv.eval.eval_sets import EVAL_SETS_FILE, EvalSets, read_eval_sets
+from vlv.steps.caption_eval import CAPTIONS
 
 PAIRS = OutputFile("arena_pairs.parquet", "every (captioner, image, caption) sent to the judge",
                    pa.schema([("key", pa.string()), ("captioner", pa.string()), ("image_id", pa.int64()),
@@ -112,9 +137,6 @@ class EvalArenaStep(Step[EvalArenaConfig]):
                 "them as a Gemini Batch API job, then rerun with --set eval_arena.judge_output=<responses.jsonl>")
 
     def preflight(self, config: EvalArenaConfig) -> None:
-        from vlv.data.caption_ingest import expand_sources
-        from vlv.eval.arena import load_rubric
-
         if not config.generate_tiny and not config.judge_output.strip():
             raise ValueError(
                 f"eval_arena.judge_output is empty: write the judge requests with `{REQUEST_COMMAND}` (same --config/"
@@ -133,12 +155,6 @@ class EvalArenaStep(Step[EvalArenaConfig]):
             load_rubric(config.rubric_file)
 
     def run(self, ctx: StepContext[EvalArenaConfig]) -> StepResult:
-        from vlv.data.caption_formats import QUARANTINE_REASONS
-        from vlv.data.caption_ingest import IngestOptions, expand_sources, ingest_captions
-        from vlv.data.caption_keys import KeptKeys
-        from vlv.eval.arena import BAD_SCORE, load_rubric, score_rejects, write_judge_requests
-        from vlv.eval.arena_tiny import TINY_JUDGE_FILE, write_tiny_judge_output
-
         cfg = ctx.config
         upstream = ctx.input("caption_eval")
         pairs = arena_pairs(upstream, cfg, ctx.output_dir)
@@ -195,10 +211,6 @@ def arena_pairs(caption_eval: StepOutput, cfg: EvalArenaConfig, scratch: Path) -
 
     `scratch`: where the tiny preset's reference-captioner file is written (then read back like any other).
     """
-    from vlv.eval.arena import build_pairs, captions_for, read_captioner_file
-    from vlv.eval.arena_tiny import TINY_REFERENCE_FILE, TINY_REFERENCE_NAME, write_reference_captions
-    from vlv.steps.caption_eval import CAPTIONS
-
     caption_set = caption_eval.read_table(CAPTIONS, columns=["image_id", "file_name", "caption", "references"])
     caption_set = caption_set.to_pylist()
     files = [(c.name, c.path) for c in cfg.other_captioners]
@@ -212,14 +224,10 @@ def arena_pairs(caption_eval: StepOutput, cfg: EvalArenaConfig, scratch: Path) -
 
 def caption_set_images_dir(caption_eval: StepOutput) -> str:
     """The caption set's image folder (caption_eval's own output for the tiny sets, fetched once from a store)."""
-    from vlv.eval.eval_sets import read_eval_sets
-
     return read_eval_sets(caption_eval.local_folder()).images_dir
 
 
 def read_is_tiny(caption_eval: StepOutput) -> bool:
-    from vlv.eval.eval_sets import EVAL_SETS_FILE, EvalSets
-
     return EvalSets.from_json(caption_eval.read_text(EVAL_SETS_FILE)).tiny
 
 
@@ -231,8 +239,6 @@ def write_pairs(path: Path, pairs: list[ArenaPair]) -> None:
 
 def write_judgements(path: Path, pairs: list[ArenaPair], replies: list[dict[str, Any]]) -> dict[str, int]:
     """The accepted scores by key (every accepted reply holds one: ingestion checked it), also as a table."""
-    from vlv.eval.arena import judge_score
-
     by_key = {p.key: p for p in pairs}
     scores: dict[str, int] = {}
     rows = []
@@ -251,8 +257,6 @@ def write_judgements(path: Path, pairs: list[ArenaPair], replies: list[dict[str,
 
 def score_rows(pairs: list[ArenaPair], scores: dict[str, int], *, resamples: int, seed: int) -> list[dict[str, Any]]:
     """Per captioner, in pair order: pairs, scored pairs, mean and bootstrap 95% interval (NaN when none scored)."""
-    from vlv.eval.arena import bootstrap_interval
-
     rows = []
     for captioner in dict.fromkeys(p.captioner for p in pairs):
         mine = [scores[p.key] for p in pairs if p.captioner == captioner and p.key in scores]

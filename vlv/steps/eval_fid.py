@@ -34,7 +34,10 @@ from typing import Any, Literal
 
 from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepOutput, StepResult, WorkerPool
 from vlv.engine.storage import checked_on_this_machine
-from vlv.eval.arena import CAPTIONER_NAME, VLV
+from vlv.eval.arena import CAPTIONER_NAME, VLV, captions_for, read_captioner_file
+from vlv.eval.eval_sets import read_eval_sets
+from vlv.eval.text_to_image import TextToImageSpec
+from vlv.models.image_files import image_as_array
 from vlv.paths import safe_child
 from vlv.steps.caption_eval import CAPTIONS
 
@@ -141,9 +144,7 @@ class EvalFidConfig:
                              config_field="eval_fid.inception_weights", batch_size=self.inception_batch_size,
                              weights_sha256=self.inception_sha256)
 
-    def text_to_image_spec(self) -> Any:
-        from vlv.eval.text_to_image import TextToImageSpec
-
+    def text_to_image_spec(self) -> TextToImageSpec:
         return TextToImageSpec(model=self.t2i_model, weights=self.t2i_weights, image_size=self.t2i_image_size,
                                num_steps=self.t2i_num_steps, dtype=self.t2i_dtype, seed=self.seed)
 
@@ -330,7 +331,6 @@ def caption_sources(cfg: EvalFidConfig, caption_eval: StepOutput, images: list[A
     Every captioner must caption every evaluated image, so all of them are scored on the same images against the
     same real statistics; a file that misses some is an error naming how many and the fix.
     """
-    from vlv.eval.arena import captions_for, read_captioner_file
     from vlv.eval.fid_generation import CaptionSource
 
     sources = [CaptionSource(VLV)]
@@ -367,7 +367,6 @@ def evaluation_images(caption_eval: StepOutput, max_images: int) -> list[Any]:
     Images inside caption_eval's output (the tiny sets) are named by their place in the store, so the
     generation tasks read them on whichever node they run; images given by the config keep their paths.
     """
-    from vlv.eval.eval_sets import read_eval_sets
     from vlv.eval.fid_generation import EvalImage
 
     local = caption_eval.local_folder().resolve()
@@ -402,8 +401,6 @@ def save_labelled_grid(path: Path, original_paths: list[str], rows: list[tuple[s
     """One PNG: a title line, the originals (square centre crops) on top, one row per generated set below."""
     import numpy as np
     from PIL import Image, ImageDraw
-
-    from vlv.models.image_files import image_as_array
 
     def fit(array: Any) -> Any:
         return np.asarray(Image.fromarray(np.asarray(array, dtype=np.uint8)).resize((cell, cell),

@@ -32,6 +32,12 @@ from typing import Any, Literal
 from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepResult, WorkerPool
 from vlv.engine.storage import checked_on_this_machine
 from vlv.eval.chat_endpoint import ChatEndpoint, EndpointUsage, check_api_key_env_name, read_api_key
+from vlv.eval.eval_sets import load_split, read_eval_sets
+from vlv.eval.vqa_accuracy import score_vqa
+from vlv.eval.vqa_data import write_vqa_predictions
+from vlv.eval.vqa_endpoint import endpoint_answers
+from vlv.eval.vqa_llm import LlmSpec, distributed_answers
+from vlv.eval.vqa_prompts import build_vqa_prompts, exemplars_from_dataset, queries_from_dataset
 
 ENDPOINT_METRIC_PREFIX = "vqa_endpoint"
 TINY_WARNING = "random LLM over random-model captions (tiny / paper_mini): these VQA accuracies mean nothing"
@@ -97,9 +103,7 @@ class EvalVqaConfig:
             raise ValueError(f"eval_vqa.answer_processing must be 'official' (GT-Vision-Lab vqaEval.py, 2021) or "
                              f"'evalai' (the EvalAI challenge server), got {self.answer_processing!r}")
 
-    def llm_spec(self) -> Any:
-        from vlv.eval.vqa_llm import LlmSpec
-
+    def llm_spec(self) -> LlmSpec:
         return LlmSpec(kind=self.llm, path=self.llm_path, dtype=self.llm_dtype, seed=self.seed,
                        max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
                        device="cuda" if self.gpus_per_worker > 0 else "cpu",
@@ -168,11 +172,6 @@ class EvalVqaStep(Step[EvalVqaConfig]):
     def run(self, ctx: StepContext[EvalVqaConfig]) -> StepResult:
         import pyarrow as pa
         import pyarrow.parquet as pq
-
-        from vlv.eval.eval_sets import load_split, read_eval_sets
-        from vlv.eval.vqa_accuracy import score_vqa
-        from vlv.eval.vqa_endpoint import endpoint_answers
-        from vlv.eval.vqa_llm import distributed_answers
 
         cfg = ctx.config
         upstream = ctx.input("caption_eval").local_folder()  # small files, fetched once from an object store
@@ -264,8 +263,6 @@ def read_vqa_captions(path: Path) -> dict[tuple[str, str], dict[int, str]]:
 
 def build_prompt_rows(name: str, dataset: Any, exemplar_set: Any, captions: dict[tuple[str, str], dict[int, str]],
                       shots: list[int], seed: int) -> list[PromptRow]:
-    from vlv.eval.vqa_prompts import build_vqa_prompts, exemplars_from_dataset, queries_from_dataset
-
     eval_captions = captions.get((name, "eval"), {})
     queries = queries_from_dataset(dataset, eval_captions)
     pool = exemplars_from_dataset(exemplar_set, captions.get((name, "exemplars"), {}))
@@ -283,8 +280,6 @@ def build_prompt_rows(name: str, dataset: Any, exemplar_set: Any, captions: dict
 
 
 def write_predictions(path: Path, predictions: dict[int, str]) -> None:
-    from vlv.eval.vqa_data import write_vqa_predictions
-
     write_vqa_predictions(path, predictions)
 
 

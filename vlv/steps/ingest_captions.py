@@ -16,6 +16,10 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlv.data.caption_formats import QUARANTINE_REASONS
+from vlv.data.caption_ingest import IngestOptions, IngestStats, expand_sources, ingest_captions
+from vlv.data.caption_keys import KeptKeys
+from vlv.data.caption_synthetic import write_tiny_gemini_output
 from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepOutput, StepResult
 from vlv.steps.aesthetic_filter import KEPT
 
@@ -76,21 +80,15 @@ class IngestCaptionsStep(Step[IngestCaptionsConfig]):
                 "ingest_captions.source is empty: set it to your caption files (Gemini/Vertex batch output or "
                 "JSONL/CSV/parquet; a path, glob, folder or URI), e.g. --set ingest_captions.source="
                 "'/data/gemini/*.jsonl', or set ingest_captions.generate_tiny=true for generated captions")
-        from vlv.data.caption_ingest import expand_sources
 
         expand_sources(config.source)  # raises a ValueError naming the source when it matches no file
 
     def run(self, ctx: StepContext[IngestCaptionsConfig]) -> StepResult:
-        from vlv.data.caption_ingest import IngestOptions, IngestStats, expand_sources, ingest_captions
-        from vlv.data.caption_keys import KeptKeys
-
         cfg = ctx.config
         kept_table = read_kept(ctx.input("aesthetic_filter"))
         ctx.log.debug("%d kept images from aesthetic_filter", kept_table.num_rows)
         names: dict[str, str] = {}
         if cfg.generate_tiny:
-            from vlv.data.caption_synthetic import write_tiny_gemini_output
-
             tiny = write_tiny_gemini_output(str(ctx.output_dir / TINY_FILE), kept_table.column("key").to_pylist(),
                                             kept_table.column("caption").to_pylist(), seed=cfg.seed)
             ctx.log.info("wrote %s: %d good lines and faulty ones %s", TINY_FILE, tiny.good_lines, tiny.faulty)
@@ -129,7 +127,6 @@ class IngestCaptionsStep(Step[IngestCaptionsConfig]):
         metrics = {"captions_ok": stats.captions_ok, "captions_quarantined": stats.captions_quarantined,
                    "rows_read": stats.rows_read, "rows_per_s": round(stats.rows_per_s, 1),
                    "kept_images": kept.size, "kept_images_captioned": kept.captioned}
-        from vlv.data.caption_formats import QUARANTINE_REASONS
 
         metrics.update({f"quarantined_{reason}": stats.quarantined.get(reason, 0) for reason in QUARANTINE_REASONS})
         return StepResult(metrics=metrics, artifacts=["caption_length_histogram.png", "quarantine_summary.csv"])
@@ -147,8 +144,6 @@ def read_kept(upstream: StepOutput) -> pa.Table:
 
 
 def write_summary(path: Path, counts) -> None:
-    from vlv.data.caption_formats import QUARANTINE_REASONS
-
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["reason", "count"])

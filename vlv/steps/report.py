@@ -18,9 +18,12 @@ from typing import Any
 
 from vlv.engine.step import Resources, Step, StepContext, StepOutput, StepResult
 from vlv.eval.arena import VLV
+from vlv.eval.eval_sets import read_eval_sets
 from vlv.eval.paper_tables import RunNumbers, paper_tables, sources_note
-from vlv.eval.report_html import Cell, bar_chart_png, esc, line_plot_png, page, png_img, table
+from vlv.eval.report_html import Cell, array_png, bar_chart_png, esc, line_plot_png, page, png_img, table
+from vlv.models.image_files import image_as_array
 from vlv.paths import safe_child
+from vlv.tracking import metric_history
 
 TINY_CAVEAT = ("tiny preset: every model in this run (captioner, diffusion decoder, Inception, VQA LLM) is "
                "randomly initialised and trained for a few steps on a handful of images. The FID and VQA numbers "
@@ -229,7 +232,6 @@ def curves_section(inputs: dict[str, StepOutput], tracking_uri: str | None, metr
             parts.append(f'<p class="muted">{esc(step)}: no MLflow run recorded for this output (run untracked), '
                          "so no curve.</p>")
             continue
-        from vlv.tracking import metric_history
 
         series = {}
         for name in metric_names:
@@ -278,10 +280,6 @@ def captions_section(inputs: dict[str, StepOutput], count: int) -> str:
     if "caption_eval" not in inputs or count == 0:
         return ""
     import pyarrow.parquet as pq
-
-    from vlv.eval.eval_sets import read_eval_sets
-    from vlv.eval.report_html import array_png
-    from vlv.models.image_files import image_as_array
 
     folder = inputs["caption_eval"].local_folder()  # fetched once from an object store (small files)
     sets = read_eval_sets(folder)

@@ -19,9 +19,11 @@ from vlv.models.trained_folder import STAGE1_WEIGHTS, load_stage1, save_stage1_c
 from vlv.steps.aesthetic_filter import KEPT
 from vlv.steps.download import SHARDS
 from vlv.steps.training_common import TrainingStep, training_metrics
+from vlv.train.data import ImageStreamConfig, WebDatasetImageStream
 from vlv.train.deepspeed_config import DeepSpeedConfig, stage1_official
 from vlv.train.loop import EXPORT_FILE, LoopConfig
 from vlv.train.ray_trainer import RayTrainConfig
+from vlv.train.stage_tasks import Stage1Task
 
 
 @dataclass
@@ -57,9 +59,6 @@ class TrainStage1Step(TrainingStep[TrainStage1Config]):
     description = "Train the VLV encoder through the frozen SD 2.1 decoder (DeepSpeed ZeRO on Ray Train)"
 
     def run(self, ctx: StepContext[TrainStage1Config]) -> StepResult:
-        from vlv.train.data import ImageStreamConfig, WebDatasetImageStream
-        from vlv.train.stage_tasks import Stage1Task
-
         cfg = ctx.config
         stream = WebDatasetImageStream(
             shards_uri=ctx.input("download").path(SHARDS),

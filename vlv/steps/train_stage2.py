@@ -28,9 +28,11 @@ from vlv.models.trained_folder import (
 from vlv.steps.download import SHARDS
 from vlv.steps.ingest_captions import CAPTIONS
 from vlv.steps.training_common import TrainingStep, training_metrics
+from vlv.train.data import ImageStreamConfig, WebDatasetImageStream
 from vlv.train.deepspeed_config import DeepSpeedConfig, stage2_paper
 from vlv.train.loop import EXPORT_FILE, LoopConfig
 from vlv.train.ray_trainer import RayTrainConfig
+from vlv.train.stage_tasks import Stage2Task
 
 
 @dataclass
@@ -60,9 +62,6 @@ class TrainStage2Step(TrainingStep[TrainStage2Config]):
     registered_model = "vlv-captioner"
 
     def run(self, ctx: StepContext[TrainStage2Config]) -> StepResult:
-        from vlv.train.data import ImageStreamConfig, WebDatasetImageStream
-        from vlv.train.stage_tasks import Stage2Task
-
         cfg = ctx.config
         stage1 = ctx.input("train_stage1")
         stage1_dir = stage1.local_folder()  # small: config + trainable tensors, fetched once on this node

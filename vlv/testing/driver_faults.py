@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import psutil
 
 from vlv.engine.manifest import MANIFEST_NAME, Manifest, verify_files
+from vlv.engine.plan import upstream_of
 from vlv.engine.store import RunStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -184,7 +185,6 @@ MID_STEP: dict[str, Callable[[Driver], bool]] = {
 
 def ancestors(step: str) -> tuple[str, ...]:
     """Every step `step` depends on, directly or not, in pipeline order."""
-    from vlv.engine.plan import upstream_of
     from vlv.pipeline import pipeline_steps
 
     return tuple(upstream_of(pipeline_steps(), step))
