@@ -289,8 +289,8 @@ def test_a_module_of_vlv_is_imported_inside_a_function_only_to_put_off_a_heavy_l
 
 
 # What the driver (config loading, planning, `vlv status`) loads of HEAVY_LIBRARIES: the store and the steps' output
-# schemas need fsspec, numpy and pyarrow; pandas comes with vlv.data.url_dedup (through the steps' configs).
-DRIVER_LIBRARIES = {"fsspec", "numpy", "pandas", "pyarrow"}
+# schemas need fsspec, numpy and pyarrow.
+DRIVER_LIBRARIES = {"fsspec", "numpy", "pyarrow"}
 
 
 def test_the_driver_loads_no_heavy_library_beyond_what_its_config_and_store_need():

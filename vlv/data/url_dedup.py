@@ -11,7 +11,6 @@ partition (8 bytes per duplicate).
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -29,6 +28,8 @@ def hash_urls(urls: pa.Array) -> np.ndarray:
     """uint64 hashes of the URL strings (deterministic across processes and runs)."""
     if len(urls) == 0:
         return np.empty(0, dtype=np.uint64)
+    import pandas as pd  # heavy (0.7 s, +92 MiB) and needed only by the dedup tasks, not by the driver's config
+
     return pd.util.hash_array(urls.to_numpy(zero_copy_only=False), categorize=False)
 
 

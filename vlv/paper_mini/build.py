@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from vlv.data.laion import MetadataFilter
-from vlv.paper_mini import eval_data
+from vlv.paper_mini import eval_data, laion_data
 from vlv.paper_mini.layout import (
     BUILDER_VERSION,
     INCEPTION_SHA256,
@@ -85,7 +85,7 @@ def is_complete(assets: PaperMiniAssets) -> bool:
 
 def build_assets(assets: PaperMiniAssets, *, seed: int) -> dict:
     """Write every asset under `assets.root` (an empty folder); the manifest last. Returns the manifest."""
-    from vlv.paper_mini import generative_models, laion_data, offline_tokenizers, vision_models
+    from vlv.paper_mini import generative_models, offline_tokenizers, vision_models
 
     started = time.monotonic()
     scratch = assets.root / ".scratch"

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlv.engine.step import Step, StepContext, StepResult
+from vlv.engine.store import StoreLockedError
+from vlv.logs import configure_logging
+from vlv.runtime_env import apply_runtime_defaults
 
 EXPERIMENT = "vlv-faults"
 PREFLIGHT_GATE_ENV = "VLV_TEST_PREFLIGHT_GATE"
@@ -63,12 +66,9 @@ class SlowStep(Step[SlowSection]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vlv.cli import configure_logging
-    from vlv.engine.store import StoreLockedError
+    apply_runtime_defaults()  # before the runner brings MLflow and Ray, which read the environment once
     from vlv.run import RunOptions, StepFailed, run_pipeline
-    from vlv.runtime_env import apply_runtime_defaults
 
-    apply_runtime_defaults()
     configure_logging()
     parser = argparse.ArgumentParser()
     parser.add_argument("--store", required=True)
