@@ -91,9 +91,11 @@ def test_rate_limits_are_retried_after_the_servers_retry_after(generate, expecte
     assert answers == expected
     assert outcomes[:2] == ["429", "429"] and outcomes[2:] == ["answered"] * DISTINCT
     assert (usage.retries, usage.calls, usage.answered) == (2, DISTINCT + 2, DISTINCT)
-    # every thread waited out the Retry-After (1 s) before asking again, not only the one that got the 429
+    # nobody asked again before the first 429's Retry-After (1 s) was over. Measured from the first 429, not the
+    # last: on a loaded machine the second thread's 429 may be read after the first thread's pause has ended
+    # (found by CI at load 20).
     first_retry = min(r.at for r in requests[2:])
-    assert first_retry - max(r.at for r in requests[:2]) >= 1.0
+    assert first_retry - min(r.at for r in requests[:2]) >= 1.0
 
 
 @pytest.mark.parametrize("faults, outcome", [(Faults(drop_first=3), "dropped"),
