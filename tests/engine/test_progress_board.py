@@ -37,7 +37,9 @@ def test_the_line_shows_step_counts_rate_and_eta_and_fits_the_width():
 
 
 def test_a_terminal_gets_the_bar_anything_else_lines_and_verbose_lines(monkeypatch):
-    monkeypatch.delenv(PROGRESS_ENV, raising=False)
+    # "" counts as unset; setenv (unlike delenv of an absent variable) makes monkeypatch restore the original, so
+    # the mode choose_progress_mode writes does not leak into later tests
+    monkeypatch.setenv(PROGRESS_ENV, "")
     monkeypatch.setattr(sys, "stderr", Terminal())
     assert choose_progress_mode() == "bar"
     monkeypatch.setenv(PROGRESS_ENV, "junk")
