@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -110,9 +112,7 @@ def s3_server(tmp_path_factory):
 @pytest.fixture
 def s3_bucket(s3_server, request) -> str:
     """A fresh, empty bucket for one test; returns its name."""
-    name = _bucket_name(request)
-    s3_server.create_bucket(name)
-    return name
+    return _new_bucket(s3_server, request)
 
 
 @pytest.fixture(scope="session")
@@ -125,9 +125,7 @@ def gcs_server(tmp_path_factory):
 @pytest.fixture
 def gcs_bucket(gcs_server, request) -> str:
     """A fresh, empty GCS bucket for one test; returns its name."""
-    name = _bucket_name(request)
-    gcs_server.create_bucket(name)
-    return name
+    return _new_bucket(gcs_server, request)
 
 
 @pytest.fixture(params=["s3", "gs"])
@@ -137,8 +135,8 @@ def bucket_uri(request) -> str:
     return f"{request.param}://{bucket}"
 
 
-def _bucket_name(request) -> str:
-    import re
-    import uuid
-
-    return re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:48].strip("-") + f"-{uuid.uuid4().hex[:8]}"
+def _new_bucket(server: S3Server | GcsServer, request) -> str:
+    """A bucket named after the test (and unique), created on `server`."""
+    name = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:48].strip("-") + f"-{uuid.uuid4().hex[:8]}"
+    server.create_bucket(name)
+    return name

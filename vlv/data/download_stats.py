@@ -203,19 +203,19 @@ class DownloadProgress:
                     continue  # being written; next time
         new = [s for name, s in self._seen.items() if name not in self._already_done]
         now = time.time()
-        on_status_line = publish("download", sum(s.count for s in self._seen.values()), self.total_rows, "samples",
-                                 now - self._started, done_before=sum(self._seen[n].count for n in self._already_done
-                                                                      if n in self._seen))
+        counted = sum(s.count for s in self._seen.values())  # samples in finished shards, earlier attempts included
+        done = sum(s.count for s in new)  # this attempt's
+        on_status_line = publish("download", counted, self.total_rows, "samples", now - self._started,
+                                 done_before=counted - done)
         if not line_due:
             return
         if only_if_changed and len(self._seen) == self._reported_shards and now - self._reported_at < HEARTBEAT_S:
             return
         self._reported_shards, self._reported_at = len(self._seen), now
         elapsed = max(now - self._started, 1e-9)
-        done = sum(s.count for s in new)
         ok = sum(s.successes for s in new)
         rate = done / elapsed
-        remaining = max(self.total_rows - sum(s.count for s in self._seen.values()), 0)
+        remaining = max(self.total_rows - counted, 0)
         eta = "done" if not remaining else f"ETA {format_duration(remaining / rate)}" if rate > 0 else "ETA n/a"
         self.log.log(logging.DEBUG if on_status_line else logging.INFO,
                      "download: %d/%d shards after %.0fs, %d samples this attempt (%d ok, %d failed), %.1f samples/s, "

@@ -1,11 +1,11 @@
 """The live progress line on a terminal: where a running step's counters meet the driver that draws them.
 
-Two ways to show progress, picked once per invocation (`progress_mode`, vlv.logs):
+Two ways to show progress, picked once per invocation (`choose_progress_mode`, vlv.logs):
 - `lines` (a log file, `ray job logs`, CI, a pipe): every long loop logs a line with counts, rate and ETA every
   30 s or so; nothing is redrawn, so a log holds one line per report, never one per redraw.
 - `bar` (the driver's stderr is a terminal, not --verbose): the loops publish their counters to one small Ray
   actor, the `ProgressBoard`, and the driver redraws a single status line under the log output twice a second:
-  `⠹ download 0:42 | download [######------] 3/8 shards, 12.1 samples/s, ETA 1m05s`. Their periodic lines
+  `⠹ download 42s | download [###-------] 120/400 samples, 9.80 samples/s, ETA 28s`. Their periodic lines
   go to DEBUG instead; step start and end lines, training lines, warnings and errors still scroll above it.
 
 Publishing is fire-and-forget (a Ray actor call with no wait), at most twice a second per counter, and does
@@ -81,20 +81,22 @@ _board_missing_until = 0.0
 _last_publish: dict[str, float] = {}
 
 
+def status_line_shown() -> bool:
+    """True when this process's counters reach a live status line: `bar` mode and a board to send them to. A loop's
+    periodic progress line is then DEBUG (the status line shows it); otherwise INFO."""
+    return is_bar_mode() and _find_board() is not None
+
+
 def publish(label: str, done: float, total: float | None, unit: str, elapsed_s: float, *,
             done_before: float = 0.0) -> bool:
-    """Send a loop's counter to the board; True if it went there (the caller then logs its periodic line at DEBUG,
-    the bar shows it). False in `lines` mode, without a board, or right after the last send of this counter (the
-    caller logs as it would without a board)."""
-    if not is_bar_mode():
-        return False
-    board = _find_board()
-    if board is None:
+    """Send a loop's counter to the board, unless this counter was sent less than PUBLISH_EVERY_S ago (the last
+    count of a known total always goes). Returns `status_line_shown()`, for the caller's periodic line."""
+    if not status_line_shown():
         return False
     now = time.monotonic()
     if now - _last_publish.get(label, 0.0) >= PUBLISH_EVERY_S or (total is not None and done >= total):
         _last_publish[label] = now
-        board.update.remote(Counter(label, done, total, unit, elapsed_s, done_before))
+        _board.update.remote(Counter(label, done, total, unit, elapsed_s, done_before))
     return True
 
 

@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from vlv.engine.executor import worker_logger
 from vlv.engine.pools import map_on_actors
-from vlv.engine.progress_board import is_bar_mode
+from vlv.engine.progress_board import status_line_shown
 from vlv.engine.step import OutputFile, Resources, Step, StepContext, StepResult, WorkerPool
 from vlv.engine.storage import arrow_filesystem, checked_on_this_machine
 from vlv.progress import eta_text
@@ -403,7 +403,7 @@ def _log_progress(run_log: logging.Logger, counts: dict[str, int], shards_done: 
                   elapsed: float) -> None:
     total = counts["scored"] + counts["undecodable"]
     # on a terminal the live status line shows the scoring pool's counts: this line is then DEBUG
-    run_log.log(logging.DEBUG if is_bar_mode() else logging.INFO,
+    run_log.log(logging.DEBUG if status_line_shown() else logging.INFO,
                 "%d/%d shards written: %d images scored, %d undecodable, %.1f images/s (incl. start-up), %s",
                 shards_done, num_shards, counts["scored"], counts["undecodable"], total / max(elapsed, 1e-9),
                 eta_text(shards_done, num_shards, elapsed))
